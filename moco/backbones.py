@@ -1,0 +1,93 @@
+"""Backbones: torchvision ResNet-18/50 (optional CIFAR stem, any input channels) and a small fast ConvNet.
+
+``build_backbone`` returns ``(module, feature_dim)``; the module maps images [B, C, H, W] to features
+[B, feature_dim] (the classifier is removed).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torchvision
+from torch import Tensor, nn
+
+__all__ = ["BACKBONES", "NORMS", "build_backbone", "norm_layer", "ConvNet"]
+
+BACKBONES = ("convnet", "resnet18", "resnet50")
+NORMS = ("batch", "group", "none")
+
+
+def norm_layer(norm: str) -> Callable[[int], nn.Module]:
+    """A factory ``channels -> module`` for 2-d feature maps: BatchNorm2d, GroupNorm (up to 8 groups) or Identity.
+
+    GroupNorm normalises each sample on its own, so the result does not depend on how a batch is split across ranks.
+    """
+    if norm == "batch":
+        return nn.BatchNorm2d
+    if norm == "group":
+        return lambda channels: nn.GroupNorm(math.gcd(channels, 8), channels)
+    if norm == "none":
+        return lambda channels: nn.Identity()
+    raise ValueError(f"norm = {norm!r} is not allowed: expected one of {', '.join(NORMS)}")
+
+
+class ConvNet(nn.Module):
+    """Three conv blocks (width w, 2w, 4w; 3x3 conv, norm, ReLU; 2x2 max-pool after the first two), global average pool.
+
+    Input [B, C, H, W] (designed for 28x28 grayscale; any size >= 4 works) -> features [B, 4w].
+    """
+
+    def __init__(self, in_channels: int, width: int = 32, norm: str = "batch"):
+        super().__init__()
+        make_norm = norm_layer(norm)
+        widths = (width, 2 * width, 4 * width)
+        layers: list[nn.Module] = []
+        prev = in_channels
+        for i, w in enumerate(widths):
+            layers += [nn.Conv2d(prev, w, 3, padding=1, bias=norm == "none"), make_norm(w), nn.ReLU(inplace=True)]
+            if i < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2))
+            prev = w
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.net = nn.Sequential(*layers)
+        self.feature_dim = widths[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def _resnet(name: str, in_channels: int, cifar_stem: bool, norm: str) -> tuple[nn.Module, int]:
+    net = getattr(torchvision.models, name)(weights=None, norm_layer=norm_layer(norm))
+    if cifar_stem:
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    elif in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    feature_dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return net, feature_dim
+
+
+def build_backbone(name: str, in_channels: int, *, cifar_stem: bool = True, width: int = 32,
+                   norm: str = "batch") -> tuple[nn.Module, int]:
+    """Build a backbone by name; returns ``(module, feature_dim)``.
+
+    Args:
+        name: one of ``convnet``, ``resnet18``, ``resnet50``.
+        in_channels: image channels (1 for grayscale, 3 for RGB, anything else works).
+        cifar_stem: ResNet only: 3x3 stride-1 padding-1 conv1 and no max-pool (for 32x32 images).
+        width: ConvNet base width (ResNets have fixed widths).
+        norm: ``batch``, ``group`` or ``none`` (for both families).
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"backbone = {name!r} is not allowed: expected one of {', '.join(BACKBONES)}")
+    if in_channels < 1:
+        raise ValueError(f"in_channels = {in_channels!r} is not allowed: expected an integer >= 1")
+    if width < 1:
+        raise ValueError(f"width = {width!r} is not allowed: expected an integer >= 1")
+    norm_layer(norm)  # validates
+    if name == "convnet":
+        net = ConvNet(in_channels, width, norm)
+        return net, net.feature_dim
+    return _resnet(name, in_channels, cifar_stem, norm)

@@ -1,0 +1,210 @@
+"""Pure loss functions: the contrastive (InfoNCE) term, selective negatives, and the dual-view combination.
+
+Notation (all embeddings L2-normalised, shapes in brackets):
+
+* ``q`` [B, D] queries (with gradient), ``k`` [B, D] positive keys (detached), ``queue_keys`` [K, D] negatives
+  (detached; only *filled* queue entries are passed in, so K may be smaller than the queue capacity, even 0).
+* ``sim = q @ queue_keys.T`` [B, K], the cosine similarity of each query to each queue entry.
+
+Contrastive term, per query, over the kept negatives N(q)::
+
+    l(q, k, N) = -log( exp(q.k / tau) / (exp(q.k / tau) + sum_{n in N} exp(q.n / tau)) )
+
+Selective negatives (:func:`select_negatives`): drop queue entries with the query's own image id and entries with
+``sim > threshold`` (likely false negatives; ``threshold = 1`` disables it). Of the K' remaining candidates keep the
+``ceil(ratio * K')`` with the highest similarity (``ratio = 1`` keeps all), at least one when K' > 0. The selection is
+made on detached similarities; the kept logits carry gradient, dropped ones are set to ``-inf`` and get none.
+
+Dual-view loss (:func:`dual_view_loss`)::
+
+    L = lambda * mean_b l(q1_b, k2_b, N(q1_b)) + (1 - lambda) * mean_b l(q2_b, k1_b, N(q2_b))
+
+a *weighted mean* of the two directions. Note: the MoCo CIFAR demo *sums* the two symmetric terms, which doubles the
+gradient scale (an effective 2x learning rate under SGD); with lambda = 0.5 this loss is half of the demo's.
+
+With ``ratio = 1``, ``threshold = 1`` and no ids, :func:`contrastive_loss` computes exactly MoCo v2's
+``cross_entropy(cat([l_pos, l_neg], 1) / tau, 0)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["ContrastiveInfo", "select_negatives", "contrastive_loss", "dual_view_loss", "check_ratio",
+           "check_threshold", "check_temperature", "check_weight"]
+
+
+@dataclass
+class ContrastiveInfo:
+    """What diagnostics need from one contrastive term, computed anyway by the loss (all detached).
+
+    pos_sim [B]: cosine q.k of each query with its positive key.
+    sim [B, K]: cosine of each query with each queue entry.
+    candidates [B, K] bool: entries left after the same-id and threshold filters (before top-k).
+    keep [B, K] bool: entries used as negatives.
+    """
+
+    pos_sim: Tensor
+    sim: Tensor
+    candidates: Tensor
+    keep: Tensor
+
+
+# --- argument checks (one place, reused by the model) ------------------------------------------------------------
+def _bad(name: str, value: object, allowed: str) -> ValueError:
+    return ValueError(f"{name} = {value!r} is not allowed: expected {allowed}")
+
+
+def check_temperature(temperature: float) -> None:
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise _bad("temperature", temperature, "a finite number > 0")
+
+
+def check_ratio(ratio: float) -> None:
+    if not 0.0 < ratio <= 1.0:
+        raise _bad("ratio", ratio, "a number in (0, 1]")
+
+
+def check_threshold(threshold: float) -> None:
+    if not -1.0 < threshold <= 1.0:
+        raise _bad("threshold", threshold, "a number in (-1, 1]")
+
+
+def check_weight(weight: float) -> None:
+    if not 0.0 <= weight <= 1.0:
+        raise _bad("weight", weight, "a number in [0, 1]")
+
+
+# --- selection ---------------------------------------------------------------------------------------------------
+def _candidate_mask(sim: Tensor, query_ids: Tensor | None, queue_ids: Tensor | None, threshold: float) -> Tensor | None:
+    """[B, K] bool of entries surviving the same-id and ``sim <= threshold`` filters; ``None`` when nothing is filtered."""
+    mask = None
+    if query_ids is not None and queue_ids is not None:
+        mask = query_ids.view(-1, 1) != queue_ids.view(1, -1)
+    if threshold < 1.0:
+        below = sim <= threshold
+        mask = below if mask is None else mask & below
+    return mask
+
+
+def _keep_counts(num_candidates: Tensor, ratio: float) -> Tensor:
+    """ceil(ratio * K') per row, at least 1 when K' > 0 (computed in float64 so that e.g. 0.3 * 10 gives 3, not 4)."""
+    want = torch.ceil(num_candidates.double() * ratio - 1e-9).long()
+    return torch.minimum(want.clamp_min(1), num_candidates)
+
+
+def _top_fraction(sim: Tensor, candidates: Tensor | None, ratio: float) -> Tensor | None:
+    """[B, K] bool: the ceil(ratio * K') most similar candidates of each row; ``None`` means 'all candidates'.
+
+    Vectorised: non-candidates are set to -inf, one ``topk`` with the largest keep-count of the batch, and positions
+    beyond each row's own count are discarded. Ties are broken by ``topk`` (the count is exact either way).
+    """
+    if ratio >= 1.0 or sim.shape[1] == 0:
+        return candidates
+    if candidates is None:
+        counts = torch.full((sim.shape[0],), sim.shape[1], dtype=torch.long, device=sim.device)
+        scores = sim
+    else:
+        counts = candidates.sum(dim=1)
+        scores = sim.masked_fill(~candidates, float("-inf"))
+    keep_n = _keep_counts(counts, ratio)
+    top = int(keep_n.max())
+    keep = torch.zeros_like(sim, dtype=torch.bool)
+    if top == 0:
+        return keep
+    index = scores.topk(top, dim=1, sorted=True).indices
+    within = torch.arange(top, device=sim.device).view(1, -1) < keep_n.view(-1, 1)
+    return keep.scatter_(1, index, within)
+
+
+def _all_true(sim: Tensor) -> Tensor:
+    return torch.ones_like(sim, dtype=torch.bool)
+
+
+def select_negatives(sim: Tensor, *, query_ids: Tensor | None = None, queue_ids: Tensor | None = None,
+                     ratio: float = 1.0, threshold: float = 1.0) -> Tensor:
+    """Which queue entries each query uses as negatives.
+
+    Args:
+        sim: [B, K] detached cosine similarities of queries to the (filled) queue entries.
+        query_ids: [B] image id of each query, or None. queue_ids: [K] image id of each queue entry, or None.
+            Entries with the query's own id are dropped (only when both are given).
+        ratio: rho in (0, 1]; keep the ceil(rho * K') most similar of the K' entries left after filtering.
+        threshold: delta in (-1, 1]; drop entries with ``sim > delta`` (1 disables the filter).
+
+    Returns:
+        keep [B, K] bool. Every row with K' > 0 keeps at least one entry.
+    """
+    check_ratio(ratio)
+    check_threshold(threshold)
+    candidates = _candidate_mask(sim, query_ids, queue_ids, threshold)
+    keep = _top_fraction(sim, candidates, ratio)
+    return _all_true(sim) if keep is None else keep
+
+
+# --- the contrastive term ----------------------------------------------------------------------------------------
+def contrastive_loss(q: Tensor, k: Tensor, queue_keys: Tensor, temperature: float, *,
+                     query_ids: Tensor | None = None, queue_ids: Tensor | None = None,
+                     ratio: float = 1.0, threshold: float = 1.0) -> tuple[Tensor, ContrastiveInfo]:
+    """Batch mean of l(q, k, N(q)) over selected negatives (see the module docstring).
+
+    Args:
+        q: [B, D] normalised queries. k: [B, D] normalised positive keys (treated as constants by the caller).
+        queue_keys: [K, D] normalised negatives (filled entries only; K may be 0).
+        temperature: tau > 0. query_ids [B], queue_ids [K], ratio, threshold: as in :func:`select_negatives`.
+
+    Returns:
+        (loss, info): the 0-d loss and a :class:`ContrastiveInfo` with detached ``pos_sim``, ``sim``, masks.
+    """
+    check_temperature(temperature)
+    check_ratio(ratio)
+    check_threshold(threshold)
+    l_pos = (q * k).sum(dim=1, keepdim=True)  # [B, 1]
+    l_neg = q @ queue_keys.t()  # [B, K]
+    sim = l_neg.detach()
+    candidates = _candidate_mask(sim, query_ids, queue_ids, threshold)
+    keep = _top_fraction(sim, candidates, ratio)
+    if keep is not None:  # dropped logits become -inf: they vanish from the softmax and receive no gradient
+        l_neg = l_neg.masked_fill(~keep, float("-inf"))
+    logits = torch.cat([l_pos, l_neg], dim=1) / temperature
+    target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    loss = F.cross_entropy(logits, target)
+    info = ContrastiveInfo(
+        pos_sim=l_pos.detach().squeeze(1),
+        sim=sim,
+        candidates=_all_true(sim) if candidates is None else candidates,
+        keep=_all_true(sim) if keep is None else keep,
+    )
+    return loss, info
+
+
+def dual_view_loss(q1: Tensor | None, k2: Tensor | None, queue_keys: Tensor, temperature: float, *,
+                   weight: float = 1.0, q2: Tensor | None = None, k1: Tensor | None = None,
+                   query_ids: Tensor | None = None, queue_ids: Tensor | None = None,
+                   ratio: float = 1.0, threshold: float = 1.0) -> tuple[Tensor, list[ContrastiveInfo]]:
+    """L = lambda * l(q1, k2, N(q1)) + (1 - lambda) * l(q2, k1, N(q2)), each a batch mean: a weighted *mean*.
+
+    Both terms use the same ``queue_keys`` snapshot (the caller enqueues k1 and k2 only afterwards). A term whose
+    weight is 0 is not computed, so with ``weight = 1`` (one-way MoCo v2) ``q2`` and ``k1`` may be None, and with
+    ``weight = 0`` ``q1`` and ``k2`` may be None. ``query_ids`` [B] are the image ids, shared by both views.
+
+    Returns:
+        (loss, infos): the 0-d loss and one :class:`ContrastiveInfo` per computed term (view-1 query term first).
+    """
+    check_weight(weight)
+    terms = []
+    for w, q, k, names in ((weight, q1, k2, "q1, k2"), (1.0 - weight, q2, k1, "q2, k1")):
+        if w == 0.0:
+            continue
+        if q is None or k is None:
+            raise ValueError(f"{names} are required when their weight is {w} (weight = {weight!r}, allowed [0, 1])")
+        loss, info = contrastive_loss(q, k, queue_keys, temperature, query_ids=query_ids, queue_ids=queue_ids,
+                                      ratio=ratio, threshold=threshold)
+        terms.append((w, loss, info))
+    total = terms[0][1] if len(terms) == 1 else sum(w * loss for w, loss, _ in terms)
+    return total, [info for _, _, info in terms]
