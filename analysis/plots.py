@@ -1,0 +1,490 @@
+"""Figures of a study report: one function per figure, all drawn in one shared style (:func:`styled`).
+
+Every figure function returns a :class:`Plot` (the figure plus the table(s) behind it) or raises :class:`Skip`
+with a one-line reason the report prints instead. Nothing here writes files except :func:`save_figure`.
+Parameters searched on a log scale (``study.json`` space, ``"log": true``) get log axes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from analysis.load import Param, Study  # noqa: E402
+
+#: one style for every figure: readable at slide size
+STYLE = {
+    "figure.dpi": 100, "savefig.dpi": 150, "savefig.bbox": "tight", "font.size": 12, "axes.titlesize": 13,
+    "axes.labelsize": 12, "xtick.labelsize": 11, "ytick.labelsize": 11, "legend.fontsize": 10,
+    "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
+    "lines.linewidth": 1.6, "svg.fonttype": "none", "figure.constrained_layout.use": True,
+}
+PANEL = (5.4, 4.0)  #: inches per panel
+CMAP = "viridis"
+STATUS_STYLE = {  # learning-curve style per trial status
+    "completed": dict(color="tab:blue", ls="-", alpha=0.55, lw=1.4),
+    "pruned": dict(color="0.55", ls="--", alpha=0.8, lw=1.2),
+    "diverged": dict(color="tab:red", ls=":", alpha=0.9, lw=1.4),
+    "errored": dict(color="tab:red", ls=":", alpha=0.9, lw=1.4),
+    "running": dict(color="tab:purple", ls="-.", alpha=0.8, lw=1.2),
+    "pending": dict(color="tab:purple", ls="-.", alpha=0.8, lw=1.2),
+}
+BASELINE_MARK = dict(marker="*", s=260, color="tab:red", edgecolor="black", linewidth=0.8, zorder=5)
+TOO_FEW_SHORT = ("too few seeds to conclude", "too few seeds")
+STUDY_COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+LABELS = {
+    "temperature": "temperature τ", "hard_negative_ratio": "hard-negative ratio ρ (fraction kept)",
+    "false_negative_threshold": "false-negative threshold δ (cosine)", "queue_size": "queue size K (keys)",
+    "dual_view_weight": "dual-view weight λ", "lr": "learning rate", "momentum": "key-encoder momentum m",
+    "batch_size": "batch size (images)", "weight_decay": "weight decay", "epochs": "epochs",
+    "val_knn_top1": "val kNN top-1 (%)", "best_val_knn_top1": "best val kNN top-1 (%)",
+    "test_knn_top1": "test kNN top-1 (%)", "linear_top1": "linear-probe top-1 (%)", "loss": "loss",
+    "cpu_hours": "CPU-hours", "gpu_hours": "GPU-hours", "images_seen": "images seen",
+    "wall_s": "wall time (s)",
+}
+
+
+class Skip(Exception):
+    """A figure cannot be drawn for this study; the message says why (shown in the report)."""
+
+
+@dataclass
+class Plot:
+    """A drawn figure, the data behind it (one CSV per entry of ``tables``) and a caption."""
+
+    name: str
+    fig: plt.Figure
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    caption: str = ""
+
+
+def label(name: str) -> str:
+    """Axis label with units for a parameter or metric name."""
+    return LABELS.get(name, name.replace("_", " "))
+
+
+def styled(func: Callable[..., Plot]) -> Callable[..., Plot]:
+    """Draw inside the shared style (rcParams) so every figure looks the same."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs) -> Plot:
+        with plt.rc_context(STYLE):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+def new_figure(n_panels: int = 1, ncols: int | None = None) -> tuple[plt.Figure, list[plt.Axes]]:
+    """A figure with ``n_panels`` panels of the shared size, returned as a flat list (unused panels removed)."""
+    ncols = ncols or min(n_panels, 3)
+    nrows = math.ceil(n_panels / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(PANEL[0] * ncols, PANEL[1] * nrows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n_panels:]:
+        ax.remove()
+    return fig, flat[:n_panels]
+
+
+def save_figure(fig: plt.Figure, directory: Path, name: str) -> list[Path]:
+    """Write ``name.png`` and ``name.svg`` into ``directory`` and close the figure."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / f"{name}.png", directory / f"{name}.svg"]
+    with plt.rc_context(STYLE):
+        for p in paths:
+            fig.savefig(p)
+    plt.close(fig)
+    return paths
+
+
+def _categorical_positions(p: Param, values: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Positions 0..n-1 of categorical values (declared order, then unseen ones) and their tick labels."""
+    choices = [str(c) for c in (p.choices or [])]
+    for v in pd.unique(values.dropna().astype(str)):
+        if v not in choices:
+            choices.append(v)
+    norm = values.astype(object).map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
+    pos = norm.map({c: i for i, c in enumerate(choices)}).astype(float)
+    return pos.to_numpy(), choices
+
+
+def _param_axis(ax: plt.Axes, p: Param, values: pd.Series, axis: str = "x") -> np.ndarray:
+    """Set up ``ax``'s axis for parameter ``p`` (log scale, categorical ticks); return plotting coordinates."""
+    set_label = ax.set_xlabel if axis == "x" else ax.set_ylabel
+    set_label(label(p.name))
+    if p.type == "categorical":
+        pos, choices = _categorical_positions(p, values)
+        (ax.set_xticks if axis == "x" else ax.set_yticks)(range(len(choices)), choices)
+        return pos
+    if p.log:
+        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    return values.to_numpy(dtype=float)
+
+
+def _best_so_far(values: np.ndarray, maximize: bool) -> np.ndarray:
+    filled = np.where(np.isfinite(values), values, -np.inf if maximize else np.inf)
+    out = np.maximum.accumulate(filled) if maximize else np.minimum.accumulate(filled)
+    return np.where(np.isfinite(out), out, np.nan)
+
+
+# ------------------------------------------------------------------------------------------------------------
+@styled
+def metric_vs_params(study: Study) -> Plot:
+    """Metric against each searched parameter; points coloured by epochs reached, the baseline starred."""
+    if not study.params:
+        raise Skip("no parameters were searched")
+    t = study.trials[np.isfinite(study.trials[study.metric])]
+    if t.empty:
+        raise Skip(f"no trial has a value of {study.metric}")
+    fig, axes = new_figure(len(study.params))
+    vmax = float(np.nanmax(study.trials["max_epochs"])) if study.trials["max_epochs"].notna().any() else None
+    sc = None
+    for ax, p in zip(axes, study.params):
+        x = _param_axis(ax, p, t[p.column])
+        if p.type == "categorical":
+            x = x + np.random.default_rng(0).uniform(-0.12, 0.12, size=len(x))
+        sc = ax.scatter(x, t[study.metric], c=t["epochs"], cmap=CMAP, vmin=0, vmax=vmax, s=36,
+                        edgecolor="black", linewidth=0.3)
+        base = t["is_baseline"].to_numpy()
+        if base.any():
+            ax.scatter(x[base], t.loc[t["is_baseline"], study.metric], label="baseline", **BASELINE_MARK)
+        ax.set_ylabel(label(study.metric))
+    axes[0].legend(handles=[Line2D([], [], ls="", marker="*", ms=14, color="tab:red", mec="black",
+                                   label="baseline")], loc="lower right")
+    fig.colorbar(sc, ax=axes, label="epochs reached", shrink=0.8)
+    fig.suptitle(f"{study.name}: {label(study.metric)} vs searched parameters")
+    cols = ["trial_id", "trial_number", "status", "is_baseline", "epochs", study.metric] + [p.column for p in
+                                                                                           study.params]
+    return Plot("metric_vs_params", fig, {"metric_vs_params": t[cols].reset_index(drop=True)},
+                "Each point is a trial (pruned trials at their last reported value); colour = epochs reached.")
+
+
+def _bins(p: Param, values: pd.Series, n: int) -> tuple[pd.Series, list[str]]:
+    """Bin a parameter's values: categories as-is, numbers into ``n`` equal (log-)width bins over the range."""
+    if p.type == "categorical":
+        pos, choices = _categorical_positions(p, values)
+        return pd.Series(pos, index=values.index), choices
+    v = values.astype(float)
+    lo, hi = float(np.nanmin(v)), float(np.nanmax(v))
+    if p.low is not None and p.high is not None:
+        lo, hi = min(lo, float(p.low)), max(hi, float(p.high))
+    if hi <= lo:
+        return pd.Series(0.0, index=values.index), [f"{lo:.3g}"]
+    edges = np.geomspace(lo, hi, n + 1) if (p.log and lo > 0) else np.linspace(lo, hi, n + 1)
+    idx = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, n - 1)
+    return pd.Series(idx.astype(float), index=values.index), [f"{a:.3g}–{b:.3g}" for a, b in zip(edges, edges[1:])]
+
+
+@styled
+def interaction_heatmap(study: Study, x: str, y: str, bins: int = 4) -> Plot:
+    """Mean metric of completed trials in bins of two parameters (cell text: mean and trial count)."""
+    px, py = study.param(x), study.param(y)
+    missing = [n for n, p in ((x, px), (y, py)) if p is None]
+    if missing:
+        raise Skip(f"{' and '.join(missing)} not searched")
+    t = study.completed
+    if len(t) < 2:
+        raise Skip(f"needs at least 2 completed trials, found {len(t)}")
+    bx, lx = _bins(px, t[px.column], bins)
+    by, ly = _bins(py, t[py.column], bins)
+    cells = pd.DataFrame({"x_bin": bx, "y_bin": by, "value": t[study.metric]}).dropna()
+    agg = cells.groupby(["y_bin", "x_bin"])["value"].agg(["mean", "count"]).reset_index()
+    grid = np.full((len(ly), len(lx)), np.nan)
+    for r in agg.itertuples():
+        grid[int(r.y_bin), int(r.x_bin)] = r.mean
+    fig, (ax,) = new_figure(1)
+    fig.set_size_inches(PANEL[0] * 1.35, PANEL[1] * 1.2)
+    im = ax.imshow(grid, origin="lower", cmap=CMAP, aspect="auto")
+    for r in agg.itertuples():
+        ax.text(r.x_bin, r.y_bin, f"{r.mean:.1f}\n(n={r.count})", ha="center", va="center", fontsize=9,
+                color="white" if r.mean < np.nanmean(grid) else "black")
+    ax.set_xticks(range(len(lx)), lx, rotation=30, ha="right")
+    ax.set_yticks(range(len(ly)), ly)
+    ax.set_xlabel(label(x) + (" (log bins)" if px.log else ""))
+    ax.set_ylabel(label(y) + (" (log bins)" if py.log else ""))
+    ax.grid(False)
+    fig.colorbar(im, ax=ax, label=f"mean {label(study.metric)}")
+    ax.set_title(f"{study.name}: {x} × {y}")
+    table = agg.assign(x_param=x, x_range=[lx[int(i)] for i in agg["x_bin"]], y_param=y,
+                       y_range=[ly[int(i)] for i in agg["y_bin"]])
+    return Plot(f"heatmap_{x}_x_{y}", fig, {f"heatmap_{x}_x_{y}": table},
+                "Completed trials only; empty cells had no trial.")
+
+
+def _curve_metric(study: Study) -> str:
+    if study.metric in study.history.columns and study.history[study.metric].notna().any():
+        return study.metric
+    if "val_knn_top1" in study.history.columns and study.history["val_knn_top1"].notna().any():
+        return "val_knn_top1"
+    raise Skip(f"history.csv has no values of {study.metric} or val_knn_top1 per epoch")
+
+
+@styled
+def learning_curves(study: Study) -> Plot:
+    """Validation kNN accuracy per epoch for every trial; pruned (early-stopped) trials dashed grey and ended
+    with an ×, failed trials red dotted, the baseline black and the best trial orange."""
+    metric = _curve_metric(study)
+    h = study.history.dropna(subset=[metric])
+    info = study.trials.set_index("trial_id")[["status", "is_baseline"]]
+    h = h[h["trial_id"].isin(info.index)].merge(info, left_on="trial_id", right_index=True)
+    best = study.best_trial()
+    best_id = best["trial_id"] if best is not None else None
+    fig, (ax,) = new_figure(1)
+    fig.set_size_inches(PANEL[0] * 1.5, PANEL[1] * 1.3)
+    for tid, g in h.groupby("trial_id", sort=False):
+        g = g.sort_values("epoch")
+        status = g["status"].iloc[0]
+        style = dict(STATUS_STYLE.get(status, STATUS_STYLE["completed"]))
+        if g["is_baseline"].iloc[0]:
+            style.update(color="black", ls="-", alpha=1, lw=2.4, zorder=4)
+        elif tid == best_id:
+            style.update(color="tab:orange", ls="-", alpha=1, lw=2.4, zorder=4)
+        ax.plot(g["epoch"], g[metric], marker="o" if len(g) == 1 else None, ms=4, **style)
+        if status == "pruned":
+            ax.plot(g["epoch"].iloc[-1], g[metric].iloc[-1], "x", color="0.3", ms=8, mew=2)
+    handles = [Line2D([], [], label=s, **{k: v for k, v in STATUS_STYLE[s].items() if k != "alpha"})
+               for s in ("completed", "pruned", "diverged", "running") if (h["status"] == s).any()]
+    if any(s == "pruned" for s in h["status"]):
+        handles[[x.get_label() for x in handles].index("pruned")] = Line2D(
+            [], [], color="0.55", ls="--", marker="x", mec="0.3", label="pruned (stopped early)")
+    handles += [Line2D([], [], color="black", lw=2.4, label="baseline")]
+    if best_id is not None:
+        handles += [Line2D([], [], color="tab:orange", lw=2.4, label=f"best ({best_id})")]
+    ax.legend(handles=handles, loc="lower right")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(label(metric))
+    ax.set_title(f"{study.name}: learning curves ({h['trial_id'].nunique()} trials)")
+    table = h[["trial_id", "status", "is_baseline", "epoch", metric]].reset_index(drop=True)
+    return Plot("learning_curves", fig, {"learning_curves": table}, "Epochs without a validation monitor omitted.")
+
+
+@styled
+def optimization_history(studies: list[Study]) -> Plot:
+    """Best-so-far metric vs trial number and vs cumulative compute, one colour per study, baselines dashed."""
+    use_gpu = all(s.trials["gpu_hours"].fillna(0).sum() > 0 for s in studies)
+    hours = "gpu_hours" if use_gpu else "cpu_hours"
+    if all(s.completed.empty for s in studies):
+        raise Skip("no completed trials")
+    fig, axes = new_figure(2)
+    rows = []
+    for i, s in enumerate(studies):
+        color = STUDY_COLORS[i % len(STUDY_COLORS)]
+        t = s.trials.sort_values("trial_number")
+        done = (t["status"] == "completed").to_numpy()
+        values = np.where(done, t[s.metric].to_numpy(dtype=float), np.nan)
+        best = _best_so_far(values, s.maximize)
+        cum = t[hours].fillna(0).cumsum().to_numpy()
+        for ax, x in zip(axes, (t["trial_number"].to_numpy(), cum)):
+            ax.scatter(x, values, color=color, alpha=0.35, s=18)
+            ax.step(x, best, where="post", color=color, lw=2.2, label=f"{s.name}: best so far")
+            if math.isfinite(s.baseline_value()):
+                ax.axhline(s.baseline_value(), color=color, ls="--", lw=1.4, label=f"{s.name}: baseline")
+        rows.append(pd.DataFrame({"study": s.name, "trial_number": t["trial_number"], "trial_id": t["trial_id"],
+                                  "status": t["status"], "value": values, "best_so_far": best,
+                                  f"cumulative_{hours}": cum}))
+    axes[0].set_xlabel("trial number")
+    axes[1].set_xlabel(f"cumulative compute ({label(hours)}, all trials)")
+    for ax in axes:
+        ax.set_ylabel(label(studies[0].metric))
+    axes[0].legend(loc="lower right")
+    names = ", ".join(s.name for s in studies)
+    fig.suptitle(f"Optimisation history: {names}")
+    return Plot("optimization_history", fig, {"optimization_history": pd.concat(rows, ignore_index=True)},
+                "Dots: completed trials; line: best so far; dashed: baseline.")
+
+
+@styled
+def importance(table: pd.DataFrame, study_name: str) -> Plot:
+    """Horizontal bars of parameter importance, one bar per evaluator (method named in the legend and title)."""
+    if table.empty:
+        raise Skip("no importances were computed")
+    methods = list(pd.unique(table["method"]))
+    order = table.groupby("param")["importance"].mean().sort_values().index.tolist()
+    fig, (ax,) = new_figure(1)
+    fig.set_size_inches(PANEL[0] * 1.4, max(PANEL[1], 0.6 * len(order) * len(methods) + 1.5))
+    height = 0.8 / len(methods)
+    for j, m in enumerate(methods):
+        vals = table[table["method"] == m].set_index("param")["importance"].reindex(order).fillna(0)
+        ax.barh(np.arange(len(order)) + (j - (len(methods) - 1) / 2) * height, vals, height=height,
+                label=f"{m} (Optuna)", color=STUDY_COLORS[j % len(STUDY_COLORS)])
+    ax.set_yticks(range(len(order)), [label(p) for p in order])
+    ax.set_xlabel("importance (normalised, sum = 1 per method)")
+    ax.legend(loc="lower right")
+    ax.set_title(f"{study_name}: parameter importance ({', '.join(methods)})")
+    return Plot("importance", fig, {"importance": table.reset_index(drop=True)},
+                "Optuna importance evaluators over the study rebuilt from trials.csv (completed trials).")
+
+
+@styled
+def parallel_coordinates(study: Study, top: int = 10) -> Plot:
+    """Parallel coordinates of the ``top`` completed trials (and the baseline, dashed black): one axis per
+    searched parameter plus the metric, each scaled to its range (log parameters on a log scale)."""
+    if not study.params:
+        raise Skip("no parameters were searched")
+    done = study.completed
+    if len(done) < 2:
+        raise Skip(f"needs at least 2 completed trials, found {len(done)}")
+    ranked = done.sort_values(study.metric, ascending=not study.maximize).head(top)
+    base = study.baseline[study.baseline["status"] == "completed"].head(1)
+    rows = pd.concat([ranked, base[~base["trial_id"].isin(ranked["trial_id"])]])
+    axes_names = [p.column for p in study.params] + [study.metric]
+    coords, ticks = {}, {}
+    for p in study.params:
+        col = rows[p.column]
+        if p.type == "categorical":
+            pos, choices = _categorical_positions(p, col)
+            span = max(len(choices) - 1, 1)
+            coords[p.column] = pos / span
+            ticks[p.column] = (choices[0], choices[-1])
+        else:
+            v = col.to_numpy(dtype=float)
+            lo = float(p.low) if p.low is not None else np.nanmin(v)
+            hi = float(p.high) if p.high is not None else np.nanmax(v)
+            lo, hi = min(lo, np.nanmin(v)), max(hi, np.nanmax(v))
+            f = np.log10 if (p.log and lo > 0) else (lambda a: a)
+            coords[p.column] = (f(v) - f(lo)) / ((f(hi) - f(lo)) or 1)
+            ticks[p.column] = (f"{lo:.3g}", f"{hi:.3g}")
+    m = rows[study.metric].to_numpy(dtype=float)
+    coords[study.metric] = (m - m.min()) / ((m.max() - m.min()) or 1)
+    ticks[study.metric] = (f"{m.min():.2f}", f"{m.max():.2f}")
+    fig, (ax,) = new_figure(1)
+    fig.set_size_inches(max(PANEL[0] * 1.5, 1.9 * len(axes_names)), PANEL[1] * 1.3)
+    cmap = plt.get_cmap(CMAP)
+    xs = np.arange(len(axes_names))
+    for i, (_, r) in enumerate(rows.iterrows()):
+        ys = [coords[a][i] for a in axes_names]
+        if r["is_baseline"] and r["trial_id"] not in set(ranked["trial_id"]):
+            ax.plot(xs, ys, color="black", ls="--", lw=2, zorder=4)
+        else:
+            ax.plot(xs, ys, color=cmap(coords[study.metric][i]), lw=2.2 if i == 0 else 1.5, alpha=0.9)
+    for x, a in zip(xs, axes_names):
+        ax.axvline(x, color="0.3", lw=1)
+        for y, text, va in ((-0.04, ticks[a][0], "top"), (1.04, ticks[a][1], "bottom")):
+            ax.text(x, y, text, ha="center", va=va, fontsize=10, bbox=dict(fc="white", ec="none", pad=1))
+    ax.set_xticks(xs, [label(a.removeprefix("param_")) for a in axes_names], rotation=20, ha="right")
+    ax.set_yticks([])
+    ax.set_ylim(-0.15, 1.15)
+    ax.grid(False)
+    ax.set_title(f"{study.name}: top {len(ranked)} trials (colour = {label(study.metric)}; baseline dashed)",
+                 pad=18)
+    cols = ["trial_id", "trial_number", "is_baseline", study.metric] + [p.column for p in study.params]
+    return Plot("parallel_coordinates", fig, {"parallel_coordinates": rows[cols].reset_index(drop=True)},
+                "Each axis spans the searched range (min at the bottom, max at the top).")
+
+
+def _trial_setting(study: Study, name: str) -> pd.Series:
+    """Per-trial value of a TrainConfig field: the searched column, else the base config's fixed value."""
+    p = study.param(name)
+    if p is not None and p.type != "categorical":
+        return study.trials[p.column].astype(float)
+    col = f"param_{name}"
+    if col in study.trials:
+        return pd.to_numeric(study.trials[col], errors="coerce")
+    value = (study.meta.get("base_config") or {}).get(name)
+    return pd.Series(float(value) if value is not None else np.nan, index=study.trials.index)
+
+
+@styled
+def hard_negative_diagnostics(study: Study, max_curves: int = 4) -> Plot:
+    """False-negative rate among selected negatives (last epoch) vs ρ and vs δ, and the similarity of selected
+    negatives over epochs (median with the 10-90 % band) for the best trial, the baseline and a few others."""
+    h = study.history
+    need = {"false_neg_rate", "neg_sim_q10", "neg_sim_q50", "neg_sim_q90"}
+    if not need & set(h.columns) or h.empty:
+        raise Skip("history.csv has no hard-negative diagnostics (false_neg_rate, neg_sim_q*)")
+    last = h.sort_values("epoch").groupby("trial_id").tail(1).set_index("trial_id")
+    t = study.trials.set_index("trial_id")
+    diag = pd.DataFrame({"status": t["status"], "epochs": t["epochs"], "is_baseline": t["is_baseline"],
+                         "rho": _trial_setting(study, "hard_negative_ratio").to_numpy(),
+                         "delta": _trial_setting(study, "false_negative_threshold").to_numpy()}, index=t.index)
+    diag["false_neg_rate"] = last["false_neg_rate"].reindex(diag.index) if "false_neg_rate" in last else np.nan
+    fig, axes = new_figure(3)
+    vmax = float(np.nanmax(t["max_epochs"])) if t["max_epochs"].notna().any() else None
+    for ax, (col, name) in zip(axes[:2], (("rho", "hard_negative_ratio"), ("delta", "false_negative_threshold"))):
+        ok = diag[np.isfinite(diag[col]) & np.isfinite(diag["false_neg_rate"])]
+        p = study.param(name)
+        if ok.empty or ok[col].nunique() < 2:
+            ax.text(0.5, 0.5, f"{name} not varied" if p is None else "no data", transform=ax.transAxes,
+                    ha="center", va="center")
+        else:
+            ax.scatter(ok[col], 100 * ok["false_neg_rate"], c=ok["epochs"], cmap=CMAP, vmin=0, vmax=vmax, s=36,
+                       edgecolor="black", linewidth=0.3)
+            b = ok[ok["is_baseline"]]
+            ax.scatter(b[col], 100 * b["false_neg_rate"], **BASELINE_MARK)
+            if p is not None and p.log:
+                ax.set_xscale("log")
+        ax.set_xlabel(label(name))
+        ax.set_ylabel("false negatives among selected (%)")
+    axes[0].set_title("last epoch, per trial")
+    ax = axes[2]
+    sims = pd.DataFrame()
+    if {"neg_sim_q10", "neg_sim_q50", "neg_sim_q90"} <= set(h.columns) and h["neg_sim_q50"].notna().any():
+        best = study.best_trial()
+        ids = ([best["trial_id"]] if best is not None else []) + list(study.baseline["trial_id"][:1])
+        others = study.completed.sort_values(study.metric, ascending=not study.maximize)["trial_id"]
+        ids = list(dict.fromkeys(ids + list(others)))[:max_curves]
+        sims = h[h["trial_id"].isin(ids)][["trial_id", "epoch", "neg_sim_q10", "neg_sim_q50", "neg_sim_q90"]]
+        for i, tid in enumerate(ids):
+            g = sims[sims["trial_id"] == tid].sort_values("epoch")
+            tag = " (best)" if best is not None and tid == best["trial_id"] else (
+                " (baseline)" if bool(t.loc[tid, "is_baseline"]) else "")
+            color = STUDY_COLORS[i % len(STUDY_COLORS)]
+            ax.fill_between(g["epoch"], g["neg_sim_q10"], g["neg_sim_q90"], color=color, alpha=0.18)
+            ax.plot(g["epoch"], g["neg_sim_q50"], color=color, label=f"{tid}{tag}")
+        ax.legend(loc="best")
+    else:
+        ax.text(0.5, 0.5, "no neg_sim_q* in history", transform=ax.transAxes, ha="center", va="center")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cosine similarity of selected negatives")
+    ax.set_title("median, 10–90 % band")
+    fig.suptitle(f"{study.name}: hard-negative diagnostics")
+    tables = {"hard_negatives_false_neg_rate": diag.reset_index()}
+    if not sims.empty:
+        tables["hard_negatives_similarity"] = sims.reset_index(drop=True)
+    return Plot("hard_negative_diagnostics", fig, tables,
+                "Colour = epochs reached; star = baseline. Similarities are of the negatives kept after selection.")
+
+
+@styled
+def ablation(table: pd.DataFrame, metric: str) -> Plot:
+    """Left: per-variant mean with 95 % t-interval over seeds. Right: paired difference from the baseline with its
+    95 % t-interval (the quantity the verdict tests). One colour per study; verdict under each variant."""
+    if table.empty:
+        raise Skip("no study has seeded variants with a baseline")
+    studies = list(pd.unique(table["study"]))
+    variants = list(pd.unique(table["variant"]))
+    fig, axes = new_figure(2)
+    fig.set_size_inches(max(2 * PANEL[0], 3.4 * len(variants)), PANEL[1] * 1.3)
+    width = 0.6 / len(studies)
+    for j, s in enumerate(studies):
+        rows = table[table["study"] == s].set_index("variant").reindex(variants)
+        x = np.arange(len(variants)) + (j - (len(studies) - 1) / 2) * width
+        color = STUDY_COLORS[j % len(STUDY_COLORS)]
+        for ax, (mid, lo, hi) in zip(axes, (("mean", "ci_low", "ci_high"), ("diff", "diff_ci_low", "diff_ci_high"))):
+            err = np.nan_to_num(np.vstack([rows[mid] - rows[lo], rows[hi] - rows[mid]]))
+            ax.errorbar(x, rows[mid], yerr=err, fmt="o", ms=8, capsize=5, lw=2, color=color, label=s)
+    axes[1].axhline(0, color="black", lw=1)
+    short = {"helps": "helps", "hurts": "hurts", "(reference)": "ref.", TOO_FEW_SHORT[0]: TOO_FEW_SHORT[1]}
+    ticks = [v + "\n" + "/".join(short.get(x, "n.d.") for x in table[table["variant"] == v]["verdict"])
+             for v in variants]
+    for ax in axes:
+        ax.set_xticks(range(len(variants)), ticks)
+        ax.set_xlim(-0.6, len(variants) - 0.4)
+    axes[0].set_ylabel(f"{label(metric)}\nmean ± 95 % CI over seeds")
+    axes[1].set_ylabel("difference from baseline (points)\npaired by seed, ± 95 % CI")
+    axes[0].legend(loc="best")
+    fig.suptitle("Ablation (n.d. = not distinguishable at this budget and seed count)")
+    return Plot("ablation", fig, {"ablation": table.reset_index(drop=True)},
+                "Paired t-test by seed against the baseline variant.")
