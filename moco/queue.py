@@ -55,13 +55,14 @@ class KeyQueue(nn.Module):
         return int(self.filled)
 
     def snapshot(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(keys [K', D], ids [K'], labels [K']) of the filled entries (views, not copies; K' = ``len(self)``).
+        """(keys [K', D], ids [K'], labels [K']): copies of the filled entries (K' = ``len(self)``).
 
         The filled entries are always the first K' slots (slots fill in order before the pointer wraps); their order
-        does not matter to the loss. Use the result before the next :meth:`enqueue`, which overwrites in place.
+        does not matter to the loss. Copies (as official MoCo's ``queue.clone().detach()``), because the loss keeps the
+        keys for its backward pass while :meth:`enqueue` overwrites the buffers in place in the same step.
         """
         n = int(self.filled)
-        return self.keys[:n], self.ids[:n], self.labels[:n]
+        return self.keys[:n].clone(), self.ids[:n].clone(), self.labels[:n].clone()
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor, ids: Tensor, labels: Tensor | None = None) -> None:
