@@ -1,0 +1,45 @@
+"""Backbones: output shapes, CIFAR stem, any channel count, norms, unknown names."""
+
+import pytest
+import torch
+from torch import nn
+
+from moco.backbones import build_backbone
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "none"])
+def test_convnet_shapes_and_norms(norm):
+    net, dim = build_backbone("convnet", 1, width=8, norm=norm)
+    assert dim == 32 and net(torch.randn(3, 1, 28, 28)).shape == (3, 32)
+    kinds = {type(m) for m in net.modules()}
+    assert (nn.BatchNorm2d in kinds) == (norm == "batch") and (nn.GroupNorm in kinds) == (norm == "group")
+
+
+def test_group_norm_is_independent_of_batch_split():
+    net, _ = build_backbone("convnet", 1, width=8, norm="group")
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.allclose(net(x), torch.cat([net(x[:2]), net(x[2:])]), atol=1e-5)
+
+
+def test_resnet18_cifar_stem_any_channels():
+    net, dim = build_backbone("resnet18", 5, cifar_stem=True)
+    assert dim == 512 and isinstance(net.fc, nn.Identity) and isinstance(net.maxpool, nn.Identity)
+    assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1) and net.conv1.padding == (1, 1)
+    assert net.conv1.in_channels == 5
+    assert net(torch.randn(2, 5, 16, 16)).shape == (2, 512)
+    plain, _ = build_backbone("resnet18", 1, cifar_stem=False)
+    assert plain.conv1.kernel_size == (7, 7) and plain.conv1.in_channels == 1
+
+
+def test_resnet50_feature_dim():
+    _, dim = build_backbone("resnet50", 3)
+    assert dim == 2048
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="convnet, resnet18, resnet50"):
+        build_backbone("vit", 3)
+    with pytest.raises(ValueError, match="norm"):
+        build_backbone("convnet", 1, norm="layer")
+    with pytest.raises(ValueError, match="in_channels"):
+        build_backbone("convnet", 0)
