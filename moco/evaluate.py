@@ -1,0 +1,145 @@
+"""Evaluation of frozen representations: feature extraction, weighted kNN, linear probe, alignment and uniformity.
+
+Accuracies are returned in **percent (0-100)**.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["extract_features", "knn_predict", "knn_accuracy", "linear_probe", "alignment", "uniformity"]
+
+
+def _batches(data: Tensor | Iterable, batch_size: int) -> Iterable[Tensor]:
+    """Image batches from a tensor [N, ...] (sliced) or an iterable of tensors / (images, ...) tuples."""
+    if isinstance(data, Tensor):
+        yield from data.split(batch_size)
+        return
+    for item in data:
+        yield item[0] if isinstance(item, (tuple, list)) else item
+
+
+def _module_device(fn: Callable) -> torch.device | None:
+    module = fn if isinstance(fn, nn.Module) else getattr(fn, "__self__", None)
+    if isinstance(module, nn.Module):
+        for p in module.parameters():
+            return p.device
+    return None
+
+
+@torch.no_grad()
+def extract_features(fn: Callable[[Tensor], Tensor], data: Tensor | Iterable, *, batch_size: int = 512,
+                     device: torch.device | str | None = None, out_device: torch.device | str | None = "cpu") -> Tensor:
+    """Apply ``fn`` (e.g. ``model.features``, in eval mode) batch by batch under ``no_grad``; returns [N, F].
+
+    Args:
+        data: images [N, C, H, W] (sliced into ``batch_size``) or an iterable of image batches or ``(images, labels)``
+            tuples (only the images are used).
+        device: where ``fn`` runs; default: the device of ``fn``'s module parameters (a bound method of a module
+            works), else where the data lies.
+        out_device: where the result is gathered (default CPU, to bound accelerator memory; None = keep).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size = {batch_size!r} is not allowed: expected an integer >= 1")
+    device = torch.device(device) if device is not None else _module_device(fn)
+    out = []
+    for x in _batches(data, batch_size):
+        x = x.to(device, non_blocking=True) if device is not None else x
+        f = fn(x)
+        out.append(f if out_device is None else f.to(out_device))
+    if not out:
+        raise ValueError("data = <empty> is not allowed: expected at least one image")
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def knn_predict(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, num_classes: int, k: int = 200,
+                t: float = 0.1, *, batch_size: int = 1024) -> Tensor:
+    """Weighted kNN (InstDisc / MoCo demo): cosine similarity, the k nearest training features vote with exp(s / t).
+
+    score[c] = sum_{i in top-k} exp(s_i / t) * [y_i = c]; prediction = argmax_c score. Features [N, F] / [M, F] are
+    L2-normalised here; computed in test batches of ``batch_size`` ([batch, N] similarities at a time), on the
+    device of ``test_feats``. Returns predicted labels [M] (long).
+    """
+    if k < 1:
+        raise ValueError(f"k = {k!r} is not allowed: expected an integer >= 1")
+    if not t > 0:
+        raise ValueError(f"t = {t!r} is not allowed: expected a number > 0")
+    if num_classes < 1:
+        raise ValueError(f"num_classes = {num_classes!r} is not allowed: expected an integer >= 1")
+    device = test_feats.device
+    bank = F.normalize(train_feats.to(device).float(), dim=1)
+    bank_labels = train_labels.to(device).long()
+    k = min(k, bank.shape[0])
+    preds = []
+    for chunk in F.normalize(test_feats.float(), dim=1).split(batch_size):
+        sim, idx = (chunk @ bank.t()).topk(k, dim=1)
+        weights = (sim / t).exp()
+        scores = torch.zeros(chunk.shape[0], num_classes, device=device)
+        scores.scatter_add_(1, bank_labels[idx], weights)
+        preds.append(scores.argmax(dim=1))
+    return torch.cat(preds)
+
+
+def _percent(pred: Tensor, labels: Tensor) -> float:
+    return 100.0 * (pred.cpu() == labels.cpu()).float().mean().item()
+
+
+def knn_accuracy(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor,
+                 num_classes: int, k: int = 200, t: float = 0.1, *, batch_size: int = 1024) -> float:
+    """Top-1 accuracy of :func:`knn_predict`, in percent (0-100)."""
+    return _percent(knn_predict(train_feats, train_labels, test_feats, num_classes, k, t, batch_size=batch_size),
+                    test_labels)
+
+
+def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor,
+                 num_classes: int, epochs: int = 20, *, lr: float = 0.1, batch_size: int = 256,
+                 weight_decay: float = 0.0, seed: int = 0) -> float:
+    """Test accuracy (percent, 0-100) of a linear classifier trained on frozen features.
+
+    Features are standardised with the training mean and std; a ``Linear(F, num_classes)`` is trained with
+    minibatch SGD (momentum 0.9, cosine learning rate, cross-entropy) for ``epochs`` epochs, seeded shuffling, on the
+    device of ``train_feats``. Cheap on CPU for F ~ 512 and N ~ 50k.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs = {epochs!r} is not allowed: expected an integer >= 1")
+    device = train_feats.device
+    mean, std = train_feats.mean(0), train_feats.std(0).clamp_min(1e-6)
+    x_train = ((train_feats - mean) / std).detach().float()
+    x_test = ((test_feats.to(device) - mean) / std).detach().float()
+    y_train = train_labels.to(device).long()
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        clf = nn.Linear(x_train.shape[1], num_classes).to(device)
+    opt = torch.optim.SGD(clf.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    steps_per_epoch = -(-x_train.shape[0] // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    with torch.enable_grad():
+        for _ in range(epochs):
+            order = torch.randperm(x_train.shape[0], generator=gen).to(device)
+            for idx in order.split(batch_size):
+                loss = F.cross_entropy(clf(x_train[idx]), y_train[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+    with torch.no_grad():
+        return _percent(clf(x_test).argmax(1), test_labels)
+
+
+def alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> Tensor:
+    """Wang & Isola alignment E ||z1_i - z2_i||^alpha over positive pairs z1, z2 [N, D] (normalised); lower is better."""
+    return (z1 - z2).norm(dim=1).pow(alpha).mean()
+
+
+def uniformity(z: Tensor, t: float = 2.0) -> Tensor:
+    """Wang & Isola uniformity log E_{i<j} exp(-t ||z_i - z_j||^2) over z [N, D] (normalised); lower is better.
+
+    O(N^2) memory: pass a subsample (a few thousand points).
+    """
+    return torch.pdist(z, p=2).pow(2).mul(-t).exp().mean().log()

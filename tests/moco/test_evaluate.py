@@ -1,0 +1,69 @@
+"""Evaluation: kNN against a naive loop, linear probe on separable features, alignment/uniformity, extraction."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from moco.evaluate import alignment, extract_features, knn_accuracy, knn_predict, linear_probe, uniformity
+
+
+def test_knn_matches_naive_weighted_vote():
+    g = torch.Generator().manual_seed(0)
+    train, test = torch.randn(50, 6, generator=g), torch.randn(7, 6, generator=g)
+    labels = torch.randint(0, 3, (50,), generator=g)
+    pred = knn_predict(train, labels, test, num_classes=3, k=5, t=0.5, batch_size=3)
+    tn, sn = F.normalize(train, dim=1), F.normalize(test, dim=1)
+    for i in range(7):
+        sims = sorted(((float(sn[i] @ tn[j]), int(labels[j])) for j in range(50)), reverse=True)[:5]
+        votes = [sum(math.exp(s / 0.5) for s, y in sims if y == c) for c in range(3)]
+        assert int(pred[i]) == max(range(3), key=lambda c: votes[c])
+
+
+def test_knn_accuracy_percent_on_clusters():
+    g = torch.Generator().manual_seed(1)
+    centers = torch.randn(4, 16, generator=g) * 5
+    y = torch.arange(200) % 4
+    x = centers[y] + torch.randn(200, 16, generator=g)
+    acc = knn_accuracy(x[:150], y[:150], x[150:], y[150:], num_classes=4, k=10)
+    assert acc == pytest.approx(100.0)
+    assert 0 <= knn_accuracy(x[:150], y[:150], x[150:], y[150:].roll(1), 4, k=10) < 50
+
+
+def test_linear_probe_learns_linear_labels():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(600, 10, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    acc = linear_probe(x[:500], y[:500], x[500:], y[500:], num_classes=2, epochs=5)
+    assert acc > 90.0
+
+
+def test_alignment_and_uniformity():
+    z = F.normalize(torch.randn(100, 8), dim=1)
+    assert alignment(z, z).item() == 0.0
+    assert alignment(z, -z).item() == pytest.approx(4.0)
+    collapsed = F.normalize(torch.ones(10, 8), dim=1)
+    assert uniformity(collapsed).item() == pytest.approx(0.0, abs=1e-6)
+    assert uniformity(z).item() < -1.0
+
+
+def test_extract_features_tensor_and_loader():
+    net = torch.nn.Linear(4, 3)
+    x = torch.randn(10, 4)
+    f = extract_features(net, x, batch_size=3)
+    assert torch.allclose(f, net(x).detach())
+    loader = [(x[:6], torch.zeros(6)), (x[6:], torch.zeros(4))]
+    assert torch.allclose(extract_features(net, loader), f)
+    with pytest.raises(ValueError, match="batch_size"):
+        extract_features(net, x, batch_size=0)
+
+
+def test_invalid_arguments():
+    x, y = torch.randn(5, 3), torch.zeros(5, dtype=torch.long)
+    with pytest.raises(ValueError, match="k = "):
+        knn_predict(x, y, x, 2, k=0)
+    with pytest.raises(ValueError, match="t = "):
+        knn_predict(x, y, x, 2, t=0)
+    with pytest.raises(ValueError, match="epochs"):
+        linear_probe(x, y, x, y, 2, epochs=0)
