@@ -1,0 +1,454 @@
+"""Turn one or more study directories into a report: Markdown, a self-contained HTML file, figures and tables.
+
+Usage::
+
+    python -m analysis.report RUN_DIR [RUN_DIR ...] [--out DIR] [--metric NAME] [--format md,html]
+
+or from Python (the study calls this at its end)::
+
+    build_report(["runs/my_study"]) -> Path("runs/my_study/report")
+
+The report directory (``RUN_DIR/report`` of the first study, or ``--out``) holds ``report.md``, ``report.html``
+(opens offline, every figure embedded as base64 PNG), ``figures/*.png`` + ``*.svg`` and ``tables/*.csv`` (one CSV
+behind every table and figure). It is written into a temporary sibling directory and moved into place at the end,
+so a failed run leaves no half-written report (and an earlier report stays intact).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as _dt
+import html
+import math
+import re
+import shutil
+import sys
+import tempfile
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis import ablation as abl  # noqa: E402
+from analysis import plots  # noqa: E402
+from analysis.importance import EVALUATORS, compute_importance  # noqa: E402
+from analysis.load import ReportError, Study, load_studies  # noqa: E402
+
+__all__ = ["ReportError", "build_report", "main"]
+
+FORMATS = ("md", "html")
+HEATMAP_PAIRS = (("queue_size", "hard_negative_ratio"), ("temperature", "hard_negative_ratio"))
+FAILED = ("diverged", "errored")
+UNFINISHED = ("running", "pending")
+
+
+# ---------------------------------------------------------------------------------------------------- document
+@dataclass
+class Doc:
+    """The report as a list of blocks, rendered to Markdown and HTML; figures and tables are written as added."""
+
+    root: Path
+    blocks: list[tuple[str, Any]] = field(default_factory=list)
+
+    def heading(self, text: str, level: int = 2) -> None:
+        """A section heading."""
+        self.blocks.append(("h", (level, text)))
+
+    def para(self, text: str) -> None:
+        """A paragraph (may contain **bold** and `code`)."""
+        self.blocks.append(("p", text))
+
+    def bullets(self, items: Iterable[str]) -> None:
+        """A bulleted list."""
+        items = list(items)
+        if items:
+            self.blocks.append(("ul", items))
+
+    def table(self, df: pd.DataFrame, name: str, caption: str = "") -> None:
+        """A table, also written to ``tables/<name>.csv`` (full precision)."""
+        path = self.root / "tables" / f"{name}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(path, index=False)
+        self.blocks.append(("table", (df, f"tables/{name}.csv", caption)))
+
+    def figure(self, make: Callable[[], plots.Plot], prefix: str, what: str) -> None:
+        """Draw one figure; write its PNG/SVG and the CSV(s) behind it. A :class:`plots.Skip` (or a failure)
+        becomes a note saying why the figure is missing."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                plot = make()
+        except plots.Skip as e:
+            self.para(f"*{what}: skipped ({e}).*")
+            return
+        except Exception as e:  # noqa: BLE001 - one bad figure should not lose the whole report; say so loudly
+            print(f"warning: {what} could not be drawn: {type(e).__name__}: {e}", file=sys.stderr)
+            traceback.print_exc(file=sys.stderr)
+            self.para(f"*{what}: could not be drawn ({type(e).__name__}: {e}).*")
+            return
+        name = f"{prefix}{plot.name}"
+        plots.save_figure(plot.fig, self.root / "figures", name)
+        csvs = []
+        for tname, df in plot.tables.items():
+            path = self.root / "tables" / f"{prefix}{tname}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            df.to_csv(path, index=False)
+            csvs.append(f"tables/{path.name}")
+        self.blocks.append(("figure", (f"figures/{name}", what, plot.caption, csvs)))
+
+    # -- rendering -------------------------------------------------------------------------------------------
+    def markdown(self) -> str:
+        """The report as Markdown (figures linked from ``figures/``)."""
+        out = []
+        for kind, b in self.blocks:
+            if kind == "h":
+                out.append("#" * b[0] + " " + b[1])
+            elif kind == "p":
+                out.append(b)
+            elif kind == "ul":
+                out.append("\n".join(f"- {x}" for x in b))
+            elif kind == "table":
+                df, csv, caption = b
+                out.append((f"{caption}\n\n" if caption else "") + _md_table(df) + f"\n\n<sub>data: [{csv}]({csv})</sub>")
+            elif kind == "figure":
+                stem, what, caption, csvs = b
+                links = ", ".join(f"[{c}]({c})" for c in csvs)
+                out.append(f"![{what}]({stem}.png)\n\n*{what}.* {caption} <sub>([svg]({stem}.svg); data: {links})</sub>")
+        return "\n\n".join(out) + "\n"
+
+    def html(self, title: str) -> str:
+        """The report as one self-contained HTML page (figures embedded as base64 PNG)."""
+        body = []
+        for kind, b in self.blocks:
+            if kind == "h":
+                body.append(f"<h{b[0]}>{_inline_html(b[1])}</h{b[0]}>")
+            elif kind == "p":
+                body.append(f"<p>{_inline_html(b)}</p>")
+            elif kind == "ul":
+                body.append("<ul>" + "".join(f"<li>{_inline_html(x)}</li>" for x in b) + "</ul>")
+            elif kind == "table":
+                df, csv, caption = b
+                cap = f"<caption>{_inline_html(caption)}</caption>" if caption else ""
+                body.append(f"<div class='t'><table>{cap}{_html_table(df)}</table>"
+                            f"<div class='src'>data: {html.escape(csv)}</div></div>")
+            elif kind == "figure":
+                stem, what, caption, csvs = b
+                data = base64.b64encode((self.root / f"{stem}.png").read_bytes()).decode("ascii")
+                body.append(f"<figure><img alt='{html.escape(what)}' src='data:image/png;base64,{data}'>"
+                            f"<figcaption><b>{html.escape(what)}.</b> {_inline_html(caption)} "
+                            f"<span class='src'>(data: {html.escape(', '.join(csvs))})</span></figcaption></figure>")
+        return _HTML.format(title=html.escape(title), body="\n".join(body))
+
+
+_HTML = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1400px; margin: 2em auto; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; margin: .5em 0; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
+th {{ background: #f3f3f3; }} td:first-child, th:first-child {{ text-align: left; }}
+caption {{ text-align: left; font-style: italic; padding-bottom: .3em; }}
+figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }}
+.src {{ color: #777; font-size: 0.8em; }} .t {{ overflow-x: auto; }}
+code {{ background: #f3f3f3; padding: 0 3px; }}
+</style></head><body>
+{body}
+</body></html>
+"""
+
+
+def _fmt(v: Any) -> str:
+    """A table cell: numbers to 4 significant digits, missing values empty."""
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (float, np.floating)):
+        if math.isinf(v):
+            return "∞" if v > 0 else "−∞"
+        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
+    if isinstance(v, (int, np.integer)):
+        return f"{v:,}" if abs(v) >= 1e5 else str(v)
+    return str(v)
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "*(empty)*"
+    cols = [str(c) for c in df.columns]
+    esc = lambda s: s.replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(esc(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(esc(_fmt(v)) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _html_table(df: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r) + "</tr>"
+                   for r in df.itertuples(index=False))
+    return f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody>"
+
+
+def _inline_html(text: str) -> str:
+    """Escape, then render the little Markdown used in paragraphs: **bold**, *italic*, `code`."""
+    s = html.escape(text)
+    s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
+    s = re.sub(r"\*(.+?)\*", r"<i>\1</i>", s)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "study"
+
+
+# ---------------------------------------------------------------------------------------------------- content
+def summary_table(studies: Sequence[Study]) -> pd.DataFrame:
+    """One row per study: trials by status, best vs baseline, total compute."""
+    rows = []
+    for s in studies:
+        t = s.trials
+        counts = t["status"].value_counts()
+        best = s.best_trial()
+        base = s.baseline_value()
+        best_v = float(best[s.metric]) if best is not None else math.nan
+        row = {"study": s.name, "kind": s.kind, "study_status": s.meta.get("status", ""),
+               "searcher": s.meta.get("searcher", ""), "scheduler": s.meta.get("scheduler", ""), "trials": len(t)}
+        row.update({st: int(counts.get(st, 0)) for st in ("completed", "pruned", *FAILED, *UNFINISHED)})
+        other = len(t) - sum(int(counts.get(st, 0)) for st in ("completed", "pruned", *FAILED, *UNFINISHED))
+        if other:
+            row["other_status"] = other
+        row.update({"best_trial": best["trial_id"] if best is not None else "", f"best_{s.metric}": best_v,
+                    f"baseline_{s.metric}": base, "best_minus_baseline": best_v - base,
+                    "cpu_hours": float(t["cpu_hours"].sum()), "gpu_hours": float(t["gpu_hours"].sum())})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def best_configs(studies: Sequence[Study]) -> pd.DataFrame:
+    """The best completed trial of each study with its parameters (``param_*`` columns) and metric."""
+    rows = []
+    for s in studies:
+        best = s.best_trial()
+        if best is None:
+            continue
+        row = {"study": s.name, "trial_id": best["trial_id"], "trial_number": int(best["trial_number"]),
+               s.metric: float(best[s.metric])}
+        for extra in ("variant", "seed", "test_knn_top1", "epochs"):
+            if extra in best.index and pd.notna(best[extra]) and s.param(extra) is None:
+                row[extra] = best[extra]
+        row.update({p.column: best[p.column] for p in s.params})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _describe_best(s: Study) -> str:
+    best = s.best_trial()
+    if best is None:
+        return f"**{s.name}**: no completed trial yet, so no best configuration."
+    params = ", ".join(f"{p.name} = {_fmt(best[p.column])}" for p in s.params) or "no searched parameters"
+    base = s.baseline_value()
+    vs = f" (baseline {_fmt(base)}, {best[s.metric] - base:+.2f})" if math.isfinite(base) else ""
+    text = f"**{s.name}**: best trial `{best['trial_id']}` (#{int(best['trial_number'])}): {s.metric} = " \
+           f"{_fmt(float(best[s.metric]))}{vs}; {params}."
+    if abl.is_ablation(s):
+        means = s.completed.groupby("variant")[s.metric].mean()
+        top = means.idxmax() if s.maximize else means.idxmin()
+        text += f" Best variant averaged over seeds: **{top}** ({_fmt(float(means[top]))}); a single best run " \
+                f"of a seeded grid is partly seed luck, see the ablation below."
+    return text
+
+
+def _state_notes(s: Study) -> list[str]:
+    notes = []
+    status = s.meta.get("status")
+    if status and status != "finished":
+        notes.append(f"**{s.name}** is marked `{status}` in study.json: results are partial.")
+    t = s.trials
+    for st in (*FAILED, *UNFINISHED):
+        n = int((t["status"] == st).sum())
+        if n:
+            notes.append(f"**{s.name}**: {n} {st} trial(s) ({', '.join(t.loc[t['status'] == st, 'trial_id'][:8])}"
+                         f"{', …' if n > 8 else ''}); excluded from best, importance and ablation statistics.")
+    if (t["status"] == "pruned").any():
+        notes.append(f"**{s.name}**: {int((t['status'] == 'pruned').sum())} trial(s) stopped early by the "
+                     f"scheduler (pruned); their values are at the epoch they stopped and never count as best.")
+    return notes
+
+
+def _ablation_section(doc: Doc, studies: Sequence[Study], metric: str) -> None:
+    table = abl.ablation_tables(list(studies), metric)
+    if table.empty:
+        return
+    doc.heading("Ablation")
+    doc.para(f"Per variant: mean {metric} over seeds with a 95 % t-interval; difference from the baseline variant "
+             f"paired by seed, paired t-test (two-sided, α = {abl.ALPHA}, not corrected for the number of variants), "
+             f"effect size Cohen's d_z = mean(diff) / sd(diff); compute cost averaged per run. Verdicts: "
+             f"**helps** / **hurts** when p < {abl.ALPHA}; otherwise **{abl.NOT_DISTINGUISHABLE}**; with fewer than "
+             f"{abl.MIN_SEEDS} paired seeds, **{abl.TOO_FEW}**.")
+    if table["study"].nunique() > 1:
+        doc.table(abl.side_by_side(table), "ablation_side_by_side",
+                  "Side by side: mean [95 % CI]; difference from baseline: verdict.")
+    shown = table.copy()
+    doc.table(shown, "ablation", "Ablation statistics (one row per study and variant).")
+    verdicts = []
+    for r in table.itertuples():
+        if r.verdict == "(reference)":
+            continue
+        detail = f"{r.diff:+.2f} points, p = {_fmt(r.p_value)}, d_z = {_fmt(r.cohens_dz)}, n = {r.n_paired} seeds" \
+            if r.n_paired >= 2 else f"n = {r.n_paired} paired seed(s)"
+        verdicts.append(f"{r.study} / **{r.variant}**: {r.verdict} ({detail}).")
+    small = table[(table["verdict"] == abl.TOO_FEW)]
+    if not small.empty:
+        verdicts.append(f"The seed count is too small to conclude for: "
+                        f"{', '.join(sorted(set(small['study'] + '/' + small['variant'])))} "
+                        f"(needs at least {abl.MIN_SEEDS} paired seeds).")
+    doc.bullets(verdicts)
+    doc.figure(lambda: plots.ablation(table, metric), "", "Ablation: means and paired differences")
+
+
+def _study_section(doc: Doc, s: Study, prefix: str) -> None:
+    doc.heading(f"Study: {s.name}")
+    meta = s.meta
+    doc.para(f"Path `{s.path}`; kind {s.kind}; searcher {meta.get('searcher', '?')}; scheduler "
+             f"{meta.get('scheduler', '?')}; metric {s.metric} ({'max' if s.maximize else 'min'}); git "
+             f"{meta.get('git_commit', '?')}; started {meta.get('started', '?')}, ended {meta.get('ended') or '—'}.")
+    if meta.get("command"):
+        doc.para(f"Command: `{meta['command']}`")
+    doc.heading("Metric vs searched parameters", 3)
+    doc.figure(lambda: plots.metric_vs_params(s), prefix, "Metric vs each searched parameter")
+    doc.heading("Interactions", 3)
+    for x, y in HEATMAP_PAIRS:
+        doc.figure(lambda x=x, y=y: plots.interaction_heatmap(s, x, y), prefix, f"Heatmap {x} × {y}")
+    doc.heading("Learning curves", 3)
+    doc.figure(lambda: plots.learning_curves(s), prefix, "Learning curves")
+    doc.heading("Parameter importance", 3)
+    imp = compute_importance(s)
+    if imp.skipped.get("all"):
+        doc.para(f"*Parameter importance: skipped ({imp.skipped['all']}).*")
+    else:
+        doc.para(f"Optuna importance evaluators ({', '.join(EVALUATORS)}) over a study rebuilt from "
+                 f"trials.csv: {imp.n_complete} completed trials (COMPLETE) and {imp.n_pruned} pruned (PRUNED, "
+                 f"with their intermediate values); evaluators use the completed ones.")
+        for method, why in imp.skipped.items():
+            doc.para(f"*{method}: skipped ({why}).*")
+        if not imp.table.empty:
+            wide = imp.table.pivot_table(index="param", columns="method", values="importance", sort=False)
+            wide = wide.reindex(columns=[m for m in EVALUATORS if m in wide.columns])
+            wide = wide.sort_values(wide.columns[0], ascending=False).reset_index()
+            wide.columns.name = None
+            doc.table(wide, f"{prefix}importance_table", "Normalised importances (sum = 1 per method).")
+            doc.figure(lambda: plots.importance(imp.table, s.name), prefix, "Parameter importance")
+    doc.heading("Top trials", 3)
+    doc.figure(lambda: plots.parallel_coordinates(s), prefix, "Parallel coordinates of the top trials")
+    doc.heading("Hard-negative diagnostics", 3)
+    doc.figure(lambda: plots.hard_negative_diagnostics(s), prefix, "Hard-negative diagnostics")
+    failed = s.trials[s.trials["status"].isin(FAILED + UNFINISHED)]
+    if not failed.empty:
+        doc.heading("Trials that did not finish", 3)
+        cols = [c for c in ("trial_id", "trial_number", "status", "epochs", "error") if c in failed.columns]
+        doc.table(failed[cols].reset_index(drop=True), f"{prefix}unfinished_trials")
+
+
+def _write(root: Path, studies: list[Study], formats: Sequence[str]) -> None:
+    metric = studies[0].metric
+    doc = Doc(root)
+    title = f"Study report: {', '.join(s.name for s in studies)}"
+    doc.heading(title, 1)
+    doc.para(f"Generated {_dt.datetime.now().isoformat(timespec='seconds')} from "
+             f"{', '.join(f'`{s.path}`' for s in studies)}. Metric: **{metric}** "
+             f"({'higher' if studies[0].maximize else 'lower'} is better).")
+    doc.heading("Summary")
+    doc.table(summary_table(studies), "summary", "Trials by status, best vs baseline, total compute.")
+    doc.bullets(n for s in studies for n in _state_notes(s))
+    doc.heading("Best configuration")
+    doc.bullets(_describe_best(s) for s in studies)
+    best = best_configs(studies)
+    if not best.empty:
+        doc.table(best, "best_configs")
+    _ablation_section(doc, studies, metric)
+    doc.heading("Optimisation history" + (" (all studies)" if len(studies) > 1 else ""))
+    doc.figure(lambda: plots.optimization_history(studies), "", "Best so far vs trial number and compute")
+    many = len(studies) > 1
+    for s in studies:
+        _study_section(doc, s, f"{_slug(s.name)}__" if many else "")
+    if "md" in formats:
+        (root / "report.md").write_text(doc.markdown(), encoding="utf-8")
+    if "html" in formats:
+        (root / "report.html").write_text(doc.html(title), encoding="utf-8")
+
+
+def _parse_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    items = [f.strip().lower() for f in items if f and f.strip()]
+    bad = [f for f in items if f not in FORMATS]
+    if bad or not items:
+        raise ReportError(f"format {', '.join(bad) or '(none)'} is not allowed: one or more of {', '.join(FORMATS)}")
+    return tuple(dict.fromkeys(items))
+
+
+def build_report(run_dirs: str | Path | Iterable[str | Path], out: str | Path | None = None,
+                 metric: str | None = None, formats: str | Iterable[str] = FORMATS) -> Path:
+    """Write the report of one or more studies and return the report directory.
+
+    ``out`` defaults to ``<first run dir>/report``; an existing report there is replaced atomically (the new one
+    is built in a temporary sibling directory and renamed into place). Raises :class:`ReportError` for bad input
+    (not a study, empty study, unknown metric, studies with different metrics, unknown format) before anything is
+    written.
+    """
+    if isinstance(run_dirs, (str, Path)):
+        run_dirs = [run_dirs]
+    formats = _parse_formats(formats)
+    studies = load_studies(run_dirs, metric)
+    final = Path(out) if out is not None else studies[0].path / "report"
+    if final.exists() and not final.is_dir():
+        raise ReportError(f"{final}: exists and is not a directory")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        _write(tmp, studies, formats)
+        old = None
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+            final.rename(old / final.name)
+        tmp.rename(final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point (``mocostudy-report`` / ``python -m analysis.report``). Returns the exit code:
+    0 on success, 2 on bad input (message on stderr)."""
+    parser = argparse.ArgumentParser(prog="mocostudy-report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="study directories (runs/<name>)")
+    parser.add_argument("--out", help="report directory (default: RUN_DIR/report of the first study)")
+    parser.add_argument("--metric", help="metric column of trials.csv (default: the study's metric)")
+    parser.add_argument("--format", default="md,html", help="comma-separated: md, html (default: md,html)")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        path = build_report(args.run_dirs, out=args.out, metric=args.metric, formats=args.format)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"report written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
