@@ -225,7 +225,8 @@ class MoCo(nn.Module):
                                      query_ids=image_ids, queue_ids=queue_ids, ratio=ratio, threshold=threshold)
         stats = _step_stats(infos, labels, queue_labels)
         new_keys = torch.cat([k for k in (k1, k2) if k is not None])
-        self.queue.enqueue(new_keys, image_ids.repeat(views), None if labels is None else labels.repeat(views))
+        self.queue.enqueue(new_keys, image_ids.repeat(views), None if labels is None else labels.repeat(views),
+                           views=views)
         return loss, stats
 
 

@@ -31,6 +31,14 @@ def gather_from_ranks(x: Tensor) -> Tensor:
     return torch.cat(parts, dim=0)
 
 
+def _view_major(x: Tensor, views: int) -> Tensor:
+    """Reorder gathered rows [rank][view][i] -> [view][rank][i] (a no-op for one rank or one view)."""
+    if views == 1 or not _distributed():
+        return x
+    world = dist.get_world_size()
+    return x.view(world, views, -1, *x.shape[1:]).transpose(0, 1).reshape(x.shape)
+
+
 class KeyQueue(nn.Module):
     """Ring buffer of ``size`` keys of dimension ``dim``.
 
@@ -65,11 +73,16 @@ class KeyQueue(nn.Module):
         return self.keys[:n].clone(), self.ids[:n].clone(), self.labels[:n].clone()
 
     @torch.no_grad()
-    def enqueue(self, keys: Tensor, ids: Tensor, labels: Tensor | None = None) -> None:
+    def enqueue(self, keys: Tensor, ids: Tensor, labels: Tensor | None = None, *, views: int = 1) -> None:
         """Write keys [N, D], ids [N] (and labels [N], default -1) at the pointer, wrapping around; gathers under DDP.
 
+        ``views``: the rows are ``views`` equal blocks (e.g. ``cat(k1, k2)``). After the gather, entries are put in
+        view-major, then rank, order, exactly as one process holding the global batch would enqueue them; so which
+        entries a later partial overwrite evicts does not depend on the number of ranks.
         Raises ValueError when the (gathered) N exceeds the queue size or shapes disagree.
         """
+        if views < 1 or keys.shape[0] % views:
+            raise ValueError(f"views = {views!r} is not allowed: expected an integer >= 1 dividing N = {keys.shape[0]}")
         if keys.ndim != 2 or keys.shape[1] != self.dim:
             raise ValueError(f"keys.shape = {tuple(keys.shape)} is not allowed: expected [N, {self.dim}]")
         if ids.shape != (keys.shape[0],):
@@ -78,9 +91,9 @@ class KeyQueue(nn.Module):
             labels = torch.full_like(ids, -1)
         elif labels.shape != ids.shape:
             raise ValueError(f"labels.shape = {tuple(labels.shape)} is not allowed: expected [{keys.shape[0]}]")
-        keys = gather_from_ranks(keys.detach().to(self.keys.dtype))
-        ids = gather_from_ranks(ids.to(self.ids.device, torch.long))
-        labels = gather_from_ranks(labels.to(self.labels.device, torch.long))
+        keys = _view_major(gather_from_ranks(keys.detach().to(self.keys.dtype)), views)
+        ids = _view_major(gather_from_ranks(ids.to(self.ids.device, torch.long)), views)
+        labels = _view_major(gather_from_ranks(labels.to(self.labels.device, torch.long)), views)
         n = keys.shape[0]
         if n > self.size:
             raise ValueError(f"keys per enqueue = {n} is not allowed: expected at most the queue size K = {self.size} "
