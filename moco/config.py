@@ -223,6 +223,8 @@ def _coerce(key: str, value: Any, source: str | None) -> Any:
             raise ConfigError(key, value, "a number", source) from None
     if hint in (float, float | None) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint in (int, int | None) and isinstance(value, float) and value.is_integer():
+        return int(value)  # 4096.0 from a CSV or a numeric search is the integer 4096
     return value
 
 

@@ -1,0 +1,30 @@
+# Two commands do everything on a fresh machine:
+#   make study   set up, then run the default study (Fashion-MNIST, CPU, about 20 minutes)
+#   make test    set up, then run the tests
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup study test test-all bench bench-quick clean
+
+$(STAMP): setup.cfg pyproject.toml
+	bash scripts/setup.sh
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+study: $(STAMP)
+	$(PY) study/run.py --space hardneg.yaml $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+bench-quick: $(STAMP)
+	$(PY) bench/run.py --quick
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

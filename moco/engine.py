@@ -1,0 +1,248 @@
+"""The training engine: one MoCo pre-training run as plain PyTorch, epoch by epoch.
+
+``Engine`` owns the model, optimiser and data of one worker and knows nothing about Ray: ``moco/train.py`` drives it
+under Ray Train (reports, checkpoints), the tests drive it directly. Under ``torch.distributed`` (DDP) every rank
+runs one Engine on its own shard; the global batch ``cfg.batch_size`` is split evenly across ranks.
+
+Schedules are pure functions of the global step, and every random draw of an epoch comes from generators seeded by
+``(seed, epoch, rank)``, so a run resumed from the checkpoint of epoch ``e`` repeats epoch ``e + 1`` exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from moco.augment import build_augment, normalize
+from moco.config import TrainConfig
+from moco.data import Dataset, train_batches
+from moco.evaluate import alignment, knn_accuracy, linear_probe, uniformity
+from moco.model import MoCo, build_model
+from moco.schedules import cosine_momentum, warmup_cosine_lr
+
+# Step statistics averaged over an epoch and reported (see moco.model.MoCo.forward).
+STEP_STATS = ("pos_sim", "neg_sim_q10", "neg_sim_q50", "neg_sim_q90", "filtered_frac", "kept_negatives",
+              "false_neg_rate")
+
+
+class DivergedError(RuntimeError):
+    """The loss or the gradient became non-finite; training stops rather than continuing on NaNs."""
+
+    def __init__(self, epoch: int, step: int, loss: float):
+        super().__init__(f"non-finite loss {loss} at epoch {epoch}, step {step}: the run diverged")
+        self.epoch, self.step, self.loss = epoch, step, loss
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+
+    @staticmethod
+    def current() -> "DistInfo":
+        if dist.is_available() and dist.is_initialized():
+            return DistInfo(dist.get_rank(), dist.get_world_size())
+        return DistInfo()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device = 'cuda' was requested but no CUDA GPU is available on this machine")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Engine:
+    """One worker's share of a MoCo run: ``train_epoch`` then ``evaluate``, with ``state_dict`` for checkpoints."""
+
+    def __init__(self, cfg: TrainConfig, dataset: Dataset, device: torch.device, dist_info: DistInfo | None = None):
+        self.cfg, self.dataset, self.device = cfg, dataset, device
+        self.dist = dist_info or DistInfo.current()
+        if cfg.batch_size % self.dist.world_size:
+            raise ValueError(f"batch_size = {cfg.batch_size} must be divisible by the number of workers "
+                             f"({self.dist.world_size})")
+        self.local_batch = cfg.batch_size // self.dist.world_size
+        seed_everything(cfg.seed)  # identical initial weights on every rank
+        self.model: MoCo = build_model(cfg, dataset.channels).to(device)
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.net = self.model
+        if self.dist.world_size > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.sgd_momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.augment = build_augment(cfg, dataset).to(device)
+        self.train_split = dataset.train.to(device) if hasattr(dataset.train, "to") else dataset.train
+        self.steps_per_epoch = len(dataset.train) // cfg.batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"batch_size = {cfg.batch_size} is larger than the training set "
+                             f"({len(dataset.train)} images)")
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.epoch = 0  # epochs completed
+        self.images_seen = 0  # images through the encoders (both passes of each view count)
+        gen = torch.Generator().manual_seed(cfg.seed + 7)
+        self._bank_index = torch.randperm(len(dataset.train), generator=gen)[: cfg.knn_bank_size]
+        self._val_index = torch.randperm(len(dataset.val), generator=gen)[: cfg.knn_val_size]
+
+    # --- training ---------------------------------------------------------------------------------------------
+    def _generator(self, epoch: int) -> torch.Generator:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(hash((self.cfg.seed, epoch, self.dist.rank)) % 2**62)
+        return gen
+
+    def selection(self, epoch: int) -> tuple[float, float]:
+        """(ratio, threshold) for a 1-based epoch: plain MoCo during the selection warm-up."""
+        if epoch <= self.cfg.selection_warmup_epochs:
+            return 1.0, 1.0
+        return self.cfg.hard_negative_ratio, self.cfg.false_negative_threshold
+
+    def momentum_at(self, step: int) -> float:
+        if self.cfg.momentum_schedule == "cosine":
+            return cosine_momentum(step, self.total_steps, self.cfg.momentum)
+        return self.cfg.momentum
+
+    def train_epoch(self) -> dict[str, float]:
+        """Run epoch ``self.epoch + 1``; return its averaged loss, schedules, throughput and step statistics."""
+        cfg, epoch = self.cfg, self.epoch + 1
+        self.model.train()
+        ratio, threshold = self.selection(epoch)
+        gen = self._generator(epoch)
+        labels_known = self.dataset.num_classes > 0
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, torch.Tensor] = {}
+        n_steps, lr, m = 0, cfg.lr, cfg.momentum
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+                    else contextlib.nullcontext())
+        start = time.perf_counter()
+        data_s = 0.0
+        for images, ids, labels in train_batches(self.train_split, self.local_batch, seed=cfg.seed, epoch=epoch,
+                                                 rank=self.dist.rank, world_size=self.dist.world_size,
+                                                 device=self.device):
+            step = (epoch - 1) * self.steps_per_epoch + n_steps
+            lr = warmup_cosine_lr(step, self.total_steps, cfg.warmup_epochs * self.steps_per_epoch, cfg.lr)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            t0 = time.perf_counter()
+            view1, view2 = self.augment(images, gen), self.augment(images, gen)
+            if self.device.type == "cuda":
+                view1 = view1.contiguous(memory_format=torch.channels_last)
+                view2 = view2.contiguous(memory_format=torch.channels_last)
+            data_s += time.perf_counter() - t0
+            with autocast:
+                loss, stats = self.net(view1, view2, ids, ratio=ratio, threshold=threshold,
+                                       labels=labels if labels_known else None)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            # The gradient norm is identical on every rank after DDP's all-reduce, so all ranks stop together.
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                raise DivergedError(epoch, n_steps, float(loss))
+            self.optimizer.step()
+            m = self.momentum_at(step)
+            self.model.momentum_update(m)
+            for key, value in (("loss", loss), *((k, stats[k]) for k in STEP_STATS if k in stats)):
+                value = value.detach().float()  # a statistic is NaN while the queue is still empty
+                sums[key] = sums.get(key, 0) + torch.nan_to_num(value, nan=0.0)
+                counts[key] = counts.get(key, 0) + (~torch.isnan(value)).float()
+            n_steps += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        views = 2 if cfg.dual_view_weight < 1.0 else 1
+        images_epoch = n_steps * cfg.batch_size
+        self.images_seen += images_epoch * 2 * views  # query and key pass of each view
+        self.epoch = epoch
+        out = self._mean_over_ranks({key: sums[key] / counts[key] for key in sums})
+        out.update(epoch=epoch, lr=lr, momentum=m, epoch_s=seconds, images_per_s=images_epoch / seconds,
+                   data_share=data_s / seconds, images_seen=self.images_seen, ratio=ratio, threshold=threshold)
+        return out
+
+    def _mean_over_ranks(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Average per-rank epoch statistics over all ranks (one all-reduce per epoch)."""
+        keys = sorted(values)
+        packed = torch.stack([torch.as_tensor(values[k], dtype=torch.float32, device=self.device) for k in keys])
+        if self.dist.world_size > 1:
+            dist.all_reduce(packed)
+            packed /= self.dist.world_size
+        return dict(zip(keys, packed.tolist()))
+
+    # --- evaluation -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _features(self, images: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+        self.model.eval()
+        mean, std, size = self.dataset.mean, self.dataset.std, self.dataset.image_size
+        chunks = []
+        for start in range(0, len(images), batch):
+            x = normalize(images[start:start + batch].to(self.device), mean, std, size)
+            chunks.append(F.normalize(self.model.features(x).float(), dim=1))
+        return torch.cat(chunks) if chunks else torch.empty(0)
+
+    def knn(self, bank_images, bank_labels, query_images, query_labels) -> float:
+        """Weighted kNN top-1 (percent) of ``query`` against the ``bank``, on frozen backbone features."""
+        bank = self._features(bank_images)
+        queries = self._features(query_images)
+        return knn_accuracy(bank, bank_labels.to(self.device), queries, query_labels.to(self.device),
+                            self.dataset.num_classes, k=self.cfg.knn_k, t=self.cfg.knn_t)
+
+    def monitor(self) -> dict[str, float]:
+        """The per-epoch validation monitor: kNN on a bounded bank and validation subset, alignment, uniformity."""
+        train, val = self.dataset.train, self.dataset.val
+        val_images = val.images[self._val_index]
+        out = {"val_knn_top1": self.knn(train.images[self._bank_index], train.labels[self._bank_index],
+                                        val_images, val.labels[self._val_index])}
+        with torch.no_grad():
+            x = val_images[:512].to(self.device)
+            gen = self._generator(-self.epoch)
+            self.model.eval()
+            z1 = F.normalize(self.model.features(self.augment(x, gen)).float(), dim=1)
+            z2 = F.normalize(self.model.features(self.augment(x, gen)).float(), dim=1)
+        out.update(alignment=float(alignment(z1, z2)), uniformity=float(uniformity(z1)))
+        return out
+
+    def final_evaluation(self) -> dict[str, float]:
+        """Full-set kNN on validation and test with the whole training set as the bank; optional linear probe."""
+        train, val, test = self.dataset.train, self.dataset.val, self.dataset.test
+        bank = self._features(train.images)
+        bank_labels = train.labels.to(self.device)
+        out = {}
+        for name, split in (("final_val_knn_top1", val), ("test_knn_top1", test)):
+            if split is not None and len(split):
+                out[name] = knn_accuracy(bank, bank_labels, self._features(split.images), split.labels.to(self.device),
+                                         self.dataset.num_classes, k=self.cfg.knn_k, t=self.cfg.knn_t)
+        if self.cfg.linear_probe and test is not None and len(test):
+            out["linear_top1"] = linear_probe(bank, bank_labels, self._features(test.images),
+                                              test.labels.to(self.device), self.dataset.num_classes,
+                                              epochs=self.cfg.probe_epochs)
+        return out
+
+    # --- checkpoints ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
+                "images_seen": self.images_seen, "config": self.cfg.to_dict(),
+                "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        self.images_seen = int(state["images_seen"])
+        torch.set_rng_state(state["torch_rng"])

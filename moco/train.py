@@ -1,0 +1,275 @@
+"""Ray Train edge of the training core: ``train_loop_per_worker``, checkpoints, and ``python -m moco.train``.
+
+The loop is a plain function of a config dict (as in Ray's own examples); everything Ray-specific lives here, while
+the training itself is :class:`moco.engine.Engine`. Every epoch the loop reports its metrics with
+``ray.train.report``; every ``checkpoint_every`` epochs (and at the end) rank 0 attaches a checkpoint holding the
+model (with its queue), optimiser, epoch and config. On start it resumes from ``ray.train.get_checkpoint()``; a
+checkpoint that fails its checksum is skipped for the previous one, with a warning.
+
+Loop config keys: ``train`` (a TrainConfig dict), ``threads`` (torch threads per worker), ``run_dir`` (persistent
+folder of this run, for fault-injection markers), ``fault`` (optional fault injection, see :func:`maybe_inject_fault`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moco.config import ConfigError, TrainConfig, parse_overrides
+from moco.data import DatasetNotFoundError, check_dataset, load_dataset
+from moco.engine import DistInfo, DivergedError, Engine, resolve_device
+
+STATE_FILE = "state.pt"
+CHECKSUM_FILE = "state.sha256"
+FAULT_ENV = "MOCO_FAULT"  # e.g. "epoch=2,kind=raise" or "epoch=2,kind=exit": one worker fails once at that epoch
+
+
+# --- checkpoints --------------------------------------------------------------------------------------------------
+def write_checkpoint_dir(state: dict[str, Any], directory: str | Path) -> None:
+    """Write ``state`` and its SHA-256 into ``directory`` (the file is renamed into place only once complete)."""
+    directory = Path(directory)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    tmp = directory / (STATE_FILE + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, directory / STATE_FILE)
+    (directory / CHECKSUM_FILE).write_text(hashlib.sha256(data).hexdigest())
+
+
+def read_checkpoint_dir(directory: str | Path) -> dict[str, Any]:
+    """Load a checkpoint directory, verifying its checksum; raise ``ValueError`` when it is corrupt or partial."""
+    directory = Path(directory)
+    state_path, sum_path = directory / STATE_FILE, directory / CHECKSUM_FILE
+    if not state_path.is_file() or not sum_path.is_file():
+        raise ValueError(f"checkpoint {directory} is incomplete (missing {STATE_FILE} or {CHECKSUM_FILE})")
+    data = state_path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sum_path.read_text().strip():
+        raise ValueError(f"checkpoint {directory} is corrupt (checksum mismatch)")
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+
+
+def load_latest_valid(checkpoint) -> dict[str, Any] | None:
+    """State of the newest readable checkpoint: ``checkpoint`` itself, else its older siblings (``epoch-*``)."""
+    if checkpoint is None:
+        return None
+    import pyarrow.fs
+
+    fs, path = checkpoint.filesystem, checkpoint.path
+    parent = path.rstrip("/").rsplit("/", 1)[0]
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(parent))
+    siblings = sorted((i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
+                       and i.base_name.startswith("epoch-") and i.path <= path), reverse=True)
+    candidates = [path] + [p for p in siblings if p != path]
+    for candidate in candidates:
+        with tempfile.TemporaryDirectory() as local:
+            try:
+                pyarrow.fs.copy_files(candidate, local, source_filesystem=fs)
+                state = read_checkpoint_dir(local)
+            except Exception as err:  # noqa: BLE001 - any unreadable checkpoint falls back to the previous one
+                warnings.warn(f"skipping unreadable checkpoint {candidate}: {err}", stacklevel=2)
+                continue
+        if candidate != path:
+            warnings.warn(f"resumed from the older checkpoint {candidate} because newer ones are unreadable",
+                          stacklevel=2)
+        return state
+    warnings.warn("no readable checkpoint found; starting from scratch", stacklevel=2)
+    return None
+
+
+# --- fault injection (tests and bench/faults.py) ---------------------------------------------------------------------
+def parse_fault(spec: str | None) -> dict[str, Any] | None:
+    """``"epoch=2,kind=raise"`` -> ``{"epoch": 2, "kind": "raise"}``; None or "" -> None."""
+    if not spec:
+        return None
+    fault = dict(item.split("=", 1) for item in spec.split(","))
+    if fault.get("kind", "raise") not in ("raise", "exit") or "epoch" not in fault:
+        raise ValueError(f"{FAULT_ENV} = {spec!r}: expected 'epoch=N,kind=raise|exit'")
+    return {"epoch": int(fault["epoch"]), "kind": fault.get("kind", "raise"), "rank": int(fault.get("rank", 0))}
+
+
+def maybe_inject_fault(fault: dict[str, Any] | None, epoch: int, rank: int, run_dir: str | None) -> None:
+    """Fail once, at the start of ``fault['epoch']`` on ``fault['rank']``; a marker file makes it happen once."""
+    if not fault or epoch != fault["epoch"] or rank != fault["rank"] or not run_dir:
+        return
+    marker = Path(run_dir) / f".fault-injected-epoch{epoch}"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(time.time()))
+    print(f"[fault injection] worker rank {rank} fails at epoch {epoch} ({fault['kind']})", flush=True)
+    if fault["kind"] == "exit":
+        os._exit(1)
+    raise RuntimeError(f"injected fault at epoch {epoch}")
+
+
+# --- the loop -----------------------------------------------------------------------------------------------------
+def progress_line(metrics: dict[str, Any], epochs: int) -> str:
+    knn = metrics.get("val_knn_top1")
+    knn_text = f" val_knn {knn:5.2f}%" if knn is not None else ""
+    return (f"epoch {metrics['epoch']:>3}/{epochs} loss {metrics['loss']:.4f}{knn_text} "
+            f"lr {metrics['lr']:.4f} m {metrics['momentum']:.4f} {metrics['images_per_s']:.0f} img/s "
+            f"{metrics['epoch_s']:.1f}s")
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker function: train, report every epoch, checkpoint, resume."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig.from_dict(loop_config["train"])
+    if loop_config.get("threads"):
+        torch.set_num_threads(int(loop_config["threads"]))
+    dist_info = DistInfo.current()
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        device = ray.train.torch.get_device()
+        torch.cuda.set_device(device)
+    engine = Engine(cfg, load_dataset(cfg), device, dist_info)
+    state = load_latest_valid(ray.train.get_checkpoint())
+    if state is not None:
+        engine.load_state_dict(state)
+        if dist_info.rank == 0:
+            print(f"resumed from epoch {engine.epoch}", flush=True)
+    node_id = _node_id()
+    last_knn: float | None = None
+    while engine.epoch < cfg.epochs:
+        epoch = engine.epoch + 1
+        maybe_inject_fault(loop_config.get("fault"), epoch, dist_info.rank, loop_config.get("run_dir"))
+        try:
+            metrics = engine.train_epoch()
+        except DivergedError as err:
+            # Report the worst value of the metric so the searcher learns, then stop this run.
+            ray.train.report({"epoch": epoch, "diverged": 1, "val_knn_top1": 0.0, "loss": float("nan"),
+                              "error": str(err), "node_id": node_id, "world_size": dist_info.world_size})
+            print(f"run diverged: {err}", flush=True)
+            return
+        last = epoch == cfg.epochs
+        if dist_info.rank == 0 and (epoch % cfg.knn_every == 0 or last):
+            monitor = engine.monitor()
+            last_knn = monitor["val_knn_top1"]
+            metrics.update(monitor)
+        if last_knn is not None:
+            metrics["val_knn_top1"] = last_knn
+        if dist_info.rank == 0 and last and cfg.final_eval:
+            metrics.update(engine.final_evaluation())
+        metrics.update(diverged=0, node_id=node_id, world_size=dist_info.world_size)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if dist_info.rank == 0 and (epoch % cfg.checkpoint_every == 0 or last):
+                write_checkpoint_dir(engine.state_dict(), tmp)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{epoch:04d}")
+        if dist_info.rank == 0:
+            print(progress_line(metrics, cfg.epochs), flush=True)
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - local mode without a Ray runtime
+        return "local"
+
+
+# --- trainer construction (shared with study/) -------------------------------------------------------------------
+def make_trainer(cfg: TrainConfig, *, workers: int, use_gpu: bool, cpus_per_worker: float, storage: str, name: str,
+                 max_failures: int = 2, callbacks: list | None = None, fault: dict | None = None):
+    """A ``TorchTrainer`` for one run of ``cfg``; rerunning with the same ``storage``/``name`` resumes it."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    run_dir = storage.rstrip("/") + "/" + name
+    loop_config = {"train": cfg.to_dict(), "threads": max(1, int(cpus_per_worker)), "run_dir": run_dir,
+                   "fault": fault}
+    resources = {"CPU": cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources if workers else None),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage, callbacks=callbacks or [],
+            failure_config=ray.train.FailureConfig(max_failures=max_failures, controller_failure_limit=3),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            logging_config=ray.train.LoggingConfig(log_level=os.environ.get("MOCO_TRAIN_LOG_LEVEL", "WARNING")),
+        ),
+    )
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Ray workers change directory; make path-valued settings absolute before they leave the driver."""
+    if cfg.data_root and "://" not in cfg.data_root:
+        return cfg.replace(data_root=str(Path(cfg.data_root).expanduser().resolve()))
+    return cfg
+
+
+# --- command line -------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m moco.train", description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, help="training config YAML (see configs/)")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (0 = in-process local mode)")
+    p.add_argument("--gpus", action="store_true", help="one GPU per worker")
+    p.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per worker (default: all / workers)")
+    p.add_argument("--epochs", type=int, default=None, help="override epochs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    p.add_argument("--storage", default="runs", help="where runs are written (path or URI; default ./runs)")
+    p.add_argument("--name", default=None, help="run name (default: train-<config stem>); reuse it to resume")
+    p.add_argument("--address", default=None, help="existing Ray cluster address (default: start Ray locally)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        overrides = parse_overrides(args.set)
+        if args.epochs is not None:
+            overrides["epochs"] = args.epochs
+        if args.gpus:
+            overrides.setdefault("device", "cuda")
+        cfg = absolute_paths(TrainConfig.from_yaml(args.config, overrides))
+        if args.workers < 0:
+            raise ConfigError("--workers", args.workers, "an integer >= 0")
+        if args.gpus and args.address is None and not torch.cuda.is_available():
+            raise ConfigError("--gpus", True, "a machine with a CUDA GPU (none found here)")
+        check_dataset(cfg)
+    except (ConfigError, DatasetNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    name = args.name or f"train-{Path(args.config).stem}"
+    storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
+    if "://" not in storage:
+        Path(storage, name).mkdir(parents=True, exist_ok=True)
+        cfg.save_yaml(Path(storage, name, "config.yaml"))
+    import ray
+
+    if args.workers > 0 and not ray.is_initialized():
+        ray.init(address=args.address, log_to_driver=True)
+    total_cpus = (ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else os.cpu_count() or 1)
+    cpus = args.cpus_per_worker or max(1.0, float(int(total_cpus // max(args.workers, 1))))
+    trainer = make_trainer(cfg, workers=args.workers, use_gpu=args.gpus, cpus_per_worker=cpus, storage=storage,
+                           name=name, fault=parse_fault(os.environ.get(FAULT_ENV)))
+    result = trainer.fit()
+    final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float, str))}
+    print(json.dumps(final, indent=1, sort_keys=True))
+    if result.checkpoint is not None:
+        print(f"checkpoint: {result.checkpoint.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

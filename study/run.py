@@ -1,0 +1,355 @@
+"""Run a hyperparameter study: ``python study/run.py --space hardneg.yaml``.
+
+Searches the training config with Ray Tune + Optuna (TPE by default) and ASHA early stopping on epochs; every trial
+is a Ray Train run. The first trial is always the MoCo v2 baseline. Results land in ``<storage>/<name>/``
+(``study.json``, ``trials.csv``, ``history.csv``, ``best_config.yaml``, the Optuna SQLite study and a report).
+Interrupt with Ctrl-C (or SIGTERM) and continue later with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python study/run.py` puts study/ on sys.path, not the project root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from moco.config import ConfigError  # noqa: E402
+from moco.data import DatasetNotFoundError, check_dataset  # noqa: E402
+from study.space import Space, SpaceError, load_space  # noqa: E402
+
+DRIVER_RESOURCE = "mocostudy_driver"  # a custom resource that keeps trial drivers off the workers' CPUs
+
+
+class StudyError(Exception):
+    """A problem found before Ray starts; reported with exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="study/run.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--space", default="hardneg", help="space file: a name in configs/ (hardneg) or a path")
+    p.add_argument("--name", default=None, help="study name (default: the space file's stem)")
+    p.add_argument("--storage", default="runs", help="where studies are written: a path or a URI (s3://, gs://)")
+    p.add_argument("--num-samples", type=int, default=None, help="number of trials (overrides the space file)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: what fits)")
+    p.add_argument("--workers-per-trial", type=int, default=None, help="Ray Train workers per trial")
+    p.add_argument("--gpus-per-worker", type=int, default=None, help="GPUs per Ray Train worker (0 or 1)")
+    p.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per Ray Train worker")
+    p.add_argument("--address", default=None, help="an existing Ray cluster (default: start Ray locally)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
+    p.add_argument("--seed", type=int, default=None, help="searcher seed (overrides the space file)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the base training config")
+    p.add_argument("--no-report", action="store_true", help="do not write the analysis report at the end")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the plan without starting Ray")
+    return p
+
+
+# --- planning (no Ray) ----------------------------------------------------------------------------------------------
+def apply_cli(space: Space, args: argparse.Namespace) -> Space:
+    s = space.settings
+    for attr, value in (("num_samples", args.num_samples), ("max_concurrent", args.max_concurrent),
+                        ("workers_per_trial", args.workers_per_trial), ("gpus_per_worker", args.gpus_per_worker),
+                        ("cpus_per_worker", args.cpus_per_worker), ("seed", args.seed)):
+        if value is not None:
+            setattr(s, attr, value)
+    if s.num_samples < 1:
+        raise StudyError(f"--num-samples = {s.num_samples}: must be >= 1")
+    if s.max_concurrent is not None and s.max_concurrent < 1:
+        raise StudyError(f"--max-concurrent = {s.max_concurrent}: must be >= 1")
+    if s.workers_per_trial < 0 or s.gpus_per_worker < 0:
+        raise StudyError("--workers-per-trial and --gpus-per-worker must be >= 0")
+    if args.set:
+        from moco.config import parse_overrides
+
+        overrides = parse_overrides(args.set)
+        try:
+            space.base = space.base.replace(**overrides)
+        except ConfigError as err:
+            raise StudyError(f"--set {err.key}={err.value!r}: {err.allowed}") from None
+        space.base_overrides = {**space.base_overrides, **overrides}
+    if s.gpus_per_worker:
+        space.base = space.base.replace(device="cuda")
+    return space
+
+
+def plan_resources(space: Space, cpus: float, gpus: float) -> dict[str, Any]:
+    """Resources of one trial and how many trials fit at once on ``cpus`` / ``gpus``."""
+    s = space.settings
+    workers = s.workers_per_trial
+    if s.gpus_per_worker and gpus < 1:
+        raise StudyError(f"--gpus-per-worker = {s.gpus_per_worker} but the cluster has no GPU "
+                         "(run without GPUs, or pass --address of a cluster with GPUs)")
+    cpw = s.cpus_per_worker or (1.0 if not s.gpus_per_worker else max(1.0, math.floor(cpus / max(gpus, 1))))
+    per_trial_cpu = max(workers, 1) * cpw
+    per_trial_gpu = workers * s.gpus_per_worker
+    if per_trial_cpu > cpus or per_trial_gpu > gpus:
+        raise StudyError(f"one trial needs {per_trial_cpu:g} CPUs and {per_trial_gpu:g} GPUs "
+                         f"({workers} workers x {cpw:g} CPUs, {s.gpus_per_worker} GPUs), but the cluster has "
+                         f"{cpus:g} CPUs and {gpus:g} GPUs: lower --workers-per-trial or --cpus-per-worker")
+    fits = math.floor(cpus / per_trial_cpu)
+    if per_trial_gpu:
+        fits = min(fits, math.floor(gpus / per_trial_gpu))
+    concurrent = min(s.max_concurrent or fits, space.num_trials)
+    return {"workers_per_trial": workers, "cpus_per_worker": cpw, "gpus_per_worker": s.gpus_per_worker,
+            "cpus_per_trial": per_trial_cpu, "gpus_per_trial": per_trial_gpu, "max_concurrent": max(concurrent, 1),
+            "cluster_cpus": cpus, "cluster_gpus": gpus}
+
+
+def describe_plan(space: Space, resources: dict[str, Any], run_dir: str) -> str:
+    s = space.settings
+    lines = [f"study      {run_dir}  ({space.kind}, {space.num_trials} trials, metric {s.metric} ({s.mode}))",
+             f"space file {space.source}",
+             f"base       {space.base_name} + {space.base_overrides or '{}'}: {space.base.dataset}, "
+             f"{space.base.backbone}, {space.base.epochs} epochs, batch {space.base.batch_size}"]
+    if space.variants:
+        for name, overrides in space.variants.items():
+            lines.append(f"  variant {name:<12} {overrides or '(base)'}  x seeds {space.seeds}")
+    for p in space.params:
+        rng = (f"{p.choices}" if p.type == "categorical" else f"= {p.value}" if p.type == "fixed"
+               else f"[{p.low}, {p.high}]{' log' if p.log else ''}")
+        lines.append(f"  search  {p.name:<26} {p.type:<11} {rng}{'  when ' + p.when if p.when else ''}")
+    baseline = space.baseline_point()
+    if baseline:
+        lines.append(f"baseline   trial 0 = {baseline}")
+    sched = (f"ASHA on epochs (max_t {space.base.epochs}, grace {s.grace_period}, reduction {s.reduction_factor})"
+             if s.scheduler == "asha" else "none (every trial runs all epochs)")
+    lines += [f"searcher   {s.searcher if not space.variants else 'grid over variants x seeds'} (seed {s.seed})",
+              f"scheduler  {sched}",
+              f"resources  {resources['workers_per_trial']} worker(s) x {resources['cpus_per_worker']:g} CPU"
+              f"{' + ' + str(resources['gpus_per_worker']) + ' GPU' if resources['gpus_per_worker'] else ''} per "
+              f"trial; {resources['max_concurrent']} trial(s) at once on {resources['cluster_cpus']:g} CPUs / "
+              f"{resources['cluster_gpus']:g} GPUs",
+              f"budget     at most {space.num_trials * space.base.epochs} trial-epochs "
+              f"({space.num_trials} x {space.base.epochs})"]
+    return "\n".join(lines)
+
+
+def resume_command(args: argparse.Namespace, name: str) -> str:
+    parts = [sys.executable, "study/run.py", "--space", args.space, "--name", name, "--storage", args.storage]
+    if args.address:
+        parts += ["--address", args.address]
+    return shlex.join(parts + ["--resume"])
+
+
+# --- running ------------------------------------------------------------------------------------------------------
+def _tune_callback(run_dir: Path, space: Space):
+    from ray.tune import Callback
+
+    from study.results import record_status, write_results
+    from study.search import trial_outcome
+
+    class StudyFiles(Callback):
+        """Records each trial's outcome as it ends and rewrites the result files (so a crash loses nothing)."""
+
+        def __init__(self):
+            self._last_write = 0.0
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            cfg = space.trial_config(trial.config)
+            outcome = trial_outcome(trial.last_result, cfg.epochs, error=False)
+            record_status(run_dir, trial.trial_id, outcome, trial.last_result.get("error"))
+            print(f"[study] trial {trial.trial_id} {outcome}: {space.settings.metric} = "
+                  f"{trial.last_result.get(space.settings.metric, float('nan')):.2f} after "
+                  f"{trial.last_result.get('epoch', 0)} epochs  {dict(trial.config)}", flush=True)
+            write_results(run_dir, space)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            error = str(getattr(trial, "error_file", "") or "see the trial's error.txt")
+            record_status(run_dir, trial.trial_id, "errored", error)
+            print(f"[study] trial {trial.trial_id} errored ({error})", flush=True)
+            write_results(run_dir, space)
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            print(f"[study] trial {trial.trial_id} started: {dict(trial.config)}", flush=True)
+
+        def on_step_end(self, iteration, trials, **info):
+            if time.time() - self._last_write > 30:
+                self._last_write = time.time()
+                write_results(run_dir, space)
+
+    return StudyFiles()
+
+
+def start_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(resources={DRIVER_RESOURCE: 1000}, log_to_driver=True)
+
+
+def driver_resources() -> dict[str, float]:
+    import ray
+
+    if ray.cluster_resources().get(DRIVER_RESOURCE):
+        return {DRIVER_RESOURCE: 1}
+    return {"CPU": 0.01}
+
+
+def run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: str) -> int:
+    import ray
+    from ray import tune
+
+    from moco.train import FAULT_ENV, parse_fault
+    from study.results import write_results, write_study_json
+    from study.search import make_scheduler, make_searcher
+    from study.trial import TrialPlan, run_trial
+
+    start_ray(args.address)
+    cluster = ray.cluster_resources()
+    resources = plan_resources(space, cluster.get("CPU", 0), cluster.get("GPU", 0))
+    print(describe_plan(space, resources, str(run_dir)), flush=True)
+    write_study_json(run_dir, space, status="running", resources=resources)
+    plan = TrialPlan(space=space, train_storage=f"{storage}/{run_dir.name}/train",
+                     workers=resources["workers_per_trial"], cpus_per_worker=resources["cpus_per_worker"],
+                     use_gpu=bool(resources["gpus_per_worker"]), fault=parse_fault(os.environ.get(FAULT_ENV)))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), driver_resources())
+    s = space.settings
+    run_config = tune.RunConfig(
+        name=run_dir.name, storage_path=storage, callbacks=[_tune_callback(run_dir, space)],
+        failure_config=tune.FailureConfig(max_failures=0), verbose=1,
+        progress_reporter=tune.CLIReporter(metric_columns=["epoch", s.metric, "loss"], max_report_frequency=60,
+                                           max_progress_rows=12))
+    experiment = f"{storage}/{run_dir.name}"
+    if args.resume and tune.Tuner.can_restore(experiment):
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False)
+    else:
+        if space.variants:
+            param_space = {"variant": tune.grid_search(list(space.variants)), "seed": tune.grid_search(space.seeds)}
+        else:
+            param_space = {}
+        tuner = tune.Tuner(
+            trainable, param_space=param_space, run_config=run_config,
+            tune_config=tune.TuneConfig(
+                metric=s.metric, mode=s.mode, search_alg=make_searcher(space, run_dir),
+                scheduler=make_scheduler(space), num_samples=1 if space.variants else space.num_trials,
+                max_concurrent_trials=resources["max_concurrent"], reuse_actors=False))
+    interrupted = {"flag": False}
+
+    def on_sigterm(signum, frame):  # Tune stops cleanly on SIGINT; treat SIGTERM the same way
+        interrupted["flag"] = True
+        os.kill(os.getpid(), signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        grid = tuner.fit()
+    except KeyboardInterrupt:
+        grid, interrupted["flag"] = None, True
+    summary = write_results(run_dir, space)
+    finished = _count_finished(run_dir)
+    complete = finished >= space.num_trials and not interrupted["flag"]
+    write_study_json(run_dir, space, status="finished" if complete else "interrupted", resources=resources)
+    print(f"[study] {finished}/{space.num_trials} trials finished; {json.dumps(summary, default=str)}")
+    if not complete:
+        print(f"[study] interrupted; continue with:\n  {resume_command(args, run_dir.name)}", flush=True)
+        return 130
+    if not args.no_report:
+        _report(run_dir)
+    print(f"best config: {run_dir / 'best_config.yaml'}")
+    del grid
+    return 0
+
+
+def _count_finished(run_dir: Path) -> int:
+    path = run_dir / "trial_status.json"
+    return len(json.loads(path.read_text())) if path.is_file() else 0
+
+
+def _report(run_dir: Path) -> None:
+    try:
+        from analysis.report import build_report
+    except ImportError:
+        print("[study] analysis package not available; skipping the report")
+        return
+    try:
+        path = build_report([run_dir])
+        print(f"report: {path}")
+    except Exception as err:  # noqa: BLE001 - the study's results stay valid when the report fails
+        print(f"[study] the report failed ({err}); run `python -m analysis.report {run_dir}` to retry")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        space = apply_cli(load_space(args.space), args)
+        name = args.name or Path(space.source).stem
+        remote = "://" in args.storage
+        storage = args.storage.rstrip("/") if remote else str(Path(args.storage).resolve())
+        run_dir = Path(storage) / name
+        if not args.dry_run and not remote:
+            if run_dir.exists() and not args.resume:
+                raise StudyError(f"study {run_dir} already exists: continue it with --resume, "
+                                 "or choose another --name")
+            if args.resume and not (run_dir / "study.json").is_file():
+                raise StudyError(f"--resume: no study named {name!r} under {storage} (no {run_dir}/study.json)")
+        if args.dry_run:
+            return dry_run(space, args, run_dir)
+        if args.address is None:
+            check_dataset(space.base)
+        if not remote:
+            _check_writable(Path(storage))
+            if args.gpus_per_worker and args.address is None and not _local_gpus():
+                raise StudyError("--gpus-per-worker: this machine has no CUDA GPU")
+            plan_resources(space, float(os.cpu_count() or 1), _local_gpus()) if args.address is None else None
+            run_dir.mkdir(parents=True, exist_ok=True)
+    except (SpaceError, ConfigError, DatasetNotFoundError, StudyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return run_study(space, args, run_dir, storage)
+
+
+def dry_run(space: Space, args: argparse.Namespace, run_dir: Path) -> int:
+    """Print the plan; problems that only matter on this machine (data, GPUs) are notes, not errors."""
+    notes = []
+    try:
+        check_dataset(space.base)
+    except DatasetNotFoundError as err:
+        notes.append(f"note: the dataset is not on this machine; the cluster that runs the study needs it.\n{err}")
+    cpus, gpus = float(os.cpu_count() or 1), _local_gpus()
+    try:
+        resources = plan_resources(space, cpus, gpus)
+    except StudyError as err:
+        notes.append(f"note: this machine cannot run it ({err}); planned for a cluster that holds one trial per "
+                     "node-sized slot")
+        s = space.settings
+        need_cpu = max(s.workers_per_trial, 1) * (s.cpus_per_worker or 1)
+        resources = plan_resources(space, max(cpus, need_cpu), max(gpus, s.workers_per_trial * s.gpus_per_worker))
+    print(describe_plan(space, resources, str(run_dir)))
+    for note in notes:
+        print(note)
+    print("dry run: nothing started, nothing written")
+    return 0
+
+
+def _local_gpus() -> float:
+    import torch
+
+    return float(torch.cuda.device_count())
+
+
+def _check_writable(storage: Path) -> None:
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+        probe = storage / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise StudyError(f"--storage {storage} is not writable: {err.strerror or err}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

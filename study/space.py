@@ -1,0 +1,431 @@
+"""The space file: schema, validation with precise errors, and conversion to Optuna distributions.
+
+A space file is YAML with these sections::
+
+    base:                          # the training config every trial starts from
+      config: fashion_mnist        # a name in configs/ or a path
+      overrides: {epochs: 8}       # any TrainConfig keys
+    search:                        # searched parameters (TrainConfig keys)
+      temperature: {type: float, low: 0.05, high: 0.5, log: true}
+      queue_size: {type: categorical, choices: [1024, 4096]}
+      selection_warmup_epochs: {type: int, low: 0, high: 2, when: "hard_negative_ratio < 1"}
+    variants:                      # alternative to `search`: a grid of named variants (ablations)
+      baseline: {}
+      dual_view: {dual_view_weight: 0.5}
+    seeds: [0, 1, 2]               # with variants: every variant runs once per seed
+    study:                         # how the study runs (all optional; defaults in StudySettings)
+      metric: val_knn_top1
+      ...
+
+Every error is a :class:`SpaceError` naming the file, the key and what is allowed, raised before Ray starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from moco.config import ConfigError, TrainConfig, field_names, load_yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+TOP_KEYS = ("base", "search", "variants", "seeds", "study")
+PARAM_TYPES = ("float", "int", "categorical", "fixed")
+PARAM_KEYS = {"float": ("type", "low", "high", "log", "step", "when"),
+              "int": ("type", "low", "high", "log", "step", "when"),
+              "categorical": ("type", "choices", "when"),
+              "fixed": ("type", "value", "when")}
+SEARCHERS = ("optuna-tpe", "random", "grid")
+SCHEDULERS = ("asha", "none")
+_CONDITION = re.compile(r"^\s*([A-Za-z_]\w*)\s*(<=|>=|==|!=|<|>)\s*(\S+)\s*$")
+
+
+class SpaceError(ValueError):
+    """A space file is malformed or inconsistent."""
+
+    def __init__(self, source: str, key: str, message: str):
+        super().__init__(f"{source}: {key}: {message}")
+        self.source, self.key = source, key
+
+
+def _closest(name: str, options) -> str:
+    close = difflib.get_close_matches(str(name), list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(map(str, options))})"
+
+
+@dataclass
+class Param:
+    """One searched parameter."""
+
+    name: str
+    type: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: list[Any] | None = None
+    value: Any = None
+    when: str | None = None
+
+    def condition(self) -> tuple[str, str, Any] | None:
+        if self.when is None:
+            return None
+        name, op, raw = _CONDITION.match(self.when).groups()
+        import yaml
+
+        return name, op, yaml.safe_load(raw)
+
+    def active(self, params: dict[str, Any]) -> bool:
+        """Whether a conditional parameter exists given the values drawn so far."""
+        cond = self.condition()
+        if cond is None:
+            return True
+        name, op, ref = cond
+        if name not in params:
+            return False
+        value = params[name]
+        return {"<": value < ref, "<=": value <= ref, ">": value > ref, ">=": value >= ref,
+                "==": value == ref, "!=": value != ref}[op]
+
+    def extremes(self) -> list[Any]:
+        """Values that bound what this parameter can take (for validation against TrainConfig)."""
+        if self.type == "categorical":
+            return list(self.choices)
+        if self.type == "fixed":
+            return [self.value]
+        return [self.low, self.high]
+
+    def distribution(self):
+        import optuna.distributions as d
+
+        if self.type == "float":
+            return d.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return d.IntDistribution(self.low, self.high, log=self.log, step=self.step or 1)
+        if self.type == "categorical":
+            return d.CategoricalDistribution(self.choices)
+        return d.CategoricalDistribution([self.value])
+
+    def suggest(self, trial) -> Any:
+        """Draw this parameter from an Optuna trial (define-by-run)."""
+        if self.type == "float":
+            return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return trial.suggest_int(self.name, self.low, self.high, log=self.log, step=self.step or 1)
+        if self.type == "categorical":
+            return trial.suggest_categorical(self.name, self.choices)
+        return self.value
+
+    def grid_values(self, points: int) -> list[Any]:
+        """Evenly spaced values for grid search (on the log scale where the parameter is log-scaled)."""
+        if self.type in ("categorical", "fixed"):
+            return self.extremes()
+        if points == 1:
+            return [self.low]
+        if self.log:
+            values = [math.exp(math.log(self.low) + i * (math.log(self.high) - math.log(self.low)) / (points - 1))
+                      for i in range(points)]
+        else:
+            values = [self.low + i * (self.high - self.low) / (points - 1) for i in range(points)]
+        if self.type == "int":
+            return sorted({int(round(v)) for v in values})
+        return [float(f"{v:.6g}") for v in values]
+
+
+@dataclass
+class StudySettings:
+    """How the study runs. Every field is a key of the space file's ``study`` section."""
+
+    metric: str = "val_knn_top1"
+    mode: str = "max"
+    num_samples: int = 16  #: trials (search); ignored for variants (variants x seeds)
+    searcher: str = "optuna-tpe"  #: optuna-tpe (multivariate TPE), random, or grid
+    grid_points: int = 2  #: values per continuous parameter with searcher = grid
+    seed: int = 0
+    scheduler: str = "asha"  #: asha or none
+    grace_period: int = 2  #: ASHA: epochs before a trial can be stopped
+    reduction_factor: int = 2  #: ASHA: keep 1 / reduction_factor at each rung
+    max_concurrent: int | None = None  #: trials at once (default: what the cluster holds)
+    workers_per_trial: int = 1
+    cpus_per_worker: float | None = None  #: default: 1 without GPUs, else cluster CPUs / GPUs
+    gpus_per_worker: int = 0
+    max_failures: int = 2  #: worker failures per trial retried from its latest checkpoint
+    baseline: bool = True  #: evaluate the MoCo v2 baseline (lambda = rho = delta = 1) as the first trial
+
+
+@dataclass
+class Space:
+    """A validated space file."""
+
+    source: str
+    base: TrainConfig
+    base_name: str
+    base_overrides: dict[str, Any]
+    params: list[Param] = field(default_factory=list)
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+    settings: StudySettings = field(default_factory=StudySettings)
+
+    @property
+    def kind(self) -> str:
+        return "grid" if self.variants else "search"
+
+    @property
+    def num_trials(self) -> int:
+        return len(self.variants) * len(self.seeds) if self.variants else self.settings.num_samples
+
+    def trial_config(self, params: dict[str, Any]) -> TrainConfig:
+        """The training config of a trial: the base with the trial's parameters (or variant + seed) applied."""
+        if self.variants:
+            overrides = {**self.variants[params["variant"]], "seed": params["seed"]}
+        else:
+            overrides = {k: v for k, v in params.items() if k in field_names()}
+        return self.base.replace(**overrides)
+
+    def baseline_point(self) -> dict[str, Any] | None:
+        """The MoCo v2 baseline as a point of the search space (lambda = rho = delta = 1, base tau and K)."""
+        if self.variants or not self.settings.baseline:
+            return None
+        forced = {"dual_view_weight": 1.0, "hard_negative_ratio": 1.0, "false_negative_threshold": 1.0}
+        point: dict[str, Any] = {}
+        for p in self.params:
+            if not p.active(point):
+                continue
+            value = forced.get(p.name, getattr(self.base, p.name))
+            if p.type == "categorical" and value not in p.choices:
+                value = min(p.choices, key=lambda c: abs(c - value) if isinstance(c, (int, float)) else 0)
+            elif p.type in ("float", "int"):
+                value = min(max(value, p.low), p.high)
+            point[p.name] = value if p.type != "fixed" else p.value
+        return {name: value for name, value in point.items()
+                if next(p for p in self.params if p.name == name).type != "fixed"}
+
+    def define_by_run(self, trial) -> dict[str, Any]:
+        """Optuna define-by-run space: conditional parameters are drawn only when their condition holds."""
+        values: dict[str, Any] = {}
+        for p in self.params:
+            if p.active(values):
+                values[p.name] = p.suggest(trial)
+        return {p.name: p.value for p in self.params if p.type == "fixed" and p.name in values}
+
+    def describe(self) -> dict[str, Any]:
+        """The resolved space as plain data (written to study.json)."""
+        params = {p.name: {k: v for k, v in asdict(p).items() if k != "name" and v not in (None, False)}
+                  for p in self.params}
+        return {"params": params, "variants": self.variants, "seeds": self.seeds,
+                "base": {"config": self.base_name, "overrides": self.base_overrides},
+                "study": asdict(self.settings)}
+
+
+# --- loading ------------------------------------------------------------------------------------------------------
+def resolve_path(name_or_path: str, directory: Path = CONFIG_DIR) -> Path:
+    """A bare name (``hardneg`` or ``hardneg.yaml``) resolves in ``configs/``; anything else is a path."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for candidate in (directory / name_or_path, directory / f"{name_or_path}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return path
+
+
+def load_space(name_or_path: str) -> Space:
+    """Read and validate a space file; raise :class:`SpaceError` on the first problem."""
+    path = resolve_path(name_or_path)
+    source = str(path)
+    if not path.is_file():
+        raise SpaceError(source, "--space", f"no such space file (looked for {path} and in {CONFIG_DIR})")
+    try:
+        raw = load_yaml(path)
+    except ConfigError as err:
+        raise SpaceError(source, "yaml", f"invalid YAML at {err.value}: {err.allowed}") from None
+    if not isinstance(raw, dict):
+        raise SpaceError(source, "<top level>", "a mapping with sections " + ", ".join(TOP_KEYS))
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise SpaceError(source, str(key), "unknown section" + _closest(key, TOP_KEYS))
+    base, base_name, overrides = _load_base(raw.get("base"), source)
+    settings = _load_settings(raw.get("study") or {}, source)
+    space = Space(source, base, base_name, overrides, settings=settings)
+    if raw.get("variants") is not None:
+        if raw.get("search"):
+            raise SpaceError(source, "variants", "use either `search` or `variants`, not both")
+        space.variants, space.seeds = _load_variants(raw["variants"], raw.get("seeds", [base.seed]), base, source)
+        if settings.searcher != "grid":
+            space.settings.searcher = "grid"
+    else:
+        space.params = _load_params(raw.get("search"), base, source)
+        if settings.num_samples < 1:
+            raise SpaceError(source, "study.num_samples", f"{settings.num_samples!r}: an integer >= 1")
+    _check_against_config(space)
+    return space
+
+
+def _load_base(section: Any, source: str) -> tuple[TrainConfig, str, dict]:
+    if section is None:
+        section = {"config": "fashion_mnist"}
+    if not isinstance(section, dict):
+        raise SpaceError(source, "base", "a mapping with `config` and optional `overrides`")
+    for key in section:
+        if key not in ("config", "overrides"):
+            raise SpaceError(source, f"base.{key}", "unknown key" + _closest(key, ("config", "overrides")))
+    name = section.get("config", "fashion_mnist")
+    overrides = section.get("overrides") or {}
+    if not isinstance(name, str):
+        raise SpaceError(source, "base.config", f"{name!r}: a config name in configs/ or a path")
+    if not isinstance(overrides, dict):
+        raise SpaceError(source, "base.overrides", "a mapping of TrainConfig keys")
+    path = resolve_path(name)
+    if not path.is_file():
+        raise SpaceError(source, "base.config", f"{name!r}: no such config (looked in {CONFIG_DIR} and as a path)")
+    try:
+        config = TrainConfig.from_yaml(path, overrides)
+    except ConfigError as err:
+        raise SpaceError(source, f"base.overrides.{err.key}" if err.key in overrides else f"base ({path})",
+                         f"{err.value!r} is not allowed: {err.allowed}") from None
+    return config, name, overrides
+
+
+def _load_settings(section: Any, source: str) -> StudySettings:
+    if not isinstance(section, dict):
+        raise SpaceError(source, "study", "a mapping of study settings")
+    known = StudySettings.__dataclass_fields__
+    for key in section:
+        if key not in known:
+            raise SpaceError(source, f"study.{key}", "unknown key" + _closest(key, known))
+    settings = StudySettings(**section)
+    types = {"metric": str, "mode": str, "num_samples": int, "searcher": str, "grid_points": int, "seed": int,
+             "scheduler": str, "grace_period": int, "reduction_factor": int, "workers_per_trial": int,
+             "gpus_per_worker": int, "max_failures": int, "baseline": bool}
+    for key, kind in types.items():
+        value = getattr(settings, key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise SpaceError(source, f"study.{key}", f"{value!r}: must be {kind.__name__}")
+    checks = [
+        ("mode", settings.mode in ("max", "min"), "max or min"),
+        ("searcher", settings.searcher in SEARCHERS, "one of " + ", ".join(SEARCHERS)),
+        ("scheduler", settings.scheduler in SCHEDULERS, "one of " + ", ".join(SCHEDULERS)),
+        ("grid_points", settings.grid_points >= 1, "an integer >= 1"),
+        ("grace_period", settings.grace_period >= 1, "an integer >= 1"),
+        ("reduction_factor", settings.reduction_factor >= 2, "an integer >= 2"),
+        ("workers_per_trial", settings.workers_per_trial >= 0, "an integer >= 0 (0 = in-process)"),
+        ("gpus_per_worker", settings.gpus_per_worker >= 0, "an integer >= 0"),
+        ("max_failures", settings.max_failures >= 0, "an integer >= 0"),
+        ("max_concurrent", settings.max_concurrent is None or (isinstance(settings.max_concurrent, int)
+                                                                and settings.max_concurrent >= 1),
+         "null or an integer >= 1"),
+        ("cpus_per_worker", settings.cpus_per_worker is None or (isinstance(settings.cpus_per_worker, (int, float))
+                                                                  and settings.cpus_per_worker > 0),
+         "null or a number > 0"),
+    ]
+    for key, ok, allowed in checks:
+        if not ok:
+            raise SpaceError(source, f"study.{key}", f"{getattr(settings, key)!r}: {allowed}")
+    return settings
+
+
+def _load_params(section: Any, base: TrainConfig, source: str) -> list[Param]:
+    if not isinstance(section, dict) or not section:
+        raise SpaceError(source, "search", "a non-empty mapping of parameter: {type: ..., ...}")
+    params = []
+    for name, spec in section.items():
+        key = f"search.{name}"
+        if name not in field_names():
+            raise SpaceError(source, key, "not a training config key" + _closest(name, field_names()))
+        if not isinstance(spec, dict):
+            raise SpaceError(source, key, "a mapping such as {type: float, low: 0.1, high: 1.0}")
+        kind = spec.get("type")
+        if kind not in PARAM_TYPES:
+            raise SpaceError(source, f"{key}.type", f"{kind!r}: one of " + ", ".join(PARAM_TYPES))
+        for k in spec:
+            if k not in PARAM_KEYS[kind]:
+                raise SpaceError(source, f"{key}.{k}", f"unknown key for a {kind} parameter"
+                                 + _closest(k, PARAM_KEYS[kind]))
+        param = Param(name=name, **spec)
+        _check_param(param, key, source)
+        params.append(param)
+    names = [p.name for p in params]
+    for i, p in enumerate(params):
+        cond = p.condition()
+        if cond and cond[0] not in names[:i]:
+            raise SpaceError(source, f"search.{p.name}.when", f"{p.when!r} refers to {cond[0]!r}, which must be a "
+                             "searched parameter listed before it")
+    return params
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_param(p: Param, key: str, source: str) -> None:
+    if p.type in ("float", "int"):
+        for bound in ("low", "high"):
+            value = getattr(p, bound)
+            if value is None:
+                raise SpaceError(source, f"{key}.{bound}", f"missing: a {p.type} parameter needs low and high")
+            if not _is_number(value) or (p.type == "int" and not isinstance(value, int)):
+                raise SpaceError(source, f"{key}.{bound}", f"{value!r}: must be a{'n integer' if p.type == 'int' else ' number'}")
+        if p.low > p.high:
+            raise SpaceError(source, key, f"inverted range: low = {p.low} > high = {p.high}")
+        if p.low == p.high:
+            raise SpaceError(source, key, f"empty range: low = high = {p.low} (use type: fixed for a constant)")
+        if not isinstance(p.log, bool):
+            raise SpaceError(source, f"{key}.log", f"{p.log!r}: true or false")
+        if p.log and p.low <= 0:
+            raise SpaceError(source, f"{key}.low", f"{p.low}: a log-scaled range must be > 0")
+        if p.step is not None and (not _is_number(p.step) or p.step <= 0 or p.log):
+            raise SpaceError(source, f"{key}.step", f"{p.step!r}: a number > 0, and not with log: true")
+        if p.type == "float":
+            p.low, p.high = float(p.low), float(p.high)
+    elif p.type == "categorical":
+        if not isinstance(p.choices, list) or not p.choices:
+            raise SpaceError(source, f"{key}.choices", f"{p.choices!r}: a non-empty list")
+        if len(set(map(repr, p.choices))) != len(p.choices):
+            raise SpaceError(source, f"{key}.choices", f"{p.choices!r}: duplicate choices")
+    elif "value" not in asdict(p) or p.value is None:
+        raise SpaceError(source, f"{key}.value", "missing: a fixed parameter needs a value")
+    if p.when is not None and (not isinstance(p.when, str) or not _CONDITION.match(p.when)):
+        raise SpaceError(source, f"{key}.when", f"{p.when!r}: a condition such as 'hard_negative_ratio < 1'")
+
+
+def _load_variants(section: Any, seeds: Any, base: TrainConfig, source: str):
+    if not isinstance(section, dict) or not section:
+        raise SpaceError(source, "variants", "a non-empty mapping of variant name: {overrides}")
+    for name, overrides in section.items():
+        if overrides is None:
+            section[name] = {}
+        elif not isinstance(overrides, dict):
+            raise SpaceError(source, f"variants.{name}", "a mapping of TrainConfig keys (or {})")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                              for s in seeds):
+        raise SpaceError(source, "seeds", f"{seeds!r}: a non-empty list of integers")
+    if len(set(seeds)) != len(seeds):
+        raise SpaceError(source, "seeds", f"{seeds!r}: duplicate seeds")
+    return section, seeds
+
+
+def _check_against_config(space: Space) -> None:
+    """Every value a trial can take must be a valid training config (corners of the space, or every variant)."""
+    if space.variants:
+        for name, overrides in space.variants.items():
+            try:
+                space.base.replace(**overrides)
+            except ConfigError as err:
+                raise SpaceError(space.source, f"variants.{name}.{err.key}",
+                                 f"{err.value!r} is not allowed: {err.allowed}") from None
+        return
+    options = [p.extremes() for p in space.params]
+    combos = itertools.product(*options) if math.prod(len(o) for o in options) <= 4096 else (
+        [tuple(p.extremes()[0] if q is not p else v for q in space.params) for p in space.params for v in p.extremes()])
+    for combo in combos:
+        values = {p.name: v for p, v in zip(space.params, combo)}
+        try:
+            space.base.replace(**values)
+        except ConfigError as err:
+            key = f"search.{err.key}" if err.key in values else f"search (with {values})"
+            raise SpaceError(space.source, key, f"the training config rejects {err.key} = {err.value!r} "
+                             f"(reached with {values}): {err.allowed}") from None

@@ -1,0 +1,40 @@
+"""One study trial: a Ray Tune function trainable that runs a ``TorchTrainer`` (Ray Train V2).
+
+Tune hands the trial its parameters; :func:`run_trial` turns them into a training config, starts a TorchTrainer
+named after the trial (so a resumed study resumes the trial's Train run from its latest checkpoint), and forwards
+every epoch's report to Tune with ``TuneReportCallback``, which drives ASHA and the searcher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ray.tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from moco.train import make_trainer
+from study.space import Space
+
+
+@dataclass
+class TrialPlan:
+    """What every trial of a study shares: the space, where Train runs live, and the resources of one trial."""
+
+    space: Space
+    train_storage: str  #: storage path of the trials' Train runs (``<run_dir>/train``)
+    workers: int
+    cpus_per_worker: float
+    use_gpu: bool
+    fault: dict | None = None
+
+
+def run_trial(params: dict[str, Any], plan: TrialPlan) -> None:
+    """Tune function trainable: train one configuration under Ray Train and forward its epoch reports."""
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = plan.space.trial_config(params)
+    trainer = make_trainer(cfg, workers=plan.workers, use_gpu=plan.use_gpu, cpus_per_worker=plan.cpus_per_worker,
+                           storage=plan.train_storage, name=f"train-{trial_id}",
+                           max_failures=plan.space.settings.max_failures, callbacks=[TuneReportCallback()],
+                           fault=plan.fault)
+    trainer.fit()
