@@ -1,0 +1,229 @@
+"""Augmentation throughput: the batched on-device pipeline (moco.augment) vs torchvision per-sample transforms.
+
+Workload: Fashion-MNIST training images (28x28x1), two augmented views per image (MoCo), batches of 256.
+
+* ``batched``       -- :class:`moco.augment.Augment` on whole uint8 batches in the main process (torch threads = cores).
+* ``per_sample_pil`` -- the classic recipe: a Dataset returning two views of ``PIL.Image`` through
+  ``torchvision.transforms.v2`` (crop, flip, jitter, blur, to-tensor, normalise), DataLoader with 2 workers.
+* ``per_sample_tensor`` -- the same transforms v2 pipeline on per-image uint8 tensors, DataLoader with 2 workers.
+
+Both sides use the same settings (moco.augment's grayscale defaults). The speed-up is the batched median over the
+*faster* per-sample median. Also measured: the hand-written pipeline vs ``kornia.augmentation`` with the same steps
+(ms per 256-image batch, one view) on 256x1x28x28 and 256x3x32x32 -- the reason moco.augment is hand-written.
+
+Other processes on a shared CPU skew every figure (intra-op threads spin under oversubscription); the record keeps
+the load average before and after -- rerun when it is well below the core count.
+
+``python -m bench.augment [--quick]`` writes bench/results/augment.json. ``run(quick=True)`` takes about a minute.
+This file holds the benchmark's deliberate second copy of the pipeline (the torchvision and kornia references).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from moco.augment import GRAY_DEFAULTS, RGB_DEFAULTS, Augment
+
+BATCH = 256
+WORKERS = 2
+RESULTS = Path(__file__).resolve().parent / "results" / "augment.json"
+
+
+def _fashion_images(n: int) -> tuple[torch.Tensor, str]:
+    from moco import data
+    from moco.config import TrainConfig
+
+    try:
+        ds = data.load_dataset(TrainConfig(val_size=0))
+        return ds.train.images[:n].contiguous(), "fashion_mnist"
+    except data.DatasetNotFoundError:
+        g = torch.Generator().manual_seed(0)
+        return torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g), "random 28x28x1 (no data)"
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+# --- torchvision per-sample reference -----------------------------------------------------------------------------
+def _tv_pipeline(mean: float, std: float, pil: bool):
+    from torchvision.transforms import v2
+
+    p = GRAY_DEFAULTS
+    bri, con = p["jitter"][:2]
+    steps = [v2.PILToTensor()] if pil else []
+    steps += [
+        v2.RandomResizedCrop(28, scale=p["scale"], ratio=p["ratio"], antialias=True),
+        v2.RandomHorizontalFlip(p["flip_p"]),
+        v2.RandomApply([v2.ColorJitter(brightness=bri, contrast=con)], p=p["jitter_p"]),
+        v2.RandomApply([v2.GaussianBlur(7, sigma=p["blur_sigma"])], p=p["blur_p"]),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize([mean], [std]),
+    ]
+    return v2.Compose(steps)
+
+
+class _TwoViews(torch.utils.data.Dataset):
+    def __init__(self, images: torch.Tensor, transform: Callable, pil: bool):
+        self.images, self.transform, self.pil = images, transform, pil
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        img = self.images[i]
+        if self.pil:  # as torchvision.datasets.FashionMNIST does
+            from PIL import Image
+
+            img = Image.fromarray(img[0].numpy(), mode="L")
+        return self.transform(img), self.transform(img)
+
+
+def _per_sample_rate(images: torch.Tensor, pil: bool, repeats: int) -> list[float]:
+    ds = _TwoViews(images, _tv_pipeline(0.286, 0.353, pil), pil)
+    loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=WORKERS,
+                                         drop_last=True, persistent_workers=True, prefetch_factor=4)
+    rates = []
+    it = iter(loader)
+    next(it)  # start the workers
+    del it
+    for _ in range(repeats):
+        start, n = time.perf_counter(), 0
+        for q, k in loader:
+            n += q.shape[0]
+        rates.append(n / (time.perf_counter() - start))
+    return rates
+
+
+def _batched_rate(images: torch.Tensor, repeats: int) -> list[float]:
+    aug = Augment(28, 1, (0.286,), (0.353,))
+    g = torch.Generator().manual_seed(0)
+    aug(images[:BATCH], g)  # warm-up
+    rates = []
+    for _ in range(repeats):
+        start, n = time.perf_counter(), 0
+        perm = torch.randperm(len(images), generator=g)
+        for i in range(0, len(images) - BATCH + 1, BATCH):
+            x = images[perm[i:i + BATCH]]
+            q, k = aug(x, g), aug(x, g)
+            n += x.shape[0]
+        rates.append(n / (time.perf_counter() - start))
+    return rates
+
+
+# --- kornia vs hand-written ---------------------------------------------------------------------------------------
+def _kornia_pipeline(size: int, channels: int, mean, std):
+    import kornia.augmentation as K
+
+    p = GRAY_DEFAULTS if channels == 1 else RGB_DEFAULTS
+    radius = max(1, min(int(-(-3 * p["blur_sigma"][1] // 1)), (size - 1) // 2))
+    steps = [K.RandomResizedCrop((size, size), scale=p["scale"], ratio=p["ratio"]), K.RandomHorizontalFlip(p["flip_p"])]
+    if channels == 1:
+        steps.append(K.ColorJitter(*p["jitter"][:2], 0.0, 0.0, p=p["jitter_p"]))
+    else:
+        steps += [K.ColorJitter(*p["jitter"], p=p["jitter_p"]), K.RandomGrayscale(p=p["gray_p"])]
+    steps += [K.RandomGaussianBlur(2 * radius + 1, p["blur_sigma"], p=p["blur_p"]),
+              K.Normalize(torch.tensor(mean), torch.tensor(std))]
+    return K.AugmentationSequential(*steps)
+
+
+def _ms_per_batch(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, repeats: int, calls: int) -> list[float]:
+    for _ in range(2):
+        fn(x)
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn(x)
+        out.append((time.perf_counter() - start) / calls * 1e3)
+    return out
+
+
+def kornia_vs_handwritten(repeats: int = 5, calls: int = 10) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for c, s in ((1, 28), (3, 32)):
+        x = torch.randint(0, 256, (BATCH, c, s, s), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        mean, std = [0.5] * c, [0.25] * c
+        hand, g = Augment(s, c, mean, std), torch.Generator().manual_seed(0)
+        korn = _kornia_pipeline(s, c, mean, std)
+        h = _ms_per_batch(lambda b: hand(b, g), x, repeats, calls)
+        k = _ms_per_batch(lambda b: korn(b.float().div(255)), x, repeats, calls)
+        out[f"{BATCH}x{c}x{s}x{s}"] = {"handwritten_ms": _stats(h), "kornia_ms": _stats(k),
+                                        "kornia_over_handwritten": statistics.median(k) / statistics.median(h)}
+    return out
+
+
+# --- entry points -------------------------------------------------------------------------------------------------
+def _machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
+            "platform": platform.platform(), "cuda": torch.cuda.is_available()}
+
+
+def _versions() -> dict[str, str]:
+    import kornia
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "kornia": kornia.__version__}
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Measure everything; returns the JSON-ready record (images/s are images per second, two views each)."""
+    n, repeats = (2560, 3) if quick else (10240, 5)
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    images, source = _fashion_images(n)
+    batched = _batched_rate(images, repeats)
+    pil = _per_sample_rate(images, pil=True, repeats=repeats)
+    tensor = _per_sample_rate(images, pil=False, repeats=repeats)
+    best_per_sample = max(statistics.median(pil), statistics.median(tensor))
+    speedup = statistics.median(batched) / best_per_sample
+    return {
+        "benchmark": "augment",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {**_machine(), "load_average_before": load_before},
+        "versions": _versions(),
+        "workload": {"images": source, "images_per_repeat": len(images), "batch": BATCH, "views": 2,
+                     "per_sample_workers": WORKERS, "settings": {k: list(v) if isinstance(v, tuple) else v
+                                                                 for k, v in GRAY_DEFAULTS.items()}},
+        "repeats": repeats,
+        "images_per_s": {"batched": _stats(batched), "per_sample_pil": _stats(pil),
+                         "per_sample_tensor": _stats(tensor)},
+        "speedup_vs_best_per_sample": speedup,
+        "goal_speedup": 5.0,
+        "goal_met": speedup >= 5.0,
+        "kornia_vs_handwritten": kornia_vs_handwritten(repeats=3 if quick else 5, calls=5 if quick else 10),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer images and repeats (about a minute)")
+    parser.add_argument("--out", default=str(RESULTS), help="where to write the JSON record")
+    args = parser.parse_args(argv)
+    record = {"command": " ".join(["python -m bench.augment", *(argv if argv is not None else sys.argv[1:])]),
+              **run(quick=args.quick)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps({k: record[k] for k in ("images_per_s", "speedup_vs_best_per_sample", "kornia_vs_handwritten")},
+                     indent=2))
+
+
+if __name__ == "__main__":
+    main()
