@@ -120,7 +120,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _read_csv(path: Path) -> pd.DataFrame:
     try:
-        return pd.read_csv(path)
+        # ids stay text: "00017" must not become 17 (and must match between trials.csv and history.csv)
+        return pd.read_csv(path, dtype={"trial_id": str, "variant": str, "error": str})
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
     except pd.errors.ParserError as e:

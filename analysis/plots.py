@@ -298,7 +298,8 @@ def optimization_history(studies: list[Study]) -> Plot:
     axes[1].set_xlabel(f"cumulative compute ({label(hours)}, all trials)")
     for ax in axes:
         ax.set_ylabel(label(studies[0].metric))
-    axes[0].legend(loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4))
     names = ", ".join(s.name for s in studies)
     fig.suptitle(f"Optimisation history: {names}")
     return Plot("optimization_history", fig, {"optimization_history": pd.concat(rows, ignore_index=True)},
