@@ -162,7 +162,7 @@ def metric_vs_params(study: Study) -> Plot:
             ax.scatter(x[base], t.loc[t["is_baseline"], study.metric], label="baseline", **BASELINE_MARK)
         ax.set_ylabel(label(study.metric))
     axes[0].legend(handles=[Line2D([], [], ls="", marker="*", ms=14, color="tab:red", mec="black",
-                                   label="baseline")], loc="lower right")
+                                   label="baseline")], loc="best")
     fig.colorbar(sc, ax=axes, label="epochs reached", shrink=0.8)
     fig.suptitle(f"{study.name}: {label(study.metric)} vs searched parameters")
     cols = ["trial_id", "trial_number", "status", "is_baseline", "epochs", study.metric] + [p.column for p in

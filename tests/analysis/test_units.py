@@ -137,3 +137,15 @@ def test_importance_figure_names_methods(study):
     title = p.fig.axes[0].get_title()
     assert "fANOVA" in title and "PED-ANOVA" in title
     plt.close(p.fig)
+
+
+def test_zero_padded_trial_ids_stay_text(tmp_path):
+    path = make_search_study(tmp_path, n=4)
+    for name in ("trials.csv", "history.csv"):
+        df = pd.read_csv(path / name)
+        df["trial_id"] = df["trial_id"].map({"t000": "00000", "t001": "00001", "planted_best": "00002",
+                                             "t003": "00003"})
+        df.to_csv(path / name, index=False)
+    s = load_study(path)
+    assert s.best_trial()["trial_id"] == "00002"
+    assert set(s.history["trial_id"]) <= set(s.trials["trial_id"])
