@@ -36,7 +36,10 @@ MAX_EPOCHS = 6
 
 def _meta(name: str, kind: str, space: dict, metric: str = "val_knn_top1", status: str = "finished") -> dict:
     return {
-        "name": name, "kind": kind, "metric": metric, "mode": "max", "space": space,
+        "name": name, "kind": kind, "metric": metric, "mode": "max",
+        # every key present, unused ones null, as study/results.py writes them
+        "space": {k: {"low": None, "high": None, "log": False, "choices": None, "value": None, "when": None, **v}
+                  for k, v in space.items()},
         "base_config": {"dataset": "fashion_mnist", "epochs": MAX_EPOCHS, **BASE}, "num_samples": 0,
         "searcher": "optuna-tpe" if kind == "search" else "grid", "scheduler": "asha" if kind == "search" else "none",
         "command": "mocostudy ...", "seed": 0, "versions": {"python": "3.x"}, "git_commit": "abc123",
