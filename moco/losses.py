@@ -47,12 +47,15 @@ class ContrastiveInfo:
     sim [B, K]: cosine of each query with each queue entry.
     candidates [B, K] bool: entries left after the same-id and threshold filters (before top-k).
     keep [B, K] bool: entries used as negatives.
+    num_candidates [B], num_kept [B] (long): row counts of ``candidates`` and ``keep``.
     """
 
     pos_sim: Tensor
     sim: Tensor
     candidates: Tensor
     keep: Tensor
+    num_candidates: Tensor
+    num_kept: Tensor
 
 
 # --- argument checks (one place, reused by the model) ------------------------------------------------------------
@@ -98,28 +101,47 @@ def _keep_counts(num_candidates: Tensor, ratio: float) -> Tensor:
     return torch.minimum(want.clamp_min(1), num_candidates)
 
 
-def _top_fraction(sim: Tensor, candidates: Tensor | None, ratio: float) -> Tensor | None:
-    """[B, K] bool: the ceil(ratio * K') most similar candidates of each row; ``None`` means 'all candidates'.
+def _extreme_mask(scores: Tensor, counts: Tensor, largest: bool) -> Tensor:
+    """[B, K] bool marking exactly ``counts[b]`` largest (or smallest) entries of each row of ``scores``.
 
-    Vectorised: non-candidates are set to -inf, one ``topk`` with the largest keep-count of the batch, and positions
-    beyond each row's own count are discarded. Ties are broken by ``topk`` (the count is exact either way).
+    One unsorted ``topk`` with the batch's largest count, then, for rows that want fewer, the surplus is removed by a
+    second, small ``topk`` over the selected values. Ties are broken by ``topk``; the counts are exact.
     """
-    if ratio >= 1.0 or sim.shape[1] == 0:
-        return candidates
-    if candidates is None:
-        counts = torch.full((sim.shape[0],), sim.shape[1], dtype=torch.long, device=sim.device)
-        scores = sim
-    else:
-        counts = candidates.sum(dim=1)
-        scores = sim.masked_fill(~candidates, float("-inf"))
-    keep_n = _keep_counts(counts, ratio)
-    top = int(keep_n.max())
-    keep = torch.zeros_like(sim, dtype=torch.bool)
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    top = int(counts.max()) if counts.numel() else 0
     if top == 0:
-        return keep
-    index = scores.topk(top, dim=1, sorted=True).indices
-    within = torch.arange(top, device=sim.device).view(1, -1) < keep_n.view(-1, 1)
-    return keep.scatter_(1, index, within)
+        return mask
+    values, index = scores.topk(top, dim=1, largest=largest, sorted=False)
+    surplus = top - counts  # [B]
+    most = int(surplus.max())
+    within = torch.ones_like(values, dtype=torch.bool)
+    if most > 0:  # drop each row's `surplus` least extreme picks
+        weakest = values.topk(most, dim=1, largest=not largest, sorted=True).indices
+        within.scatter_(1, weakest, torch.arange(most, device=scores.device).view(1, -1) >= surplus.view(-1, 1))
+    return mask.scatter_(1, index, within)
+
+
+def _top_fraction(sim: Tensor, candidates: Tensor | None, ratio: float) -> tuple[Tensor | None, Tensor]:
+    """(keep [B, K] bool, candidate counts K' [B]): the ceil(ratio * K') most similar candidates of each row.
+
+    ``keep`` is ``None`` when it equals ``candidates`` (ratio = 1; ``None`` candidates mean 'all'). Vectorised over
+    batch and queue: non-candidates are pushed to -inf (or +inf) and one ``topk`` picks, per row, whichever is
+    smaller: the kept set (ratio <= 1/2) or the dropped set (ratio > 1/2).
+    """
+    b, k = sim.shape
+    if candidates is None:
+        counts = torch.full((b,), k, dtype=torch.long, device=sim.device)
+    else:
+        counts = candidates.sum(dim=1, dtype=torch.int32).long()
+    if ratio >= 1.0 or k == 0:
+        return candidates, counts
+    keep_n = _keep_counts(counts, ratio)
+    if ratio <= 0.5:
+        scores = sim if candidates is None else sim.masked_fill(~candidates, float("-inf"))
+        return _extreme_mask(scores, keep_n, largest=True), counts
+    scores = sim if candidates is None else sim.masked_fill(~candidates, float("inf"))
+    dropped = _extreme_mask(scores, counts - keep_n, largest=False)
+    return (~dropped if candidates is None else candidates & ~dropped), counts
 
 
 def _all_true(sim: Tensor) -> Tensor:
@@ -143,7 +165,7 @@ def select_negatives(sim: Tensor, *, query_ids: Tensor | None = None, queue_ids:
     check_ratio(ratio)
     check_threshold(threshold)
     candidates = _candidate_mask(sim, query_ids, queue_ids, threshold)
-    keep = _top_fraction(sim, candidates, ratio)
+    keep, _ = _top_fraction(sim, candidates, ratio)
     return _all_true(sim) if keep is None else keep
 
 
@@ -168,7 +190,7 @@ def contrastive_loss(q: Tensor, k: Tensor, queue_keys: Tensor, temperature: floa
     l_neg = q @ queue_keys.t()  # [B, K]
     sim = l_neg.detach()
     candidates = _candidate_mask(sim, query_ids, queue_ids, threshold)
-    keep = _top_fraction(sim, candidates, ratio)
+    keep, num_candidates = _top_fraction(sim, candidates, ratio)
     if keep is not None:  # dropped logits become -inf: they vanish from the softmax and receive no gradient
         l_neg = l_neg.masked_fill(~keep, float("-inf"))
     logits = torch.cat([l_pos, l_neg], dim=1) / temperature
@@ -179,6 +201,8 @@ def contrastive_loss(q: Tensor, k: Tensor, queue_keys: Tensor, temperature: floa
         sim=sim,
         candidates=_all_true(sim) if candidates is None else candidates,
         keep=_all_true(sim) if keep is None else keep,
+        num_candidates=num_candidates,
+        num_kept=num_candidates if keep is candidates else _keep_counts(num_candidates, ratio),
     )
     return loss, info
 

@@ -234,34 +234,36 @@ class MoCo(nn.Module):
 def _step_stats(infos: list[ContrastiveInfo], labels: Tensor | None, queue_labels: Tensor) -> dict[str, Tensor]:
     """Diagnostics from what the loss computed anyway, pooled over the computed terms.
 
-    pos_sim: mean q.k. neg_sim_q10/50/90: quantiles of the similarity of selected negatives (over the first
-    ``_QUANTILE_ROWS`` queries of each term, to bound the cost; NaN while the queue is empty). filtered_frac: share of
-    (query, queue entry) pairs dropped by the same-id and threshold filters. kept_negatives: mean negatives per query.
-    false_neg_rate (only with labels): share of selected negatives with a known label equal to the query's label.
+    pos_sim: mean q.k. filtered_frac: share of (query, queue entry) pairs dropped by the same-id and threshold
+    filters. kept_negatives: mean negatives per query. To bound the cost, the following use the first
+    ``_QUANTILE_ROWS`` queries of each term only: neg_sim_q10/50/90, quantiles of the similarity of selected
+    negatives (NaN while the queue is empty), and false_neg_rate (only with labels), the share of selected negatives
+    with a known label (>= 0) equal to the query's label (NaN when there is none).
     """
     device = infos[0].sim.device
+    nan = torch.tensor(float("nan"), device=device)
     pairs = sum(i.sim.numel() for i in infos)
-    kept = torch.stack([i.keep.sum() for i in infos]).sum()
-    candidates = torch.stack([i.candidates.sum() for i in infos]).sum()
-    queries = sum(i.sim.shape[0] for i in infos)
-    selected = torch.cat([i.sim[:_QUANTILE_ROWS][i.keep[:_QUANTILE_ROWS]] for i in infos]).float()
+    candidates = torch.cat([i.num_candidates for i in infos]).sum()
+    kept = torch.cat([i.num_kept for i in infos]).float().mean()
+    rows = [(i.sim[:_QUANTILE_ROWS], i.keep[:_QUANTILE_ROWS]) for i in infos]
+    selected = torch.cat([sim[keep] for sim, keep in rows]).float()
     if selected.numel():
         q10, q50, q90 = torch.quantile(selected, torch.tensor([0.1, 0.5, 0.9], device=device))
     else:
-        q10 = q50 = q90 = torch.tensor(float("nan"), device=device)
+        q10 = q50 = q90 = nan
     stats = {
         "pos_sim": torch.cat([i.pos_sim for i in infos]).float().mean(),
         "neg_sim_q10": q10, "neg_sim_q50": q50, "neg_sim_q90": q90,
         "filtered_frac": 1.0 - candidates.float() / pairs if pairs else torch.tensor(0.0, device=device),
-        "kept_negatives": kept.float() / queries,
+        "kept_negatives": kept,
     }
     if labels is not None:
-        labels = labels.to(queue_labels.device)
+        labels = labels.to(queue_labels.device)[:_QUANTILE_ROWS]
         same = labels.view(-1, 1) == queue_labels.view(1, -1)
         known = (queue_labels >= 0).view(1, -1)
-        hits = sum((i.keep & same).sum() for i in infos)
-        total = sum((i.keep & known).sum() for i in infos)
-        stats["false_neg_rate"] = hits.float() / total if int(total) else torch.tensor(float("nan"), device=device)
+        hits = sum((keep & same).sum() for _, keep in rows)
+        total = sum((keep & known).sum() for _, keep in rows)
+        stats["false_neg_rate"] = hits.float() / total if int(total) else nan
     return {name: value.detach() for name, value in stats.items()}
 
 

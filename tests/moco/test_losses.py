@@ -37,6 +37,7 @@ def _naive_loss(q, k, queue, tau, query_ids, queue_ids, ratio, threshold):
 
 @pytest.mark.parametrize("ratio,threshold,use_ids", [
     (1.0, 1.0, False), (1.0, 1.0, True), (0.3, 1.0, False), (0.25, 0.2, True), (1.0, 0.0, True), (0.01, 0.5, True),
+    (0.7, 1.0, False), (0.8, 0.3, True), (0.99, 1.0, True),
 ])
 def test_matches_naive_loop(ratio, threshold, use_ids):
     B, K, D, tau = 6, 40, 8, 0.2
@@ -64,12 +65,13 @@ def test_moco_v2_mode_is_textbook():
     assert torch.equal(loss_dv, expected) and len(infos) == 1
 
 
-def test_selection_keeps_exact_top_fraction_after_filtering():
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.8])
+def test_selection_keeps_exact_top_fraction_after_filtering(ratio):
     B, K, D = 5, 50, 8
     q, queue = _unit(B, D, seed=7), _unit(K, D, seed=8)
     sim = q @ queue.t()
     query_ids, queue_ids = torch.arange(B), torch.arange(K) % 7
-    ratio, threshold = 0.3, 0.4
+    threshold = 0.4
     keep = select_negatives(sim, query_ids=query_ids, queue_ids=queue_ids, ratio=ratio, threshold=threshold)
     for b in range(B):
         cand = [j for j in range(K) if queue_ids[j] != query_ids[b] and sim[b, j] <= threshold]
@@ -86,6 +88,11 @@ def test_ties_and_tiny_ratio_keep_at_least_one():
     assert keep.sum(1).tolist() == [4, 4, 4]
     keep = select_negatives(sim, ratio=1e-6)
     assert keep.sum(1).tolist() == [1, 1, 1]
+    keep = select_negatives(sim, ratio=0.75)
+    assert keep.sum(1).tolist() == [8, 8, 8]
+    tied = torch.tensor([[0.5, 0.5, 0.5, 0.1, 0.9, 0.5]])
+    assert select_negatives(tied, ratio=0.5).sum().item() == 3 and select_negatives(tied, ratio=0.5)[0, 4]
+    assert not select_negatives(tied, ratio=0.7)[0, 3] and select_negatives(tied, ratio=0.7).sum().item() == 5
     # a row with no candidate at all keeps none and the loss stays finite (log 1 = 0 for that row)
     ids = torch.tensor([0, 1, 2])
     keep = select_negatives(sim, query_ids=ids, queue_ids=torch.zeros(10, dtype=torch.long), ratio=0.5)
