@@ -1,0 +1,1 @@
+"""Benchmarks: one module per benchmark; results go to bench/results/."""

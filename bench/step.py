@@ -1,0 +1,213 @@
+"""Benchmark: cost of our MoCo training step and of selective negatives.
+
+1. A full training step of ``moco.model.MoCo`` in MoCo v2 mode (lambda = 1, rho = 1, delta = 1) against a
+   straightforward reference MoCo v2 step written here (:class:`_ReferenceMoCoV2`, after facebookresearch/moco
+   ``moco/builder.py``: clone of the queue, einsum logits, cross-entropy with label 0, pointer enqueue). This is the
+   project's one deliberate second copy of the loss, kept only as a timing baseline. Both use the same ResNet-18 (CIFAR
+   stem, plain BatchNorm: ``bn_mode='none'`` for ours, no shuffle in the reference) on 32x32 images, the same batch and
+   queue. B = 64 by default because a ResNet-18 step at 32x32 takes seconds on a 2-core CPU. Steps alternate
+   (ours, reference, ours, ...) so load drift hits both alike; ratio = median(ours) / median(reference).
+2. The loss path alone (similarities, selection, cross-entropy, backward to q) at B = 256, d = 128, K in
+   4096..65536: plain MoCo v2 vs selective (same-id filter, threshold 0.9, rho = 0.5); the added cost is reported as
+   a share of a ResNet-18 step at B = 256 (measured in the full run; linearly extrapolated from B = 64 in quick mode).
+3. The dual-view loss's added cost per view: a step with lambda = 0.5 vs lambda = 1 (B = 64).
+
+``python -m bench.step [--quick]`` prints the results and writes ``bench/results/step.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from moco.backbones import build_backbone
+from moco.losses import contrastive_loss
+from moco.model import MoCo
+
+IMAGE = 32
+DIM, HIDDEN = 128, 512
+RESULTS = Path(__file__).parent / "results" / "step.json"
+
+
+class _ReferenceMoCoV2(nn.Module):
+    """Timing baseline only: the textbook MoCo v2 step (second copy on purpose; see the module docstring)."""
+
+    def __init__(self, queue_size: int, temperature: float = 0.2, m: float = 0.99):
+        super().__init__()
+        torch.manual_seed(0)
+        backbone, feat = build_backbone("resnet18", 3, cifar_stem=True)
+        self.encoder_q = nn.Sequential(backbone, nn.Linear(feat, HIDDEN), nn.ReLU(inplace=True), nn.Linear(HIDDEN, DIM))
+        self.encoder_k = copy.deepcopy(self.encoder_q).requires_grad_(False)
+        self.register_buffer("queue", F.normalize(torch.randn(DIM, queue_size), dim=0))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.t, self.m = temperature, m
+
+    def forward(self, im_q, im_k):
+        q = F.normalize(self.encoder_q(im_q), dim=1)
+        with torch.no_grad():
+            for pk, pq in zip(self.encoder_k.parameters(), self.encoder_q.parameters()):
+                pk.mul_(self.m).add_(pq.detach(), alpha=1 - self.m)
+            k = F.normalize(self.encoder_k(im_k), dim=1)
+        l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)
+        l_neg = torch.einsum("nc,ck->nk", q, self.queue.clone().detach())
+        logits = torch.cat([l_pos, l_neg], dim=1) / self.t
+        loss = F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
+        with torch.no_grad():
+            ptr, b = int(self.ptr), k.shape[0]
+            assert self.queue.shape[1] % b == 0
+            self.queue[:, ptr:ptr + b] = k.t()
+            self.ptr.fill_((ptr + b) % self.queue.shape[1])
+        return loss
+
+
+def _ours(queue_size: int, weight: float = 1.0) -> MoCo:
+    torch.manual_seed(0)
+    backbone, feat = build_backbone("resnet18", 3, cifar_stem=True)
+    model = MoCo(backbone, feat, dim=DIM, mlp_hidden=HIDDEN, queue_size=queue_size, temperature=0.2,
+                 dual_view_weight=weight, bn_mode="none")
+    with torch.no_grad():  # a full queue, like the reference's random one
+        model.queue.enqueue(F.normalize(torch.randn(queue_size, DIM), dim=1), torch.arange(queue_size) + 10**6)
+    return model
+
+
+def _step_fn(model: nn.Module, batch: int, ours: bool) -> Callable[[], None]:
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    x1, x2 = torch.randn(batch, 3, IMAGE, IMAGE, generator=g), torch.randn(batch, 3, IMAGE, IMAGE, generator=g)
+    ids = torch.arange(batch)
+
+    def step():
+        loss = model(x1, x2, ids)[0] if ours else model(x1, x2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if ours:
+            model.momentum_update(0.99)
+
+    return step
+
+
+def _time(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _summary(times: list[float]) -> dict:
+    return {"min_s": min(times), "median_s": statistics.median(times), "max_s": max(times), "n": len(times)}
+
+
+def _alternating(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(_time(fn))
+    return times
+
+
+def bench_step_vs_reference(batch: int, queue_size: int, repeats: int) -> dict:
+    times = _alternating({"ours": _step_fn(_ours(queue_size), batch, True),
+                          "reference": _step_fn(_ReferenceMoCoV2(queue_size), batch, False)}, repeats)
+    ours, ref = _summary(times["ours"]), _summary(times["reference"])
+    return {"batch": batch, "queue_size": queue_size, "ours": ours, "reference": ref,
+            "ratio_ours_over_reference": ours["median_s"] / ref["median_s"]}
+
+
+def _loss_path_fn(batch: int, queue_size: int, selective: bool) -> Callable[[], None]:
+    g = torch.Generator().manual_seed(2)
+    q = F.normalize(torch.randn(batch, DIM, generator=g), dim=1).requires_grad_()
+    k = F.normalize(torch.randn(batch, DIM, generator=g), dim=1)
+    queue = F.normalize(torch.randn(queue_size, DIM, generator=g), dim=1)
+    kw = dict(query_ids=torch.arange(batch), queue_ids=torch.randint(0, 50000, (queue_size,), generator=g),
+              ratio=0.5, threshold=0.9) if selective else {}
+
+    def step():
+        q.grad = None
+        contrastive_loss(q, k, queue, 0.2, **kw)[0].backward()
+
+    return step
+
+
+def bench_selection(batch: int, sizes: list[int], repeats: int, step_seconds: float) -> list[dict]:
+    rows = []
+    for size in sizes:
+        times = _alternating({"plain": _loss_path_fn(batch, size, False),
+                              "selective": _loss_path_fn(batch, size, True)}, repeats)
+        plain, sel = statistics.median(times["plain"]), statistics.median(times["selective"])
+        rows.append({"queue_size": size, "batch": batch, "plain_loss_s": plain, "selective_loss_s": sel,
+                     "added_s": sel - plain, "added_share_of_resnet18_step": (sel - plain) / step_seconds})
+    return rows
+
+
+def bench_resnet_step(batch: int, repeats: int) -> float:
+    times = _alternating({"ours": _step_fn(_ours(max(4096, batch)), batch, True)}, repeats)
+    return statistics.median(times["ours"])
+
+
+def bench_dual_view(batch: int, queue_size: int, repeats: int) -> dict:
+    times = _alternating({"one_way": _step_fn(_ours(queue_size, 1.0), batch, True),
+                          "dual_view": _step_fn(_ours(queue_size, 0.5), batch, True)}, repeats)
+    one, dual = statistics.median(times["one_way"]), statistics.median(times["dual_view"])
+    return {"batch": batch, "queue_size": queue_size, "one_way_s": one, "dual_view_s": dual,
+            "added_per_view_share": (dual - one) / one}
+
+
+def _environment(command: str) -> dict:
+    return {"command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "torchvision": torchvision.__version__},
+            "device": "cpu"}
+
+
+def run(quick: bool = False, command: str = "python -m bench.step") -> dict:
+    """Run all three benchmarks on the CPU; ``quick`` uses fewer repeats and sizes (about 1-2 minutes)."""
+    repeats = 3 if quick else 7
+    out = _environment(command)
+    out["quick"] = quick
+    out["step_vs_reference"] = bench_step_vs_reference(batch=64, queue_size=4096, repeats=repeats)
+    step64 = out["step_vs_reference"]["ours"]["median_s"]
+    if quick:
+        step256, how = 4 * step64, "extrapolated: 4 x the median B=64 step"
+    else:
+        step256, how = bench_resnet_step(256, repeats=3), "measured: median of 3 steps at B=256"
+    out["resnet18_step_b256"] = {"seconds": step256, "how": how}
+    sizes = [4096, 65536] if quick else [4096, 8192, 16384, 32768, 65536]
+    out["selection_cost"] = bench_selection(256, sizes, repeats=5 if quick else 15, step_seconds=step256)
+    out["dual_view"] = bench_dual_view(batch=64, queue_size=4096, repeats=repeats)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and queue sizes (~1-2 minutes)")
+    parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON output (default {RESULTS})")
+    args = parser.parse_args(argv)
+    result = run(args.quick, command="python -m bench.step " + " ".join(argv if argv is not None else sys.argv[1:]))
+    text = json.dumps(result, indent=2)
+    print(text)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
