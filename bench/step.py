@@ -6,9 +6,11 @@
    project's one deliberate second copy of the loss, kept only as a timing baseline. Both use the same ResNet-18 (CIFAR
    stem, plain BatchNorm: ``bn_mode='none'`` for ours, no shuffle in the reference) on 32x32 images, the same batch and
    queue. B = 64 by default because a ResNet-18 step at 32x32 takes seconds on a 2-core CPU. Steps alternate
-   (ours, reference, ours, ...) so load drift hits both alike; ratio = median(ours) / median(reference).
+   (ours, reference, ours, ...) so load drift hits both alike; ratio = median(ours) / median(reference), and the
+   ratio of minimums, which is the steadier figure on a shared, loaded machine.
 2. The loss path alone (similarities, selection, cross-entropy, backward to q) at B = 256, d = 128, K in
-   4096..65536: plain MoCo v2 vs selective (same-id filter, threshold 0.9, rho = 0.5); the added cost is reported as
+   4096..65536: plain MoCo v2 vs selective (same-id filter, threshold 0.9, rho = 0.5 and 0.8: the gather and the
+   mask code paths); the added cost is reported as
    a share of a ResNet-18 step at B = 256 (measured in the full run; linearly extrapolated from B = 64 in quick mode).
 3. The dual-view loss's added cost per view: a step with lambda = 0.5 vs lambda = 1 (B = 64).
 
@@ -127,16 +129,18 @@ def bench_step_vs_reference(batch: int, queue_size: int, repeats: int) -> dict:
                           "reference": _step_fn(_ReferenceMoCoV2(queue_size), batch, False)}, repeats)
     ours, ref = _summary(times["ours"]), _summary(times["reference"])
     return {"batch": batch, "queue_size": queue_size, "ours": ours, "reference": ref,
-            "ratio_ours_over_reference": ours["median_s"] / ref["median_s"]}
+            "ratio_ours_over_reference": ours["median_s"] / ref["median_s"],
+            "ratio_of_minimums": ours["min_s"] / ref["min_s"]}
 
 
-def _loss_path_fn(batch: int, queue_size: int, selective: bool) -> Callable[[], None]:
+def _loss_path_fn(batch: int, queue_size: int, ratio: float | None) -> Callable[[], None]:
+    """Loss forward + backward to q; ``ratio=None`` is plain MoCo v2, else same-id filter, threshold 0.9 and ``ratio``."""
     g = torch.Generator().manual_seed(2)
     q = F.normalize(torch.randn(batch, DIM, generator=g), dim=1).requires_grad_()
     k = F.normalize(torch.randn(batch, DIM, generator=g), dim=1)
     queue = F.normalize(torch.randn(queue_size, DIM, generator=g), dim=1)
     kw = dict(query_ids=torch.arange(batch), queue_ids=torch.randint(0, 50000, (queue_size,), generator=g),
-              ratio=0.5, threshold=0.9) if selective else {}
+              ratio=ratio, threshold=0.9) if ratio is not None else {}
 
     def step():
         q.grad = None
@@ -145,14 +149,21 @@ def _loss_path_fn(batch: int, queue_size: int, selective: bool) -> Callable[[], 
     return step
 
 
+SELECTIVE_RATIOS = (0.5, 0.8)  # the two code paths: gather the kept logits (<= 1/2) or mask the dropped ones
+
+
 def bench_selection(batch: int, sizes: list[int], repeats: int, step_seconds: float) -> list[dict]:
     rows = []
     for size in sizes:
-        times = _alternating({"plain": _loss_path_fn(batch, size, False),
-                              "selective": _loss_path_fn(batch, size, True)}, repeats)
-        plain, sel = statistics.median(times["plain"]), statistics.median(times["selective"])
-        rows.append({"queue_size": size, "batch": batch, "plain_loss_s": plain, "selective_loss_s": sel,
-                     "added_s": sel - plain, "added_share_of_resnet18_step": (sel - plain) / step_seconds})
+        fns = {"plain": _loss_path_fn(batch, size, None)}
+        fns.update({f"rho={r}": _loss_path_fn(batch, size, r) for r in SELECTIVE_RATIOS})
+        times = {name: statistics.median(ts) for name, ts in _alternating(fns, repeats).items()}
+        row = {"queue_size": size, "batch": batch, "plain_loss_s": times["plain"]}
+        for r in SELECTIVE_RATIOS:
+            added = times[f"rho={r}"] - times["plain"]
+            row[f"rho={r}"] = {"selective_loss_s": times[f"rho={r}"], "added_s": added,
+                               "added_share_of_resnet18_step": added / step_seconds}
+        rows.append(row)
     return rows
 
 

@@ -40,22 +40,60 @@ __all__ = ["ContrastiveInfo", "select_negatives", "contrastive_loss", "dual_view
 
 
 @dataclass
+class _Selection:
+    """The chosen negatives of a [B, K] similarity matrix, in whichever form was cheapest to produce.
+
+    picks: (index [B, P], valid [B, P] bool): the kept entries are ``index[valid]`` per row (the top-k path); or
+    dropped: [B, K] bool of entries not kept (filters and/or rank); or neither: every entry is kept.
+    num_candidates [B]: K' after the filters. num_kept [B]: negatives kept.
+    """
+
+    num_candidates: Tensor
+    num_kept: Tensor
+    picks: tuple[Tensor, Tensor] | None = None
+    dropped: Tensor | None = None
+
+    def keep_rows(self, shape: tuple[int, int], rows: int | None = None) -> Tensor:
+        """keep [min(rows, B), K] bool for the first ``rows`` queries (all when None), built on demand."""
+        b, k = shape
+        n = b if rows is None else min(rows, b)
+        device = self.num_kept.device
+        if self.picks is not None:
+            index, valid = self.picks
+            return torch.zeros(n, k, dtype=torch.bool, device=device).scatter_(1, index[:n], valid[:n])
+        if self.dropped is not None:
+            return ~self.dropped[:n]
+        return torch.ones(n, k, dtype=torch.bool, device=device)
+
+
+@dataclass
 class ContrastiveInfo:
     """What diagnostics need from one contrastive term, computed anyway by the loss (all detached).
 
     pos_sim [B]: cosine q.k of each query with its positive key.
     sim [B, K]: cosine of each query with each queue entry.
-    candidates [B, K] bool: entries left after the same-id and threshold filters (before top-k).
-    keep [B, K] bool: entries used as negatives.
-    num_candidates [B], num_kept [B] (long): row counts of ``candidates`` and ``keep``.
+    num_candidates [B], num_kept [B] (long): entries left after the same-id and threshold filters, and kept.
+    keep [B, K] bool (property, built on demand): entries used as negatives; ``keep_rows(n)`` builds the first n rows.
     """
 
     pos_sim: Tensor
     sim: Tensor
-    candidates: Tensor
-    keep: Tensor
-    num_candidates: Tensor
-    num_kept: Tensor
+    selection: _Selection
+
+    @property
+    def num_candidates(self) -> Tensor:
+        return self.selection.num_candidates
+
+    @property
+    def num_kept(self) -> Tensor:
+        return self.selection.num_kept
+
+    @property
+    def keep(self) -> Tensor:
+        return self.selection.keep_rows(tuple(self.sim.shape))
+
+    def keep_rows(self, rows: int) -> Tensor:
+        return self.selection.keep_rows(tuple(self.sim.shape), rows)
 
 
 # --- argument checks (one place, reused by the model) ------------------------------------------------------------
@@ -84,14 +122,14 @@ def check_weight(weight: float) -> None:
 
 
 # --- selection ---------------------------------------------------------------------------------------------------
-def _candidate_mask(sim: Tensor, query_ids: Tensor | None, queue_ids: Tensor | None, threshold: float) -> Tensor | None:
-    """[B, K] bool of entries surviving the same-id and ``sim <= threshold`` filters; ``None`` when nothing is filtered."""
+def _filtered_mask(sim: Tensor, query_ids: Tensor | None, queue_ids: Tensor | None, threshold: float) -> Tensor | None:
+    """[B, K] bool of entries dropped by the same-id and ``sim > threshold`` filters; ``None`` when none apply."""
     mask = None
     if query_ids is not None and queue_ids is not None:
-        mask = query_ids.view(-1, 1) != queue_ids.view(1, -1)
+        mask = query_ids.view(-1, 1) == queue_ids.view(1, -1)
     if threshold < 1.0:
-        below = sim <= threshold
-        mask = below if mask is None else mask & below
+        above = sim > threshold
+        mask = above if mask is None else mask | above
     return mask
 
 
@@ -101,51 +139,48 @@ def _keep_counts(num_candidates: Tensor, ratio: float) -> Tensor:
     return torch.minimum(want.clamp_min(1), num_candidates)
 
 
-def _extreme_mask(scores: Tensor, counts: Tensor, largest: bool) -> Tensor:
-    """[B, K] bool marking exactly ``counts[b]`` largest (or smallest) entries of each row of ``scores``.
+def _extreme(scores: Tensor, counts: Tensor, largest: bool) -> tuple[Tensor, Tensor]:
+    """(index [B, P], valid [B, P]): exactly ``counts[b]`` largest (or smallest) entries of each row of ``scores``.
 
-    One unsorted ``topk`` with the batch's largest count, then, for rows that want fewer, the surplus is removed by a
-    second, small ``topk`` over the selected values. Ties are broken by ``topk``; the counts are exact.
+    One unsorted ``topk`` with P = the batch's largest count; for rows that want fewer, the surplus (their least
+    extreme picks) is marked invalid by a second, small ``topk`` over the picked values. Ties are broken by
+    ``topk``; the counts are exact.
     """
-    mask = torch.zeros_like(scores, dtype=torch.bool)
     top = int(counts.max()) if counts.numel() else 0
-    if top == 0:
-        return mask
     values, index = scores.topk(top, dim=1, largest=largest, sorted=False)
+    valid = torch.ones_like(values, dtype=torch.bool)
     surplus = top - counts  # [B]
-    most = int(surplus.max())
-    within = torch.ones_like(values, dtype=torch.bool)
-    if most > 0:  # drop each row's `surplus` least extreme picks
+    most = int(surplus.max()) if counts.numel() else 0
+    if most > 0:
         weakest = values.topk(most, dim=1, largest=not largest, sorted=True).indices
-        within.scatter_(1, weakest, torch.arange(most, device=scores.device).view(1, -1) >= surplus.view(-1, 1))
-    return mask.scatter_(1, index, within)
+        valid.scatter_(1, weakest, torch.arange(most, device=scores.device).view(1, -1) >= surplus.view(-1, 1))
+    return index, valid
 
 
-def _top_fraction(sim: Tensor, candidates: Tensor | None, ratio: float) -> tuple[Tensor | None, Tensor]:
-    """(keep [B, K] bool, candidate counts K' [B]): the ceil(ratio * K') most similar candidates of each row.
+def _select(sim: Tensor, query_ids: Tensor | None, queue_ids: Tensor | None, ratio: float,
+            threshold: float) -> _Selection:
+    """Filter, then keep the ceil(ratio * K') most similar candidates of each row (see :func:`select_negatives`).
 
-    ``keep`` is ``None`` when it equals ``candidates`` (ratio = 1; ``None`` candidates mean 'all'). Vectorised over
-    batch and queue: non-candidates are pushed to -inf (or +inf) and one ``topk`` picks, per row, whichever is
-    smaller: the kept set (ratio <= 1/2) or the dropped set (ratio > 1/2).
+    Vectorised over batch and queue. Filtered entries are pushed to -inf (or +inf) and one ``topk`` picks whichever
+    set is smaller: the kept one (ratio <= 1/2, returned as ``picks`` so the loss can gather just those logits) or the
+    dropped one (ratio > 1/2, merged into ``dropped``). ratio = 1 needs no ``topk``.
     """
     b, k = sim.shape
-    if candidates is None:
+    filtered = _filtered_mask(sim, query_ids, queue_ids, threshold)
+    if filtered is None:
         counts = torch.full((b,), k, dtype=torch.long, device=sim.device)
     else:
-        counts = candidates.sum(dim=1, dtype=torch.int32).long()
+        counts = k - filtered.sum(dim=1, dtype=torch.int32).long()
     if ratio >= 1.0 or k == 0:
-        return candidates, counts
+        return _Selection(counts, counts, dropped=filtered)
     keep_n = _keep_counts(counts, ratio)
     if ratio <= 0.5:
-        scores = sim if candidates is None else sim.masked_fill(~candidates, float("-inf"))
-        return _extreme_mask(scores, keep_n, largest=True), counts
-    scores = sim if candidates is None else sim.masked_fill(~candidates, float("inf"))
-    dropped = _extreme_mask(scores, counts - keep_n, largest=False)
-    return (~dropped if candidates is None else candidates & ~dropped), counts
-
-
-def _all_true(sim: Tensor) -> Tensor:
-    return torch.ones_like(sim, dtype=torch.bool)
+        scores = sim if filtered is None else sim.masked_fill(filtered, float("-inf"))
+        return _Selection(counts, keep_n, picks=_extreme(scores, keep_n, largest=True))
+    scores = sim if filtered is None else sim.masked_fill(filtered, float("inf"))
+    index, valid = _extreme(scores, counts - keep_n, largest=False)
+    dropped = torch.zeros_like(sim, dtype=torch.bool) if filtered is None else filtered.clone()
+    return _Selection(counts, keep_n, dropped=dropped.scatter_(1, index, valid | dropped.gather(1, index)))
 
 
 def select_negatives(sim: Tensor, *, query_ids: Tensor | None = None, queue_ids: Tensor | None = None,
@@ -164,9 +199,7 @@ def select_negatives(sim: Tensor, *, query_ids: Tensor | None = None, queue_ids:
     """
     check_ratio(ratio)
     check_threshold(threshold)
-    candidates = _candidate_mask(sim, query_ids, queue_ids, threshold)
-    keep, _ = _top_fraction(sim, candidates, ratio)
-    return _all_true(sim) if keep is None else keep
+    return _select(sim, query_ids, queue_ids, ratio, threshold).keep_rows(tuple(sim.shape))
 
 
 # --- the contrastive term ----------------------------------------------------------------------------------------
@@ -189,21 +222,16 @@ def contrastive_loss(q: Tensor, k: Tensor, queue_keys: Tensor, temperature: floa
     l_pos = (q * k).sum(dim=1, keepdim=True)  # [B, 1]
     l_neg = q @ queue_keys.t()  # [B, K]
     sim = l_neg.detach()
-    candidates = _candidate_mask(sim, query_ids, queue_ids, threshold)
-    keep, num_candidates = _top_fraction(sim, candidates, ratio)
-    if keep is not None:  # dropped logits become -inf: they vanish from the softmax and receive no gradient
-        l_neg = l_neg.masked_fill(~keep, float("-inf"))
+    selection = _select(sim, query_ids, queue_ids, ratio, threshold)
+    if selection.picks is not None:  # only the kept logits enter the softmax (and receive gradient)
+        index, valid = selection.picks
+        l_neg = l_neg.gather(1, index).masked_fill(~valid, float("-inf"))
+    elif selection.dropped is not None:  # dropped logits become -inf: no softmax mass, no gradient
+        l_neg = l_neg.masked_fill(selection.dropped, float("-inf"))
     logits = torch.cat([l_pos, l_neg], dim=1) / temperature
     target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
     loss = F.cross_entropy(logits, target)
-    info = ContrastiveInfo(
-        pos_sim=l_pos.detach().squeeze(1),
-        sim=sim,
-        candidates=_all_true(sim) if candidates is None else candidates,
-        keep=_all_true(sim) if keep is None else keep,
-        num_candidates=num_candidates,
-        num_kept=num_candidates if keep is candidates else _keep_counts(num_candidates, ratio),
-    )
+    info = ContrastiveInfo(pos_sim=l_pos.detach().squeeze(1), sim=sim, selection=selection)
     return loss, info
 
 

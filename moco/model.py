@@ -45,7 +45,8 @@ __all__ = ["MoCo", "SplitBatchNorm", "build_model", "update_momentum", "BN_MODES
 
 BN_MODES = ("split", "shuffle", "sync", "none")
 STAT_NAMES = ("pos_sim", "neg_sim_q10", "neg_sim_q50", "neg_sim_q90", "filtered_frac", "kept_negatives")
-_QUANTILE_ROWS = 64  # negative-similarity quantiles use the selected negatives of at most this many queries per term
+_QUANTILE_ROWS = 64  # stats over selected negatives use at most this many queries per term ...
+_QUANTILE_VALUES = 1 << 16  # ... and the quantiles at most this many of their similarities (strided subsample)
 
 
 # --- momentum --------------------------------------------------------------------------------------------------
@@ -237,7 +238,7 @@ def _step_stats(infos: list[ContrastiveInfo], labels: Tensor | None, queue_label
     pos_sim: mean q.k. filtered_frac: share of (query, queue entry) pairs dropped by the same-id and threshold
     filters. kept_negatives: mean negatives per query. To bound the cost, the following use the first
     ``_QUANTILE_ROWS`` queries of each term only: neg_sim_q10/50/90, quantiles of the similarity of selected
-    negatives (NaN while the queue is empty), and false_neg_rate (only with labels), the share of selected negatives
+    negatives (over a strided subsample of at most ``_QUANTILE_VALUES``; NaN while the queue is empty), and false_neg_rate (only with labels), the share of selected negatives
     with a known label (>= 0) equal to the query's label (NaN when there is none).
     """
     device = infos[0].sim.device
@@ -245,8 +246,10 @@ def _step_stats(infos: list[ContrastiveInfo], labels: Tensor | None, queue_label
     pairs = sum(i.sim.numel() for i in infos)
     candidates = torch.cat([i.num_candidates for i in infos]).sum()
     kept = torch.cat([i.num_kept for i in infos]).float().mean()
-    rows = [(i.sim[:_QUANTILE_ROWS], i.keep[:_QUANTILE_ROWS]) for i in infos]
+    rows = [(i.sim[:_QUANTILE_ROWS], i.keep_rows(_QUANTILE_ROWS)) for i in infos]
     selected = torch.cat([sim[keep] for sim, keep in rows]).float()
+    if selected.numel() > _QUANTILE_VALUES:  # a deterministic strided subsample bounds the sort
+        selected = selected[:: -(-selected.numel() // _QUANTILE_VALUES)]
     if selected.numel():
         q10, q50, q90 = torch.quantile(selected, torch.tensor([0.1, 0.5, 0.9], device=device))
     else:
