@@ -98,6 +98,7 @@ class Engine:
                              f"({len(dataset.train)} images)")
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.epoch = 0  # epochs completed
+        self.last_metrics: dict[str, Any] = {}  # the latest epoch's report (kept in checkpoints)
         self.images_seen = 0  # images through the encoders (both passes of each view count)
         gen = torch.Generator().manual_seed(cfg.seed + 7)
         self._bank_index = torch.randperm(len(dataset.train), generator=gen)[: cfg.knn_bank_size]
@@ -155,7 +156,7 @@ class Engine:
             # The gradient norm is identical on every rank after DDP's all-reduce, so all ranks stop together.
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
             if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-                raise DivergedError(epoch, n_steps, float(loss))
+                raise DivergedError(epoch, n_steps, float(loss.detach()))
             self.optimizer.step()
             m = self.momentum_at(step)
             self.model.momentum_update(m)
@@ -238,6 +239,7 @@ class Engine:
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
                 "images_seen": self.images_seen, "config": self.cfg.to_dict(),
+                "last_metrics": self.last_metrics,
                 "torch_rng": torch.get_rng_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -245,4 +247,5 @@ class Engine:
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
         self.images_seen = int(state["images_seen"])
+        self.last_metrics = dict(state.get("last_metrics", {}))
         torch.set_rng_state(state["torch_rng"])

@@ -143,7 +143,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if dist_info.rank == 0:
             print(f"resumed from epoch {engine.epoch}", flush=True)
     node_id = _node_id()
-    last_knn: float | None = None
+    last_knn: float | None = engine.last_metrics.get("val_knn_top1")
+    if engine.epoch >= cfg.epochs and engine.last_metrics:
+        # Restarted after the final checkpoint (e.g. a study resumed after a crash): report the result again.
+        ray.train.report(engine.last_metrics)
+        return
     while engine.epoch < cfg.epochs:
         epoch = engine.epoch + 1
         maybe_inject_fault(loop_config.get("fault"), epoch, dist_info.rank, loop_config.get("run_dir"))
@@ -165,6 +169,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if dist_info.rank == 0 and last and cfg.final_eval:
             metrics.update(engine.final_evaluation())
         metrics.update(diverged=0, node_id=node_id, world_size=dist_info.world_size)
+        engine.last_metrics = metrics
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if dist_info.rank == 0 and (epoch % cfg.checkpoint_every == 0 or last):

@@ -27,7 +27,8 @@ import pandas as pd
 
 from study.space import Space
 
-STATUS_FILE = "trial_status.json"
+STATUS_FILE = "trial_status.json"  # per trial: params, number, status, error
+RESULTS_FILE = "results.jsonl"  # one line per epoch report, appended as reports arrive
 HISTORY_KEYS = ("epoch", "loss", "lr", "momentum", "images_per_s", "epoch_s", "data_share", "val_knn_top1",
                 "pos_sim", "neg_sim_q10", "neg_sim_q50", "neg_sim_q90", "filtered_frac", "kept_negatives",
                 "false_neg_rate", "alignment", "uniformity", "images_seen", "ratio", "threshold",
@@ -90,40 +91,61 @@ def write_study_json(run_dir: Path, space: Space, *, status: str, command: list[
     atomic_write(path, json.dumps(doc, indent=2, default=str))
 
 
-# --- trial status (recorded as trials end) -------------------------------------------------------------------------
-def record_status(run_dir: Path, trial_id: str, status: str, error: str | None = None) -> None:
+# --- the study's own record of trials (written by the Tune callback in study/run.py as events happen) -----------------
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def record_trial(run_dir: Path, trial_id: str, **fields: Any) -> None:
+    """Update one trial's entry (params, number, status, error) in ``trial_status.json`` (atomic rewrite)."""
     path = run_dir / STATUS_FILE
-    statuses = json.loads(path.read_text()) if path.is_file() else {}
-    statuses[trial_id] = {"status": status, "error": error}
-    atomic_write(path, json.dumps(statuses, indent=1))
+    records = _read_json(path)
+    records[trial_id] = {**records.get(trial_id, {}), **fields}
+    atomic_write(path, json.dumps(records, indent=1, default=str))
 
 
-def _read_results(trial_dir: Path) -> list[dict[str, Any]]:
-    rows = []
-    path = trial_dir / "result.json"
+def record_status(run_dir: Path, trial_id: str, status: str, error: str | None = None) -> None:
+    record_trial(run_dir, trial_id, status=status, error=error)
+
+
+def append_result(run_dir: Path, trial_id: str, result: dict[str, Any]) -> None:
+    """Append one epoch report to ``results.jsonl`` and flush it to disk before returning."""
+    row = {"trial_id": trial_id, **{k: result.get(k) for k in HISTORY_KEYS if k in result}}
+    with open(run_dir / RESULTS_FILE, "a") as handle:
+        handle.write(json.dumps(row, default=str) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def finished_trials(run_dir: Path) -> dict[str, dict]:
+    """Trials whose outcome is final (completed, pruned, diverged or errored)."""
+    return {k: v for k, v in _read_json(run_dir / STATUS_FILE).items()
+            if v.get("status") in ("completed", "pruned", "diverged", "errored")}
+
+
+def _read_results(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    path = run_dir / RESULTS_FILE
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:  # a line cut by a crash
                 continue
-    return rows
-
-
-def _trial_dirs(run_dir: Path) -> list[Path]:
-    return sorted(p for p in run_dir.iterdir() if p.is_dir() and (p / "params.json").is_file())
+            out.setdefault(row["trial_id"], []).append(row)
+    return out
 
 
 def collect(run_dir: Path, space: Space) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(trials, history) frames from the trial folders under ``run_dir``."""
-    statuses = json.loads((run_dir / STATUS_FILE).read_text()) if (run_dir / STATUS_FILE).is_file() else {}
+    """(trials, history) frames from the study's own trial record and epoch results."""
+    records = _read_json(run_dir / STATUS_FILE)
+    all_results = _read_results(run_dir)
     baseline = space.baseline_point()
     s = space.settings
     trials, history = [], []
-    for trial_dir in _trial_dirs(run_dir):
-        params = json.loads((trial_dir / "params.json").read_text())
-        results = _read_results(trial_dir)
-        trial_id = results[-1]["trial_id"] if results else _trial_id_from_dir(trial_dir)
+    for trial_id, record in records.items():
+        params = record.get("params", {})
+        results = all_results.get(trial_id, [])
         by_epoch: dict[int, dict] = {}
         for r in results:  # a resumed trial can repeat an epoch; keep the latest report of each epoch
             by_epoch[int(r.get("epoch", r.get("training_iteration", 0)))] = r
@@ -132,8 +154,7 @@ def collect(run_dir: Path, space: Space) -> tuple[pd.DataFrame, pd.DataFrame]:
             history.append({"trial_id": trial_id, **{k: r.get(k) for k in HISTORY_KEYS}, "epoch": epoch})
         last = by_epoch[max(by_epoch)] if by_epoch else {}
         cfg = space.trial_config(params)
-        recorded = statuses.get(trial_id, {})
-        status = recorded.get("status") or ("running" if results else "pending")
+        status = record.get("status") or ("running" if results else "pending")
         metric_values = [r[s.metric] for r in by_epoch.values()
                          if isinstance(r.get(s.metric), (int, float)) and not r.get("diverged")]
         best = (max if s.mode == "max" else min)(metric_values) if metric_values else math.nan
@@ -142,7 +163,7 @@ def collect(run_dir: Path, space: Space) -> tuple[pd.DataFrame, pd.DataFrame]:
         cpus = workers * (s.cpus_per_worker or 1)
         gpus = workers * s.gpus_per_worker
         row = {
-            "trial_id": trial_id, "trial_number": _dir_parts(trial_dir)[1],
+            "trial_id": trial_id, "trial_number": record.get("number", -1),
             "is_baseline": (params.get("variant") == "baseline") if space.variants else
             (baseline is not None and all(params.get(k) == v for k, v in baseline.items())),
             "status": status, "variant": params.get("variant"), "seed": cfg.seed,
@@ -155,27 +176,13 @@ def collect(run_dir: Path, space: Space) -> tuple[pd.DataFrame, pd.DataFrame]:
             "cpus": cpus, "gpus": gpus, "cpu_hours": wall * cpus / 3600, "gpu_hours": wall * gpus / 3600,
             "node_id": last.get("node_id"),
             "nodes": ";".join(sorted({str(r.get("node_id")) for r in by_epoch.values() if r.get("node_id")})),
-            "error": recorded.get("error") or last.get("error") or "",
-            "trial_dir": trial_dir.name,
+            "error": record.get("error") or last.get("error") or "",
         }
         trials.append(row)
     trials_df = pd.DataFrame(trials)
     if len(trials_df):
         trials_df = trials_df.sort_values("trial_number").reset_index(drop=True)
     return trials_df, pd.DataFrame(history)
-
-
-def _trial_id_from_dir(trial_dir: Path) -> str:
-    return _dir_parts(trial_dir)[0]
-
-
-def _dir_parts(trial_dir: Path) -> tuple[str, int]:
-    """(trial id, 0-based trial number) from a Tune trial folder ``<trainable>_<id>_<n>_<params>_<date>``."""
-    parts = trial_dir.name.split("_")
-    for i in range(len(parts) - 1):
-        if len(parts[i]) == 8 and parts[i + 1].isdigit():
-            return parts[i], int(parts[i + 1]) - 1
-    return trial_dir.name, -1
 
 
 def best_trial(trials: pd.DataFrame, space: Space) -> pd.Series | None:

@@ -145,32 +145,38 @@ def resume_command(args: argparse.Namespace, name: str) -> str:
 def _tune_callback(run_dir: Path, space: Space):
     from ray.tune import Callback
 
-    from study.results import record_status, write_results
+    from study.results import append_result, record_trial, write_results
     from study.search import trial_outcome
 
+    metric = space.settings.metric
+
     class StudyFiles(Callback):
-        """Records each trial's outcome as it ends and rewrites the result files (so a crash loses nothing)."""
+        """Records trials and every epoch report as they happen, and rewrites the result files as trials end."""
 
         def __init__(self):
             self._last_write = 0.0
 
+        def on_trial_start(self, iteration, trials, trial, **info):
+            number = int(str(trial.experiment_tag).split("_", 1)[0]) - 1
+            record_trial(run_dir, trial.trial_id, params=dict(trial.config), number=number, status="running")
+            print(f"[study] trial {number} ({trial.trial_id}) started: {dict(trial.config)}", flush=True)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            append_result(run_dir, trial.trial_id, result)
+
         def on_trial_complete(self, iteration, trials, trial, **info):
-            cfg = space.trial_config(trial.config)
-            outcome = trial_outcome(trial.last_result, cfg.epochs, error=False)
-            record_status(run_dir, trial.trial_id, outcome, trial.last_result.get("error"))
-            print(f"[study] trial {trial.trial_id} {outcome}: {space.settings.metric} = "
-                  f"{trial.last_result.get(space.settings.metric, float('nan')):.2f} after "
-                  f"{trial.last_result.get('epoch', 0)} epochs  {dict(trial.config)}", flush=True)
+            last = trial.last_result or {}
+            outcome = trial_outcome(last, space.trial_config(trial.config).epochs, error=False)
+            record_trial(run_dir, trial.trial_id, status=outcome, error=last.get("error"))
+            print(f"[study] trial {trial.trial_id} {outcome}: {metric} = {last.get(metric, float('nan')):.2f} "
+                  f"after {last.get('epoch', 0)} epochs", flush=True)
             write_results(run_dir, space)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            error = str(getattr(trial, "error_file", "") or "see the trial's error.txt")
-            record_status(run_dir, trial.trial_id, "errored", error)
-            print(f"[study] trial {trial.trial_id} errored ({error})", flush=True)
+            error = _first_line(getattr(trial, "error_file", None)) or "see the trial's error.txt"
+            record_trial(run_dir, trial.trial_id, status="errored", error=error)
+            print(f"[study] trial {trial.trial_id} errored: {error}", flush=True)
             write_results(run_dir, space)
-
-        def on_trial_start(self, iteration, trials, trial, **info):
-            print(f"[study] trial {trial.trial_id} started: {dict(trial.config)}", flush=True)
 
         def on_step_end(self, iteration, trials, **info):
             if time.time() - self._last_write > 30:
@@ -178,6 +184,14 @@ def _tune_callback(run_dir: Path, space: Space):
                 write_results(run_dir, space)
 
     return StudyFiles()
+
+
+def _first_line(path: str | None) -> str | None:
+    try:
+        lines = [line for line in Path(path).read_text().splitlines() if line.strip()] if path else []
+    except OSError:
+        return None
+    return lines[-1][:500] if lines else None
 
 
 def start_ray(address: str | None) -> None:
@@ -227,6 +241,9 @@ def run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: st
     if args.resume and tune.Tuner.can_restore(experiment):
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
+        local = getattr(tuner, "_local_tuner", None)
+        if local is not None:  # the pickled callbacks may not survive; attach fresh ones
+            local.get_run_config().callbacks = run_config.callbacks
     else:
         if space.variants:
             param_space = {"variant": tune.grid_search(list(space.variants)), "seed": tune.grid_search(space.seeds)}
@@ -249,8 +266,12 @@ def run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: st
         grid = tuner.fit()
     except KeyboardInterrupt:
         grid, interrupted["flag"] = None, True
+    if grid is not None and not interrupted["flag"]:
+        _record_grid(grid, run_dir, space)
     summary = write_results(run_dir, space)
-    finished = _count_finished(run_dir)
+    from study.results import finished_trials
+
+    finished = len(finished_trials(run_dir))
     complete = finished >= space.num_trials and not interrupted["flag"]
     write_study_json(run_dir, space, status="finished" if complete else "interrupted", resources=resources)
     print(f"[study] {finished}/{space.num_trials} trials finished; {json.dumps(summary, default=str)}")
@@ -264,9 +285,23 @@ def run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: st
     return 0
 
 
-def _count_finished(run_dir: Path) -> int:
-    path = run_dir / "trial_status.json"
-    return len(json.loads(path.read_text())) if path.is_file() else 0
+def _record_grid(grid, run_dir: Path, space: Space) -> None:
+    """Record outcomes from Tune's final results for trials the callback missed (e.g. restored by --resume)."""
+    from study.results import finished_trials, record_trial
+    from study.search import trial_outcome
+
+    done = finished_trials(run_dir)
+    for result in grid:
+        metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id")
+        if not trial_id or trial_id in done:
+            continue
+        if result.error is not None:
+            record_trial(run_dir, trial_id, status="errored", error=str(result.error).splitlines()[0][:500])
+        elif metrics:
+            epochs = space.trial_config(metrics.get("config", {})).epochs
+            record_trial(run_dir, trial_id, status=trial_outcome(metrics, epochs, error=False),
+                         error=metrics.get("error"))
 
 
 def _report(run_dir: Path) -> None:

@@ -1,0 +1,114 @@
+"""The training loop: the engine on its own, and through Ray Train's TorchTrainer with 1 and 2 workers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from moco.config import TrainConfig
+from moco.data import load_dataset
+from moco.engine import DivergedError, Engine
+from moco.train import make_trainer, parse_fault, read_checkpoint_dir, write_checkpoint_dir
+from tests.conftest import CONFIGS
+
+DIGITS = CONFIGS / "digits.yaml"
+
+
+def _cfg(**overrides) -> TrainConfig:
+    return TrainConfig.from_yaml(DIGITS, {"epochs": 3, "final_eval": False, **overrides})
+
+
+def _run(engine: Engine, epochs: int) -> list[dict]:
+    out = []
+    for _ in range(epochs):
+        metrics = engine.train_epoch()
+        metrics.update(engine.monitor())
+        out.append(metrics)
+    return out
+
+
+def _same(a: dict, b: dict, keys=("loss", "pos_sim", "val_knn_top1", "neg_sim_q50", "alignment")) -> None:
+    for key in keys:
+        assert math.isclose(a[key], b[key], rel_tol=1e-5, abs_tol=1e-6), (key, a[key], b[key])
+
+
+def test_engine_resume_repeats_epoch_3_exactly(tmp_path):
+    cfg = _cfg()
+    data = load_dataset(cfg)
+    straight = _run(Engine(cfg, data, torch.device("cpu")), 3)
+
+    first = Engine(cfg, data, torch.device("cpu"))
+    _run(first, 2)
+    write_checkpoint_dir(first.state_dict(), tmp_path)
+    state = read_checkpoint_dir(tmp_path)
+    resumed = Engine(cfg, data, torch.device("cpu"))
+    assert int(resumed.model.queue.filled) == 0
+    resumed.load_state_dict(state)
+    assert resumed.epoch == 2
+    # The queue travels in the checkpoint: restored, not re-initialised.
+    assert int(resumed.model.queue.filled) == int(first.model.queue.filled) > 0
+    assert torch.equal(resumed.model.queue.keys, first.model.queue.keys)
+    _same(_run(resumed, 1)[0], straight[2])
+
+
+def test_same_seed_same_metrics_and_other_seed_differs():
+    data = load_dataset(_cfg())
+    a = _run(Engine(_cfg(), data, torch.device("cpu")), 1)[0]
+    b = _run(Engine(_cfg(), data, torch.device("cpu")), 1)[0]
+    assert a["loss"] == b["loss"] and a["val_knn_top1"] == b["val_knn_top1"]
+    c = _run(Engine(_cfg(seed=1), data, torch.device("cpu")), 1)[0]
+    assert c["loss"] != a["loss"]
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path):
+    write_checkpoint_dir({"epoch": 1}, tmp_path)
+    (tmp_path / "state.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt"):
+        read_checkpoint_dir(tmp_path)
+    (tmp_path / "state.sha256").unlink()
+    with pytest.raises(ValueError, match="incomplete"):
+        read_checkpoint_dir(tmp_path)
+
+
+def test_non_finite_loss_stops_the_run():
+    cfg = _cfg(lr=1e30, warmup_epochs=0)
+    engine = Engine(cfg, load_dataset(cfg), torch.device("cpu"))
+    with pytest.raises(DivergedError, match="non-finite"):
+        _run(engine, 3)
+
+
+def test_parse_fault():
+    assert parse_fault("epoch=2,kind=exit") == {"epoch": 2, "kind": "exit", "rank": 0}
+    assert parse_fault("") is None
+    with pytest.raises(ValueError):
+        parse_fault("kind=explode")
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_torch_trainer_learns_digits(ray_session, tmp_path, workers):
+    cfg = _cfg(epochs=2, final_eval=True)
+    result = make_trainer(cfg, workers=workers, use_gpu=False, cpus_per_worker=1, storage=str(tmp_path),
+                          name=f"digits-{workers}").fit()
+    metrics = result.metrics
+    assert metrics["epoch"] == 2 and metrics["world_size"] == workers
+    # Chance is 10% on ten classes; a working pipeline is far above it after two epochs.
+    assert metrics["val_knn_top1"] > 50.0 and metrics["test_knn_top1"] > 50.0
+    assert result.checkpoint is not None and "epoch-0002" in result.checkpoint.path
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(600)
+def test_worker_failure_resumes_from_checkpoint_with_same_metrics(ray_session, tmp_path):
+    cfg = _cfg(epochs=3)
+    straight = make_trainer(cfg, workers=1, use_gpu=False, cpus_per_worker=1, storage=str(tmp_path),
+                            name="straight").fit().metrics
+    # The worker process exits at the start of epoch 3; Ray Train restarts it from the epoch-2 checkpoint.
+    faulty = make_trainer(cfg, workers=1, use_gpu=False, cpus_per_worker=1, storage=str(tmp_path), name="faulty",
+                          max_failures=1, fault={"epoch": 3, "kind": "exit", "rank": 0}).fit().metrics
+    assert (tmp_path / "faulty" / ".fault-injected-epoch3").exists()
+    assert faulty["epoch"] == 3
+    _same(faulty, straight)

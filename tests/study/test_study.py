@@ -1,0 +1,115 @@
+"""Real mini studies on digits through Ray Tune + Train + Optuna with ASHA: files, baseline, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+from moco.config import TrainConfig
+from study.results import collect, finished_trials
+from study.space import load_space
+from tests.conftest import MINI_SPACE, ROOT, study_command
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def mini_study(tmp_path_factory):
+    """One finished mini study (4 trials, 3 epochs, 2 CPUs), shared by the checks below."""
+    storage = tmp_path_factory.mktemp("studies")
+    proc = subprocess.run(study_command("--space", str(MINI_SPACE), "--storage", str(storage), "--name", "mini"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return storage / "mini", proc.stdout
+
+
+def test_mini_study_writes_every_file(mini_study):
+    run_dir, stdout = mini_study
+    for name in ("study.json", "trials.csv", "history.csv", "best_config.yaml", "optuna.db"):
+        assert (run_dir / name).is_file(), name
+    study = json.loads((run_dir / "study.json").read_text())
+    assert study["status"] == "finished" and study["num_samples"] == 4 and study["kind"] == "search"
+    assert study["versions"]["ray"] and study["started"] and study["ended"]
+    trials = pd.read_csv(run_dir / "trials.csv")
+    assert len(trials) == 4 and set(trials.status) <= {"completed", "pruned"}
+    assert (trials.epochs <= 3).all() and (trials.status == "completed").sum() >= 1
+    history = pd.read_csv(run_dir / "history.csv")
+    # One history row per trial-epoch, matching each trial's epoch count.
+    assert history.groupby("trial_id").epoch.max().to_dict() == dict(zip(trials.trial_id.astype(str),
+                                                                          trials.epochs))
+    assert {"loss", "val_knn_top1", "pos_sim", "neg_sim_q50", "filtered_frac", "false_neg_rate"} <= set(history)
+    # ASHA-stopped trials are pruned in trials.csv and in Optuna (not COMPLETE with an early value).
+    with sqlite3.connect(run_dir / "optuna.db") as db:
+        states = [row[0] for row in db.execute("select state from trials order by number")]
+    assert states.count("COMPLETE") == (trials.status == "completed").sum()
+    assert states.count("PRUNED") == (trials.status == "pruned").sum()
+    assert "report:" in stdout and (run_dir / "report" / "report.md").is_file()
+
+
+def test_first_trial_is_the_baseline(mini_study):
+    run_dir, _ = mini_study
+    trials = pd.read_csv(run_dir / "trials.csv").sort_values("trial_number")
+    first = trials.iloc[0]
+    assert first.trial_number == 0 and bool(first.is_baseline)
+    assert first.param_hard_negative_ratio == 1.0 and first.param_dual_view_weight == 1.0
+    assert trials.is_baseline.sum() == 1
+
+
+def test_best_config_is_runnable_and_matches_best_trial(mini_study):
+    run_dir, _ = mini_study
+    cfg = TrainConfig.from_yaml(run_dir / "best_config.yaml")
+    trials = pd.read_csv(run_dir / "trials.csv")
+    best = trials[trials.status == "completed"].sort_values("val_knn_top1").iloc[-1]
+    assert cfg.temperature == pytest.approx(best.param_temperature)
+    assert cfg.queue_size == best.param_queue_size
+    header = (run_dir / "best_config.yaml").read_text().splitlines()[0]
+    assert str(best.trial_id) in header
+    assert yaml.safe_load((run_dir / "best_config.yaml").read_text())["dataset"] == "digits"
+
+
+def test_resume_after_sigkill_keeps_finished_trials(tmp_path):
+    storage = tmp_path / "runs"
+    cmd = study_command("--space", str(MINI_SPACE), "--storage", str(storage), "--name", "crash",
+                        "--max-concurrent", "1", "--no-report")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    status = storage / "crash" / "trial_status.json"
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if status.is_file() and len(finished_trials(storage / "crash")) >= 1:
+                break
+            time.sleep(1)
+        assert proc.poll() is None, "the study ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)  # the driver dies without any chance to clean up
+    finally:
+        time.sleep(2)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # and so do the Ray processes it started (a lost machine)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    before, _ = collect(storage / "crash", load_space(str(MINI_SPACE)))  # what was on disk at the crash
+    finished_before = finished_trials(storage / "crash")
+    assert len(finished_before) >= 1
+    assert json.loads((storage / "crash" / "study.json").read_text())["status"] == "running"
+
+    resumed = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=800)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = pd.read_csv(storage / "crash" / "trials.csv")
+    assert len(after) == 4 and set(after.status) <= {"completed", "pruned"}
+    study = json.loads((storage / "crash" / "study.json").read_text())
+    assert study["status"] == "finished" and study["resumes"] == 1
+    for trial_id in finished_before:
+        old = before[before.trial_id.astype(str) == trial_id].iloc[0]
+        new = after[after.trial_id.astype(str) == trial_id].iloc[0]
+        assert new.status == old.status and new.val_knn_top1 == pytest.approx(old.val_knn_top1)
+        assert new.epochs == old.epochs
