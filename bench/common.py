@@ -1,0 +1,291 @@
+"""Shared helpers of the benchmark suite: environment record, load average, min/median/max, JSON, study runs.
+
+Every benchmark result carries the machine, the versions, the git commit, the exact command, the date, the mode
+(quick or full) and the load average before and after it ran (the machine is shared, so absolute timings drift;
+figures are ratios of measurements taken side by side in the same run wherever possible).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "bench" / "results"
+DOCS = ROOT / "docs" / "benchmarks.md"
+PYTHON = sys.executable
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def loadavg() -> list[float] | None:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def stats(values: Iterable[float]) -> dict[str, float]:
+    """min / median / max and the number of repetitions of ``values`` (NaN-free; empty -> n = 0)."""
+    values = [float(v) for v in values if v is not None and v == v]
+    if not values:
+        return {"min": None, "median": None, "max": None, "n": 0}
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
+
+
+def git_commit() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty_files": len(git("status", "--porcelain").splitlines())}
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        mem = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem,
+            "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("torch", "torchvision", "ray", "optuna", "numpy", "pandas", "matplotlib"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            out[name] = "not installed"
+    return out
+
+
+def environment() -> dict[str, Any]:
+    return {"machine": machine(), "versions": versions(), "git": git_commit()}
+
+
+def write_json(path: Path, data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_plain) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def measured(fn: Callable[[], dict]) -> dict:
+    """Run ``fn`` and wrap its result with the load average before/after and the elapsed seconds."""
+    before, start = loadavg(), time.perf_counter()
+    result = fn()
+    return {"load_before": before, "load_after": loadavg(), "elapsed_s": time.perf_counter() - start, **result}
+
+
+# --- memory sampling of a process tree ---------------------------------------------------------------------------
+def _status_kib(pid: int, key: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _pss_kib(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0") if a]
+    except OSError:
+        return []
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants, from /proc (Linux; no psutil needed)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(parents.get(pid, []))
+    return out
+
+
+def process_role(cmdline: list[str]) -> str:
+    """What a process of a study's tree is, from its (Ray-set) process title."""
+    text = " ".join(cmdline)
+    if "study/run.py" in text:
+        return "study driver"
+    for marker, role in (("RayTrainWorker", "train worker"), ("ImplicitFunc", "trial driver (Tune)"),
+                         ("TrainController", "train controller"), ("gcs_server", "ray gcs"), ("raylet", "raylet"),
+                         ("dashboard", "ray dashboard"), ("log_monitor", "ray log monitor"),
+                         ("ray::IDLE", "ray idle worker"), ("ray::", "ray other actor")):
+        if marker in text:
+            return role
+    return "other"
+
+
+class TreeMemory:
+    """Samples a process tree every ``interval`` seconds: per-process peak RSS (VmHWM) and role, and the peak
+    over time of the tree's total proportional set size (PSS: shared pages split between processes)."""
+
+    def __init__(self, root_pid: int, interval: float = 1.0):
+        self.root_pid, self.interval = root_pid, interval
+        self.processes: dict[int, dict[str, Any]] = {}
+        self.peak_total_pss_kib = 0
+        self.peak_total_rss_kib = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "TreeMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            total_pss = total_rss = 0
+            for pid in process_tree(self.root_pid):
+                hwm, rss, pss = _status_kib(pid, "VmHWM"), _status_kib(pid, "VmRSS"), _pss_kib(pid)
+                if hwm is None:
+                    continue
+                entry = self.processes.get(pid)
+                if entry is None:
+                    cmd = _cmdline(pid)
+                    entry = self.processes[pid] = {"role": process_role(cmd), "cmd": " ".join(cmd)[:120],
+                                                   "peak_rss_kib": 0}
+                entry["peak_rss_kib"] = max(entry["peak_rss_kib"], hwm)
+                total_rss += rss or 0
+                total_pss += pss or rss or 0
+            self.peak_total_pss_kib = max(self.peak_total_pss_kib, total_pss)
+            self.peak_total_rss_kib = max(self.peak_total_rss_kib, total_rss)
+            self.samples += 1
+            self._stop.wait(self.interval)
+
+    def summary(self) -> dict[str, Any]:
+        by_role: dict[str, list[float]] = {}
+        for entry in self.processes.values():
+            by_role.setdefault(entry["role"], []).append(entry["peak_rss_kib"] / 1024)
+        return {"interval_s": self.interval, "samples": self.samples, "processes": len(self.processes),
+                "peak_total_pss_mib": self.peak_total_pss_kib / 1024,
+                "peak_total_rss_mib": self.peak_total_rss_kib / 1024,
+                "peak_rss_mib_by_role": {role: {**stats(v), "count": len(v)} for role, v in sorted(by_role.items())}}
+
+
+# --- studies as subprocesses ---------------------------------------------------------------------------------------
+def write_space(path: Path, study: dict[str, Any], base_space: Path = ROOT / "configs" / "hardneg.yaml") -> Path:
+    """A space file: ``base_space``'s ``base`` and ``search`` sections with its ``study`` section updated."""
+    doc = yaml.safe_load(Path(base_space).read_text())
+    doc["study"] = {**doc.get("study", {}), **study}
+    if isinstance(doc.get("base", {}).get("config"), str) and not doc["base"]["config"].endswith(".yaml"):
+        doc["base"]["config"] = str(ROOT / "configs" / (doc["base"]["config"] + ".yaml"))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def run_study(space: Path, storage: Path, name: str, *, overrides: dict[str, Any] | None = None,
+              extra: list[str] | None = None, sample_memory: bool = False, timeout: float | None = None,
+              log: Path | None = None) -> dict[str, Any]:
+    """Run ``study/run.py`` as a subprocess; return its command, exit status, wall time, start time and memory."""
+    cmd = [PYTHON, str(ROOT / "study" / "run.py"), "--space", str(space), "--storage", str(storage), "--name", name,
+           "--no-report", *(extra or [])]
+    for key, value in (overrides or {}).items():
+        cmd += ["--set", f"{key}={value}"]
+    log = log or Path(storage) / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    t0 = time.perf_counter()
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+        memory = TreeMemory(proc.pid) if sample_memory else None
+        if memory:
+            memory.__enter__()
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            rc = proc.wait()
+        finally:
+            if memory:
+                memory.__exit__(None, None, None)
+    out = {"command": " ".join(cmd[1:]).replace(str(ROOT) + "/", ""), "returncode": rc,
+           "wall_s": time.perf_counter() - t0, "started_unix": started, "run_dir": str(Path(storage) / name),
+           "log": str(log)}
+    if memory:
+        out["memory"] = memory.summary()
+    if rc != 0:
+        tail = log.read_text().splitlines()[-15:]
+        raise RuntimeError(f"study {name} failed with exit status {rc}; log {log}:\n" + "\n".join(tail))
+    return out
+
+
+def tune_events(run_dir: Path) -> list[dict[str, Any]]:
+    """Every epoch report of a study with its absolute time, from Tune's per-trial ``result.json`` files."""
+    events = []
+    for path in Path(run_dir).glob("*/result.json"):
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            events.append(row)
+    events.sort(key=lambda r: (r.get("timestamp", 0), r.get("time_total_s", 0)))
+    return events

@@ -1,0 +1,135 @@
+"""Benchmark: study efficiency of Optuna TPE + ASHA vs random search vs grid search (same trial budget).
+
+Each searcher runs the default study (``configs/hardneg.yaml``: its ``base`` and ``search`` sections; scaled down in
+quick mode with ``--set`` overrides and fewer trials) through ``study/run.py`` as a subprocess, ``repetitions``
+times with different searcher seeds. Random and grid search run every trial to the end (no early stopping). From
+Tune's per-trial ``result.json`` (one line per epoch report, with its time) we rebuild, for every study, the
+best-so-far validation kNN (the study metric) against cumulative compute: trial-epochs and wall seconds since the
+study started. The target is the best validation kNN any study of this run found, minus 0.5 points; the compute a
+study needs is the trial-epochs (and wall time) of the first report reaching the target. A study that never reaches it
+is reported as "not reached" and counted at its whole budget (a lower bound). Goal: TPE + ASHA needs at most a third
+of random search's trial-epochs (ratio of medians over repetitions).
+
+The process tree of the first TPE study is sampled for memory (see bench/memory.py) and its files are reused by
+bench/overhead.py (Ray overhead) and bench/quality.py (best configuration found).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from bench.common import ROOT, run_study, stats, tune_events, write_space
+
+SEARCHERS = {  # name -> study-section overrides
+    "tpe_asha": {"searcher": "optuna-tpe", "scheduler": "asha"},
+    "random": {"searcher": "random", "scheduler": "none"},
+    "grid": {"searcher": "grid", "scheduler": "none", "grid_points": 2},
+}
+TOLERANCE = 0.5  # points of validation kNN top-1
+GOAL_RATIO = 1 / 3
+
+
+def settings(quick: bool) -> dict[str, Any]:
+    if quick:  # tiny: Fashion-MNIST, 2000 training images, 3 epochs, 4 trials, 1 repetition
+        return {"num_samples": 4, "repetitions": 1, "study": {"grace_period": 1},
+                "overrides": {"epochs": 3, "train_subset": 2000, "knn_bank_size": 2000, "knn_val_size": 1000}}
+    return {"num_samples": 14, "repetitions": 3, "study": {}, "overrides": {}}  # the default study as it is
+
+
+def curve(events: list[dict], started: float, metric: str = "val_knn_top1") -> list[dict[str, float]]:
+    """Best-so-far metric after each epoch report, in time order, with cumulative trial-epochs and wall seconds."""
+    out, best = [], -math.inf
+    for i, row in enumerate(events, 1):
+        value = row.get(metric)
+        if isinstance(value, (int, float)) and not row.get("diverged") and value == value:
+            best = max(best, float(value))
+        out.append({"trial_epochs": i, "wall_s": max(0.0, float(row.get("timestamp", started)) - started),
+                    "best": best if best > -math.inf else None})
+    return out
+
+
+def compute_to_target(points: list[dict[str, float]], target: float) -> dict[str, Any]:
+    for p in points:
+        if p["best"] is not None and p["best"] >= target:
+            return {"reached": True, "trial_epochs": p["trial_epochs"], "wall_s": p["wall_s"]}
+    last = points[-1] if points else {"trial_epochs": 0, "wall_s": 0.0}
+    return {"reached": False, "trial_epochs": last["trial_epochs"], "wall_s": last["wall_s"]}
+
+
+def run(quick: bool, workdir: Path, context: dict[str, Any] | None = None) -> dict[str, Any]:
+    cfg = settings(quick)
+    workdir = Path(workdir) / "efficiency"
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    studies: dict[str, list[dict[str, Any]]] = {name: [] for name in SEARCHERS}
+    for rep in range(cfg["repetitions"]):  # interleave searchers so load drift hits all alike
+        for name, study in SEARCHERS.items():
+            space = write_space(workdir / f"{name}.yaml", {**study, **cfg["study"], "seed": rep,
+                                                            "num_samples": cfg["num_samples"]})
+            record = run_study(space, workdir / "runs", f"{name}-seed{rep}", overrides=cfg["overrides"],
+                               sample_memory=(name == "tpe_asha" and rep == 0))
+            events = tune_events(Path(record["run_dir"]))
+            record.update(seed=rep, points=curve(events, record["started_unix"]), reports=len(events),
+                          best=max((e["val_knn_top1"] for e in events if not e.get("diverged")
+                                    and isinstance(e.get("val_knn_top1"), (int, float))), default=None))
+            studies[name].append(record)
+    best = max(r["best"] for runs in studies.values() for r in runs if r["best"] is not None)
+    target = best - TOLERANCE
+    summary = {}
+    for name, runs in studies.items():
+        for r in runs:
+            r["to_target"] = compute_to_target(r["points"], target)
+        summary[name] = {
+            "reached": sum(r["to_target"]["reached"] for r in runs), "repetitions": len(runs),
+            "trial_epochs_to_target": stats(r["to_target"]["trial_epochs"] for r in runs),
+            "wall_s_to_target": stats(r["to_target"]["wall_s"] for r in runs),
+            "total_trial_epochs": stats(r["points"][-1]["trial_epochs"] if r["points"] else 0 for r in runs),
+            "study_wall_s": stats(r["wall_s"] for r in runs),
+            "best_val_knn": stats(r["best"] for r in runs),
+        }
+    tpe, rnd = summary["tpe_asha"], summary["random"]
+    ratio = tpe["trial_epochs_to_target"]["median"] / rnd["trial_epochs_to_target"]["median"]
+    wall_ratio = (tpe["wall_s_to_target"]["median"] / rnd["wall_s_to_target"]["median"]
+                  if rnd["wall_s_to_target"]["median"] else None)
+    base = settings(quick)
+    return {
+        "setup": {"space": "configs/hardneg.yaml (base + search; study section per searcher)",
+                  "overrides": base["overrides"], "num_samples": base["num_samples"],
+                  "repetitions": base["repetitions"], "searchers": SEARCHERS, "study_extra": base["study"],
+                  "metric": "val_knn_top1 (per-epoch validation monitor)", "tolerance_points": TOLERANCE},
+        "best_val_knn_any": best, "target": target, "summary": summary,
+        "tpe_over_random_trial_epochs": ratio, "tpe_over_random_wall": wall_ratio,
+        "goal": f"TPE+ASHA needs <= 1/3 of random search's trial-epochs to reach best - {TOLERANCE}",
+        "goal_met": bool(ratio <= GOAL_RATIO and tpe["reached"] == tpe["repetitions"]),
+        "studies": studies,
+    }
+
+
+def figure(result: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colors = {"tpe_asha": "tab:blue", "random": "tab:orange", "grid": "tab:green"}
+    labels = {"tpe_asha": "Optuna TPE + ASHA", "random": "random, no early stopping", "grid": "grid, no early stopping"}
+    for name, runs in result["studies"].items():
+        for i, r in enumerate(runs):
+            pts = [p for p in r["points"] if p["best"] is not None]
+            ax.step([p["trial_epochs"] for p in pts], [p["best"] for p in pts], where="post", color=colors[name],
+                    alpha=0.85, label=labels[name] if i == 0 else None)
+    ax.axhline(result["target"], color="grey", ls="--", lw=1, label=f"target (best - {TOLERANCE})")
+    ax.set_xlabel("cumulative compute (trial-epochs)")
+    ax.set_ylabel("best validation kNN top-1 so far (%)")
+    ax.set_title("Study efficiency" + (" (quick mode)" if result.get("quick") else ""))
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

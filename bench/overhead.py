@@ -1,0 +1,85 @@
+"""Benchmark: Ray overhead of a study: how much of its time trials spend inside training epochs.
+
+Reuses the first TPE + ASHA study of bench/efficiency.py when it ran in the same invocation (or is named in
+``bench/results/efficiency.json`` and still on disk); otherwise runs one itself with the same settings. From Tune's
+per-trial ``result.json``:
+
+- inside epochs: the sum of ``epoch_s`` (Engine.train_epoch's own timer) over all epoch reports;
+- share of trial time: inside-epochs / sum over trials of the trial's ``time_total_s`` at its last report;
+- share of study time: inside-epochs / (study wall time x trials at once), i.e. of the trial slots the study held;
+- start-up per trial: time of the first report minus its epoch's ``epoch_s`` minus the between-epoch time (monitor
+  kNN, checkpoint, report) measured on the trial's later epochs; the raw "first report - first epoch" is kept too.
+
+Goal: >= 85 % of the study's time inside epochs for the default study (full mode).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.common import read_json, stats, tune_events
+
+GOAL_SHARE = 0.85
+
+
+def analyse(run_dir: Path, study_wall_s: float) -> dict[str, Any]:
+    events = tune_events(run_dir)
+    info = read_json(Path(run_dir) / "study.json") or {}
+    concurrent = int((info.get("resources") or {}).get("max_concurrent") or 1)
+    by_trial: dict[str, list[dict]] = {}
+    for e in events:
+        by_trial.setdefault(e["trial_id"], []).append(e)
+    trials = []
+    for trial_id, rows in by_trial.items():
+        rows.sort(key=lambda r: r.get("epoch", 0))
+        epochs_s = sum(float(r.get("epoch_s") or 0) for r in rows)
+        wall = float(rows[-1].get("time_total_s") or 0)
+        first = float(rows[0].get("time_total_s") or 0) - float(rows[0].get("epoch_s") or 0)
+        between = [float(b["time_total_s"]) - float(a["time_total_s"]) - float(b.get("epoch_s") or 0)
+                   for a, b in zip(rows, rows[1:])]
+        between_mean = sum(between) / len(between) if between else None
+        trials.append({"trial_id": trial_id, "epochs": len(rows), "inside_epochs_s": epochs_s, "wall_s": wall,
+                       "share": epochs_s / wall if wall else None, "first_report_minus_epoch_s": first,
+                       "between_epochs_s": between_mean,
+                       "startup_s": first - between_mean if between_mean is not None else None})
+    inside = sum(t["inside_epochs_s"] for t in trials)
+    trial_wall = sum(t["wall_s"] for t in trials)
+    share_study = inside / (study_wall_s * concurrent) if study_wall_s else None
+    return {
+        "run_dir": str(run_dir), "trials": len(trials), "trial_epochs": len(events), "trials_at_once": concurrent,
+        "study_wall_s": study_wall_s, "inside_epochs_s": inside, "trial_wall_s": trial_wall,
+        "share_of_trial_time": inside / trial_wall if trial_wall else None,
+        "share_of_study_time": share_study,
+        "per_trial_share": stats(t["share"] for t in trials),
+        "startup_s_per_trial": stats(t["startup_s"] for t in trials),
+        "first_report_minus_epoch_s": stats(t["first_report_minus_epoch_s"] for t in trials),
+        "between_epochs_s": stats(t["between_epochs_s"] for t in trials),
+        "epoch_s": stats(e.get("epoch_s") for e in events),
+        "goal": f">= {GOAL_SHARE:.0%} of the study's time inside training epochs (default study)",
+        "goal_met": bool(share_study is not None and share_study >= GOAL_SHARE),
+        "per_trial": trials,
+    }
+
+
+def run(quick: bool, workdir: Path, context: dict[str, Any] | None = None) -> dict[str, Any]:
+    context = context or {}
+    eff = context.get("efficiency")
+    source = "reused the first TPE + ASHA study of the efficiency benchmark (same invocation)"
+    if not eff or not eff.get("studies", {}).get("tpe_asha") or not Path(
+            eff["studies"]["tpe_asha"][0]["run_dir"]).is_dir() or eff.get("quick") != quick:
+        from bench import efficiency
+        from bench.common import run_study, write_space
+
+        cfg = efficiency.settings(quick)
+        space = write_space(Path(workdir) / "overhead" / "tpe.yaml",
+                            {**efficiency.SEARCHERS["tpe_asha"], **cfg["study"], "seed": 0,
+                             "num_samples": cfg["num_samples"]})
+        record = run_study(space, Path(workdir) / "overhead" / "runs", "tpe-seed0", overrides=cfg["overrides"])
+        source = "ran its own TPE + ASHA study (efficiency settings)"
+    else:
+        record = eff["studies"]["tpe_asha"][0]
+    out = analyse(Path(record["run_dir"]), record["wall_s"])
+    out.update(source=source, study_command=record["command"])
+    return out

@@ -1,0 +1,217 @@
+"""Benchmark: representation quality on Fashion-MNIST, and throughput of the default training config.
+
+1. At equal compute (same base config, epochs and training subset: the default study's base, ``configs/hardneg.yaml``;
+   scaled down in quick mode), trained with ``moco.engine.Engine`` directly (no Ray): the MoCo v2 baseline
+   (lambda = rho = delta = 1) and the best configuration of the default study (``runs/hardneg/best_config.yaml`` when
+   it exists, else the best trial of this run's TPE study from bench/efficiency.py; only its searched keys are taken,
+   so both runs have the same compute). Validation and test weighted kNN top-1 (k = 200, t = 0.1, cosine) with the
+   run's training images as the bank, and the linear-probe test accuracy (``moco.evaluate.linear_probe``) on the same
+   frozen features; beside raw pixels with the same protocol (uncentred, and centred on the bank's mean), with the
+   run's bank and with the full 55k training split as the bank.
+2. Throughput of the default Fashion-MNIST config (``configs/fashion_mnist.yaml``): training images/s and the share of
+   an epoch spent in data and augmentation (``data_share``; goal < 15 %).
+3. Full mode only: val/test kNN of the default config after 10 and after 50 epochs, beside raw pixels, with wall time.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bench.common import ROOT, loadavg, read_json, stats
+
+SEARCHED = ("queue_size", "hard_negative_ratio", "false_negative_threshold", "temperature", "dual_view_weight",
+            "selection_warmup_epochs", "momentum", "lr")
+BASELINE = {"dual_view_weight": 1.0, "hard_negative_ratio": 1.0, "false_negative_threshold": 1.0}
+GOAL_DATA_SHARE = 0.15
+
+
+def _study_base(quick: bool):
+    from study.space import load_space
+
+    base = load_space(str(ROOT / "configs" / "hardneg.yaml")).base
+    if quick:
+        base = base.replace(epochs=2, train_subset=4096, knn_bank_size=4096)
+    return base
+
+
+def best_params(context: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    import yaml
+
+    default = ROOT / "runs" / "hardneg" / "best_config.yaml"
+    candidates = [(default, "runs/hardneg/best_config.yaml (the default study)")]
+    eff = (context or {}).get("efficiency")
+    if eff and eff.get("studies", {}).get("tpe_asha"):
+        run_dir = Path(eff["studies"]["tpe_asha"][0]["run_dir"])
+        candidates.append((run_dir / "best_config.yaml",
+                           f"best trial of this run's TPE study ({'quick' if eff.get('quick') else 'full'} mode)"))
+    for path, label in candidates:
+        if path.is_file():
+            values = yaml.safe_load(path.read_text()) or {}
+            return {k: values[k] for k in SEARCHED if k in values}, label
+    return {}, "no study result found: the best configuration equals the baseline"
+
+
+def _raw(images: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
+    x = images.reshape(len(images), -1).float() / 255.0
+    if mean is not None:
+        x = x - mean
+    return F.normalize(x, dim=1)
+
+
+def raw_pixels(dataset, full_train, cfg, probe_epochs: int) -> dict[str, Any]:
+    from moco.evaluate import knn_accuracy, linear_probe
+
+    out: dict[str, Any] = {}
+    banks = {"run bank": dataset.train, "full 55k bank": full_train}
+    for bank_name, bank in banks.items():
+        for centred in (False, True):
+            mean = (bank.images.reshape(len(bank.images), -1).float() / 255.0).mean(0) if centred else None
+            feats = _raw(bank.images, mean)
+            row = {}
+            for split_name, split in (("val", dataset.val), ("test", dataset.test)):
+                row[f"{split_name}_knn"] = knn_accuracy(feats, bank.labels, _raw(split.images, mean), split.labels,
+                                                        dataset.num_classes, k=cfg.knn_k, t=cfg.knn_t)
+            if bank_name == "run bank" and centred:
+                row["linear_probe"] = linear_probe(feats, bank.labels, _raw(dataset.test.images, mean),
+                                                   dataset.test.labels, dataset.num_classes, epochs=probe_epochs)
+            out[f"raw pixels, {'centred' if centred else 'uncentred'}, {bank_name}"] = row
+    return out
+
+
+def train_and_evaluate(cfg, dataset, full_train, probe_epochs: int) -> dict[str, Any]:
+    from moco.engine import Engine
+    from moco.evaluate import knn_accuracy, linear_probe
+
+    engine = Engine(cfg, dataset, torch.device("cpu"))
+    start = time.perf_counter()
+    epochs = []
+    for _ in range(cfg.epochs):
+        epochs.append(engine.train_epoch())
+    train_s = time.perf_counter() - start
+    final = engine.final_evaluation()
+    bank = engine._features(dataset.train.images)
+    probe = linear_probe(bank, dataset.train.labels, engine._features(dataset.test.images), dataset.test.labels,
+                         dataset.num_classes, epochs=probe_epochs)
+    full_bank = engine._features(full_train.images)
+    full = {name: knn_accuracy(full_bank, full_train.labels, engine._features(split.images), split.labels,
+                               dataset.num_classes, k=cfg.knn_k, t=cfg.knn_t)
+            for name, split in (("val", dataset.val), ("test", dataset.test))}
+    return {"val_knn": final.get("final_val_knn_top1"), "test_knn": final.get("test_knn_top1"),
+            "linear_probe": probe, "val_knn_full_bank": full["val"], "test_knn_full_bank": full["test"],
+            "train_s": train_s, "eval_s": time.perf_counter() - start - train_s,
+            "images_per_s": stats(e["images_per_s"] for e in epochs[1:] or epochs),
+            "data_share": stats(e["data_share"] for e in epochs[1:] or epochs),
+            "last_loss": epochs[-1]["loss"]}
+
+
+def throughput(quick: bool) -> dict[str, Any]:
+    """images/s and data share of configs/fashion_mnist.yaml (quick: 5120 images, 2 epochs; full: 3 full epochs)."""
+    from moco.config import TrainConfig
+    from moco.data import load_dataset
+    from moco.engine import Engine
+
+    overrides = {"epochs": 2, "train_subset": 5120} if quick else {"epochs": 3}
+    cfg = TrainConfig.from_yaml(ROOT / "configs" / "fashion_mnist.yaml", overrides)
+    engine = Engine(cfg, load_dataset(cfg), torch.device("cpu"))
+    rows = [engine.train_epoch() for _ in range(cfg.epochs)]
+    measured = rows[1:]  # the first epoch is warm-up
+    share = stats(r["data_share"] for r in measured)
+    return {"config": "configs/fashion_mnist.yaml", "overrides": overrides, "torch_threads": torch.get_num_threads(),
+            "repetition": "one epoch after the first", "images_per_s": stats(r["images_per_s"] for r in measured),
+            "data_share": share, "epoch_s": stats(r["epoch_s"] for r in measured),
+            "goal": f"data share < {GOAL_DATA_SHARE:.0%}", "goal_met": bool(share["median"] < GOAL_DATA_SHARE)}
+
+
+def long_runs(dataset_raw: dict[str, Any]) -> dict[str, Any]:
+    """Full mode: the default config for 10 and for 50 epochs (each its own schedule)."""
+    from moco.config import TrainConfig
+    from moco.data import load_dataset
+    from moco.engine import Engine
+
+    out = {}
+    for epochs in (10, 50):
+        cfg = TrainConfig.from_yaml(ROOT / "configs" / "fashion_mnist.yaml", {"epochs": epochs})
+        dataset = load_dataset(cfg)
+        engine = Engine(cfg, dataset, torch.device("cpu"))
+        start = time.perf_counter()
+        for _ in range(epochs):
+            engine.train_epoch()
+        train_s = time.perf_counter() - start
+        final = engine.final_evaluation()
+        out[f"{epochs} epochs"] = {"val_knn": final.get("final_val_knn_top1"), "test_knn": final.get("test_knn_top1"),
+                                   "train_s": train_s, "load_after": loadavg()}
+    out["raw pixels (same protocol, full bank)"] = dataset_raw
+    return out
+
+
+def run(quick: bool, workdir: Path | None = None, context: dict[str, Any] | None = None) -> dict[str, Any]:
+    from moco.data import load_dataset
+
+    base = _study_base(quick)
+    params, source = best_params(context or {})
+    baseline_cfg = base.replace(**BASELINE)
+    best_cfg = base.replace(**params) if params else baseline_cfg
+    dataset = load_dataset(base)
+    full_train = load_dataset(base.replace(train_subset=None)).train  # same seeded validation split, all 55k
+    probe_epochs = 5 if quick else 20
+    seeds = [0] if quick else [0, 1, 2]
+    runs: dict[str, list[dict[str, Any]]] = {"MoCo v2 baseline": [], "best of the study": []}
+    for seed in seeds:  # alternate so load drift hits both alike
+        runs["MoCo v2 baseline"].append(train_and_evaluate(baseline_cfg.replace(seed=seed), dataset, full_train,
+                                                           probe_epochs))
+        runs["best of the study"].append(train_and_evaluate(best_cfg.replace(seed=seed), dataset, full_train,
+                                                            probe_epochs))
+    keys = ("val_knn", "test_knn", "linear_probe", "val_knn_full_bank", "test_knn_full_bank", "train_s")
+    models = {name: {k: stats(r[k] for r in rs) for k in keys} for name, rs in runs.items()}
+    raw = raw_pixels(dataset, full_train, base, probe_epochs)
+    out = {"base": {k: getattr(base, k) for k in ("epochs", "train_subset", "width", "batch_size", "knn_k", "knn_t")},
+           "best_params": params, "best_source": source, "seeds": seeds, "probe_epochs": probe_epochs,
+           "models": models, "runs": runs, "raw_pixels": raw, "throughput": throughput(quick)}
+    if quick:
+        out["long_runs"] = "not run (full mode only)"
+    else:
+        full_raw = {k: v for k, v in raw.items() if "full 55k" in k}
+        out["long_runs"] = long_runs(full_raw)
+    return out
+
+
+def figure(result: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, val, test = [], [], []
+    for name, row in result["raw_pixels"].items():
+        if "run bank" in name:
+            labels.append(name.replace(", run bank", ""))
+            val.append(row["val_knn"])
+            test.append(row["test_knn"])
+    for name, row in result["models"].items():
+        labels.append(name)
+        val.append(row["val_knn"]["median"])
+        test.append(row["test_knn"]["median"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = range(len(labels))
+    ax.bar([i - 0.2 for i in x], val, 0.4, label="validation kNN")
+    ax.bar([i + 0.2 for i in x], test, 0.4, label="test kNN")
+    for i, (v, t) in enumerate(zip(val, test)):
+        ax.text(i - 0.2, v + 0.5, f"{v:.1f}", ha="center", fontsize=7)
+        ax.text(i + 0.2, t + 0.5, f"{t:.1f}", ha="center", fontsize=7)
+    ax.set_xticks(list(x), labels, fontsize=8)
+    ax.set_ylabel("weighted kNN top-1 (%)")
+    lo = min(val + test)
+    ax.set_ylim(max(0, lo - 10), 100)
+    ax.set_title("Fashion-MNIST kNN at equal compute" + (" (quick mode)" if result.get("quick") else ""))
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,129 @@
+"""Benchmark: scaling on this machine, written as efficiency against linear.
+
+1. Data parallel: training images/s of one Ray Train run (``moco.train.make_trainer``, gloo, CPU) of the default
+   study's base config on a Fashion-MNIST subset with 1 worker x 1 CPU and 2 workers x 1 CPU (plus 1 worker x 2 CPUs,
+   all cores in one process, for reference). Runs alternate (1, 2, 1x2CPU, 1, 2, ...); each epoch after the first
+   is one repetition (the first epoch is warm-up). Efficiency = images/s(2 workers) / (2 x images/s(1 worker)).
+2. Trial parallel: wall time of the same study (random search with a fixed seed, no early stopping, 1 worker x 1 CPU
+   per trial) with ``--max-concurrent 1`` and ``2``. Efficiency = T(1) / (2 x T(2)). In quick mode the random-search
+   study of bench/efficiency.py (run at 2 trials at once) is reused as the ``--max-concurrent 2`` point when present.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from bench.common import ROOT, loadavg, run_study, stats, write_space
+
+SPACE = ROOT / "configs" / "hardneg.yaml"
+
+
+def _base_config(quick: bool):
+    from moco.config import TrainConfig
+    from study.space import load_space
+
+    base = load_space(str(SPACE)).base
+    epochs = 3 if quick else 5
+    return base.replace(epochs=epochs, train_subset=4096 if quick else 12288, final_eval=False, knn_every=100,
+                        keep_checkpoints=epochs, checkpoint_every=1)
+
+
+def _epoch_rates(result) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    try:
+        frame = result.metrics_dataframe
+        if frame is not None and len(frame):
+            rows = frame.to_dict("records")
+    except Exception:  # noqa: BLE001 - fall back to the kept checkpoints' metrics
+        rows = []
+    if not rows:
+        rows = [metrics for _, metrics in (result.best_checkpoints or [])]
+    return sorted(rows, key=lambda r: r.get("epoch", 0))
+
+
+def data_parallel(quick: bool, workdir: Path) -> dict[str, Any]:
+    import ray
+
+    from moco.train import absolute_paths, make_trainer
+
+    cfg = absolute_paths(_base_config(quick))
+    layouts = {"1 worker x 1 CPU": (1, 1.0), "2 workers x 1 CPU": (2, 1.0), "1 worker x 2 CPUs": (1, 2.0)}
+    rounds = 1 if quick else 2
+    rates: dict[str, list[float]] = {k: [] for k in layouts}
+    shares: dict[str, list[float]] = {k: [] for k in layouts}
+    storage = Path(workdir) / "scaling" / "train"
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        for r in range(rounds):
+            for name, (workers, cpus) in layouts.items():
+                trainer = make_trainer(cfg, workers=workers, use_gpu=False, cpus_per_worker=cpus,
+                                       storage=str(storage), name=f"r{r}-{workers}w-{int(cpus)}c", max_failures=0)
+                rows = _epoch_rates(trainer.fit())
+                for row in rows:
+                    if row.get("epoch", 0) >= 2:  # epoch 1 is warm-up
+                        rates[name].append(float(row["images_per_s"]))
+                        shares[name].append(float(row.get("data_share") or 0))
+    finally:
+        if started_here:
+            ray.shutdown()
+    one, two = stats(rates["1 worker x 1 CPU"]), stats(rates["2 workers x 1 CPU"])
+    return {"config": {"train_subset": cfg.train_subset, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+                       "width": cfg.width, "backbone": cfg.backbone, "rounds": rounds,
+                       "repetition": "one epoch after the first, per run"},
+            "images_per_s": {k: stats(v) for k, v in rates.items()},
+            "data_share": {k: stats(v) for k, v in shares.items()},
+            "efficiency_vs_linear": two["median"] / (2 * one["median"]) if one["median"] else None,
+            "efficiency_vs_linear_of_minimums": two["min"] / (2 * one["min"]) if one["min"] else None,
+            "two_workers_over_one_process_two_cpus":
+                two["median"] / stats(rates["1 worker x 2 CPUs"])["median"] if rates["1 worker x 2 CPUs"] else None}
+
+
+def trial_parallel(quick: bool, workdir: Path, context: dict[str, Any]) -> dict[str, Any]:
+    from bench import efficiency
+
+    cfg = efficiency.settings(quick)
+    num = cfg["num_samples"] if quick else 4
+    overrides = cfg["overrides"] if quick else {"epochs": 3}
+    study = {**efficiency.SEARCHERS["random"], "seed": 0, "num_samples": num}
+    space = write_space(Path(workdir) / "scaling" / "random.yaml", study)
+    runs: dict[str, list[float]] = {"1": [], "2": []}
+    commands: dict[str, str] = {}
+    eff = (context or {}).get("efficiency")
+    reused = None
+    if quick and eff and eff.get("quick") and eff["studies"].get("random"):
+        rec = eff["studies"]["random"][0]
+        runs["2"].append(rec["wall_s"])
+        commands["2"] = rec["command"]
+        reused = "the concurrency-2 point is the efficiency benchmark's random-search study (seed 0, same settings)"
+    reps = 1 if quick else 2
+    for rep in range(reps):
+        for conc in ("1", "2"):
+            if len(runs[conc]) > rep:
+                continue
+            rec = run_study(space, Path(workdir) / "scaling" / "runs", f"random-c{conc}-r{rep}", overrides=overrides,
+                            extra=["--max-concurrent", conc])
+            runs[conc].append(rec["wall_s"])
+            commands[conc] = rec["command"]
+    t1, t2 = stats(runs["1"]), stats(runs["2"])
+    return {"trials": num, "overrides": overrides, "study_wall_s": {"1 trial at once": t1, "2 trials at once": t2},
+            "efficiency_vs_linear": t1["median"] / (2 * t2["median"]) if t2["median"] else None,
+            "speedup": t1["median"] / t2["median"] if t2["median"] else None,
+            "commands": commands, "reused": reused}
+
+
+def run(quick: bool, workdir: Path, context: dict[str, Any] | None = None) -> dict[str, Any]:
+    target = Path(workdir) / "scaling"
+    if target.exists():
+        shutil.rmtree(target)
+    before = loadavg()
+    dp = data_parallel(quick, workdir)
+    mid = loadavg()
+    tp = trial_parallel(quick, workdir, context or {})
+    return {"data_parallel": {**dp, "load_before": before, "load_after": mid},
+            "trial_parallel": {**tp, "load_before": mid, "load_after": loadavg()}}
