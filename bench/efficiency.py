@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, run_study, stats, tune_events, write_space
+from bench.common import run_study, stats, tune_events, write_space
 
 SEARCHERS = {  # name -> study-section overrides
     "tpe_asha": {"searcher": "optuna-tpe", "scheduler": "asha"},

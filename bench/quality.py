@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.common import ROOT, loadavg, read_json, stats
+from bench.common import ROOT, loadavg, stats
 
 SEARCHED = ("queue_size", "hard_negative_ratio", "false_negative_threshold", "temperature", "dual_view_weight",
             "selection_warmup_epochs", "momentum", "lr")

@@ -20,7 +20,6 @@ page is rebuilt from every result file present, and every table says which mode 
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DOCS, RESULTS_DIR, ROOT, environment, loadavg, now, read_json, write_json  # noqa: E402
+from bench.common import DOCS, RESULTS_DIR, environment, loadavg, now, read_json, write_json  # noqa: E402
 
 BENCHMARKS = ("step", "augment", "efficiency", "overhead", "scaling", "quality", "memory")
 
@@ -100,7 +99,8 @@ def _meta(doc: dict) -> tuple[str, dict]:
         mode = "quick" if doc.get("quick") else "full"
         command, date = doc.get("command"), doc.get("date")
         m = doc.get("machine", {})
-        load = f"{m.get('load_average_before') or m.get('load_average_at_start')} -> {m.get('load_average_after', 'n/a')}"
+        before = m.get("load_average_before") or m.get("load_average_at_start")
+        load = f"{before} -> {m.get('load_average_after', 'n/a')}"
         commit, elapsed = None, None
     line = (f"*Mode: **{mode}** · command `{command}` · {date} · load average (1, 5, 15 min) before -> after: {load}"
             + (f" · {elapsed:.0f} s" if elapsed else "") + (f" · commit {commit[:10]}" if commit else "") + "*")

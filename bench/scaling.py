@@ -22,7 +22,6 @@ SPACE = ROOT / "configs" / "hardneg.yaml"
 
 
 def _base_config(quick: bool):
-    from moco.config import TrainConfig
     from study.space import load_space
 
     base = load_space(str(SPACE)).base
