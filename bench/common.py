@@ -228,6 +228,36 @@ class TreeMemory:
                 "peak_rss_mib_by_role": {role: {**stats(v), "count": len(v)} for role, v in sorted(by_role.items())}}
 
 
+# --- Ray isolation --------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def isolated_ray_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a process that starts its own local Ray instance on a machine where other Ray instances run.
+
+    Ray Train's PlacementGroupCleaner (inside the cluster) finds "its" cluster by address discovery, which fails with
+    "Found multiple active Ray instances" when other local clusters exist (e.g. other test runs on a shared machine);
+    the placement group of a trial stopped by ASHA then leaks and the next trials time out waiting for workers. We
+    pin the new cluster's GCS port (``RAY_GCS_SERVER_PORT``) and give its workers ``RAY_ADDRESS`` through the job's
+    runtime environment (``RAY_JOB_CONFIG_JSON_ENV_VAR``), so discovery inside the cluster is unambiguous. The driver
+    itself gets no ``RAY_ADDRESS``, so it still starts a new local instance.
+    """
+    import ray.util
+
+    port = free_port()
+    address = f"{ray.util.get_node_ip_address()}:{port}"
+    env = dict(os.environ if base is None else base)
+    env.pop("RAY_ADDRESS", None)
+    env["RAY_GCS_SERVER_PORT"] = str(port)
+    env["RAY_JOB_CONFIG_JSON_ENV_VAR"] = json.dumps({"runtime_env": {"env_vars": {"RAY_ADDRESS": address}}})
+    return env
+
+
 # --- studies as subprocesses ---------------------------------------------------------------------------------------
 def write_space(path: Path, study: dict[str, Any], base_space: Path = ROOT / "configs" / "hardneg.yaml") -> Path:
     """A space file: ``base_space``'s ``base`` and ``search`` sections with its ``study`` section updated."""
@@ -254,7 +284,7 @@ def run_study(space: Path, storage: Path, name: str, *, overrides: dict[str, Any
     started = time.time()
     t0 = time.perf_counter()
     with open(log, "w") as handle:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=isolated_ray_env())
         memory = TreeMemory(proc.pid) if sample_memory else None
         if memory:
             memory.__enter__()

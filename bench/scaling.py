@@ -11,12 +11,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, loadavg, run_study, stats, write_space
+from bench.common import ROOT, isolated_ray_env, loadavg, run_study, stats, write_space
 
 SPACE = ROOT / "configs" / "hardneg.yaml"
 
@@ -56,8 +57,12 @@ def data_parallel(quick: bool, workdir: Path) -> dict[str, Any]:
     storage = Path(workdir) / "scaling" / "train"
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
     started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    if started_here:  # pin the GCS port and tell workers the address (see bench.common.isolated_ray_env)
+        env = isolated_ray_env()
+        os.environ["RAY_GCS_SERVER_PORT"] = env["RAY_GCS_SERVER_PORT"]
+        address = json.loads(env["RAY_JOB_CONFIG_JSON_ENV_VAR"])["runtime_env"]["env_vars"]["RAY_ADDRESS"]
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"RAY_ADDRESS": address}})
     try:
         for r in range(rounds):
             for name, (workers, cpus) in layouts.items():
@@ -71,6 +76,7 @@ def data_parallel(quick: bool, workdir: Path) -> dict[str, Any]:
     finally:
         if started_here:
             ray.shutdown()
+            os.environ.pop("RAY_GCS_SERVER_PORT", None)
     one, two = stats(rates["1 worker x 1 CPU"]), stats(rates["2 workers x 1 CPU"])
     return {"config": {"train_subset": cfg.train_subset, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
                        "width": cfg.width, "backbone": cfg.backbone, "rounds": rounds,
