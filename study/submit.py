@@ -1,0 +1,384 @@
+"""Submit a study to a Ray cluster: ``python study/submit.py --address http://HEAD:8265 --space hardneg.yaml``.
+
+The study runs on the cluster as a Ray job (Jobs API, ``JobSubmissionClient``): this project is the job's
+``working_dir`` and the entrypoint is ``python study/run.py --address auto <study options>``, the same command as
+``make study``. Follow a job with ``--follow``; look at one later with ``--status JOB``, ``--logs JOB``, ``--stop JOB``.
+
+Authentication: Ray 2.60 enables token auth on a cluster whose nodes have a token. The token is read like Ray reads
+it: ``RAY_AUTH_TOKEN``, else the file named by ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``.
+
+Storage: every node of a multi-node cluster writes to the study's storage, so it must be shared: ``s3://``, ``gs://``,
+or a path on a shared filesystem (``file:///nfs/studies`` or ``--shared-storage``). A plain path is refused on a
+cluster with more than one node. Refusals exit with status 2 before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import configparser
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python study/submit.py` puts study/ on sys.path, not the project root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+DEFAULT_TOKEN_FILE = "~/.ray/auth_token"
+#: gitignore-style patterns (relative to the project root) left out of the uploaded working_dir; Ray also applies
+#: the project's .gitignore.
+EXCLUDES = ["/.venv/", "/runs/", "/.git/", "/data/", "/build/", "/dist/", "/.pytest_cache/", "__pycache__/",
+            "*.pyc", "*.egg-info/", "/bench/results/"]
+#: study/run.py options forwarded as they are: (option, takes a value)
+FORWARDED = [("--name", True), ("--num-samples", True), ("--max-concurrent", True), ("--workers-per-trial", True),
+             ("--gpus-per-worker", True), ("--cpus-per-worker", True), ("--seed", True), ("--resume", False),
+             ("--no-report", False)]
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+class SubmitError(Exception):
+    """A refusal before anything is submitted (or a job that cannot be found); exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="study/submit.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    c = p.add_argument_group("cluster")
+    c.add_argument("--address", default=None,
+                   help="the cluster's dashboard, http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS or $RAY_ADDRESS)")
+    c.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to wait for the dashboard to answer")
+    j = p.add_argument_group("jobs")
+    j.add_argument("--follow", action="store_true",
+                   help="stream the job's logs until it ends; the exit status is the job's (0 = succeeded)")
+    j.add_argument("--status", metavar="JOB", help="print a job's status and exit")
+    j.add_argument("--logs", metavar="JOB", help="print a job's logs (with --follow: stream them until it ends)")
+    j.add_argument("--stop", metavar="JOB", help="stop a job (the study is interrupted; continue with --resume)")
+    j.add_argument("--job-id", default=None, help="submission id of the new job (default: Ray chooses raysubmit_...)")
+    j.add_argument("--dry-run", action="store_true",
+                   help="print the entrypoint and runtime environment, contact nothing, submit nothing")
+    r = p.add_argument_group("runtime environment")
+    r.add_argument("--pip", action="store_true",
+                   help="install the project's requirements (setup.cfg install_requires, without ray) into the "
+                        "job's runtime environment; by default the cluster's image must have them (the cluster/ "
+                        "templates install the project on every node)")
+    r.add_argument("--python", default="python", help="the interpreter on the cluster that runs study/run.py")
+    r.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="an environment variable for the job (e.g. AWS_DEFAULT_REGION=eu-west-1)")
+    s = p.add_argument_group("study (forwarded to study/run.py)")
+    s.add_argument("--space", default="hardneg", help="space file: a name in configs/ or a path inside the project")
+    s.add_argument("--storage", default=None,
+                   help="where the study is written, as the cluster sees it: s3://..., gs://..., file:///shared/path,"
+                        " or an absolute path (a plain path only on a one-node cluster, or with --shared-storage)")
+    s.add_argument("--shared-storage", action="store_true",
+                   help="--storage is a path on a filesystem every node mounts at the same place (NFS, Lustre...)")
+    for option, takes_value in FORWARDED:
+        if takes_value:
+            s.add_argument(option, default=None, help="see study/run.py --help")
+        else:
+            s.add_argument(option, action="store_true", help="see study/run.py --help")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="see study/run.py --help")
+    return p
+
+
+# --- the job ---------------------------------------------------------------------------------------------------------
+def requirements(setup_cfg: Path = ROOT / "setup.cfg") -> list[str]:
+    """setup.cfg's install_requires without ray: the cluster runs Ray already, and the job must use that Ray."""
+    cfg = configparser.ConfigParser()
+    cfg.read(setup_cfg)
+    lines = [line.strip() for line in cfg.get("options", "install_requires", fallback="").splitlines()]
+    return [line for line in lines if line and not line.split("[")[0].split("=")[0].split("<")[0].split(">")[0]
+            .strip().lower() == "ray"]
+
+
+def space_argument(space: str) -> str:
+    """The --space value as the job sees it: a configs/ name, or a path relative to the project (the working_dir)."""
+    from study.space import SpaceError, load_space
+
+    try:
+        loaded = load_space(space)
+    except SpaceError as err:
+        raise SubmitError(str(err)) from None
+    source = Path(loaded.source).resolve()
+    try:
+        return str(source.relative_to(ROOT))
+    except ValueError:
+        raise SubmitError(f"--space {space}: {source} is outside the project ({ROOT}), so it would not be uploaded "
+                          "with the job; copy it into configs/ (or anywhere in the project)") from None
+
+
+def storage_argument(storage: str | None, shared: bool) -> tuple[str, bool]:
+    """(the --storage value for study/run.py, whether it is a plain local path that may not be shared)."""
+    if not storage:
+        raise SubmitError("--storage is required when submitting to a cluster: s3://bucket/studies, "
+                          "gs://bucket/studies, or an absolute path on a shared filesystem (file:///nfs/studies, "
+                          "or /nfs/studies --shared-storage); a path on a one-node cluster works too")
+    if storage.startswith("file://"):
+        path = storage[len("file://"):]
+        if not path.startswith("/"):
+            raise SubmitError(f"--storage {storage}: a file:// URI needs an absolute path (file:///nfs/studies)")
+        return path.rstrip("/") or "/", False
+    if "://" in storage:
+        return storage.rstrip("/"), False
+    if not storage.startswith("/"):
+        raise SubmitError(f"--storage {storage}: use an absolute path; the job runs in a temporary copy of the "
+                          "project on the head node, which Ray deletes, so a relative path would be lost")
+    return storage.rstrip("/") or "/", not shared
+
+
+def entrypoint(args: argparse.Namespace, space: str, storage: str) -> str:
+    parts = [args.python, "study/run.py", "--address", "auto", "--space", space, "--storage", storage]
+    for option, takes_value in FORWARDED:
+        value = getattr(args, option[2:].replace("-", "_"))
+        if takes_value and value is not None:
+            parts += [option, str(value)]
+        elif not takes_value and value:
+            parts.append(option)
+    for item in args.set:
+        parts += ["--set", item]
+    return shlex.join(parts)
+
+
+def runtime_env(args: argparse.Namespace) -> dict[str, Any]:
+    env: dict[str, Any] = {"working_dir": str(ROOT), "excludes": list(EXCLUDES)}
+    if args.pip:
+        env["pip"] = requirements()
+    env_vars = {"PYTHONUNBUFFERED": "1"}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SubmitError(f"--env {item!r}: expected KEY=VALUE")
+        env_vars[key] = value
+    env["env_vars"] = env_vars
+    return env
+
+
+# --- the cluster ---------------------------------------------------------------------------------------------------
+def normalise_address(address: str | None) -> str:
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise SubmitError("--address is required: the Ray dashboard of the cluster, e.g. http://HEAD:8265 "
+                          "(or set RAY_API_SERVER_ADDRESS)")
+    if address.startswith(("ray://", "auto")) or "://" not in address and address.rsplit(":", 1)[-1] == "6379":
+        raise SubmitError(f"--address {address}: give the dashboard's HTTP address (http://HEAD:8265), "
+                          "not the Ray Client or GCS address")
+    if "://" not in address:
+        address = f"http://{address}"
+    return address.rstrip("/")
+
+
+def find_token() -> tuple[str | None, str]:
+    """(token or None, where it came from / where we looked), in Ray 2.60's order."""
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if token:
+        return token, f"${TOKEN_ENV}"
+    path_env = os.environ.get(TOKEN_PATH_ENV)
+    if path_env:
+        try:
+            token = Path(path_env).expanduser().read_text().strip()
+        except OSError as err:
+            raise SubmitError(f"{TOKEN_PATH_ENV}={path_env} cannot be read ({err.strerror or err}); point it at the "
+                              f"cluster's token file, or unset it") from None
+        if not token:
+            raise SubmitError(f"{TOKEN_PATH_ENV}={path_env} is empty; point it at the cluster's token file")
+        return token, f"{TOKEN_PATH_ENV}={path_env}"
+    path = Path(DEFAULT_TOKEN_FILE).expanduser()
+    if path.is_file():
+        token = path.read_text().strip()
+        if token:
+            return token, str(path)
+    return None, f"${TOKEN_ENV}, ${TOKEN_PATH_ENV} or {path}"
+
+
+HOW_TO_GET_TOKEN = (f"Get the cluster's token on its head node with `ray get-auth-token` (it prints the token of "
+                    f"that node: $RAY_AUTH_TOKEN or {DEFAULT_TOKEN_FILE} there; on KubeRay the Secret named in "
+                    f"the RayCluster's authOptions), then `export {TOKEN_ENV}=<token>` here or save it in "
+                    f"{DEFAULT_TOKEN_FILE} (or a file named by ${TOKEN_PATH_ENV}).")
+
+
+class Cluster:
+    """The dashboard's HTTP API with a short timeout and the token, checked once before anything else."""
+
+    def __init__(self, address: str, timeout: float):
+        self.address, self.timeout = address, timeout
+        self.token, self.token_source = find_token()
+        self.headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def get(self, path: str) -> Any:
+        import requests
+
+        try:
+            r = requests.get(self.address + path, headers=self.headers, timeout=(self.timeout, 3 * self.timeout))
+        except requests.exceptions.RequestException as err:
+            raise SubmitError(f"cannot reach the Ray dashboard at {self.address} within {self.timeout:g} s "
+                              f"({type(err).__name__}). Is the cluster up, and is the dashboard port (8265 by "
+                              "default) reachable from here? For a remote cluster forward it: `ray dashboard "
+                              "cluster/aws.yaml`, or `kubectl port-forward svc/<cluster>-head-svc 8265`.") from None
+        if r.status_code == 401:
+            raise SubmitError(f"the cluster at {self.address} requires a token (token authentication) and none was "
+                              f"found in {self.token_source}. {HOW_TO_GET_TOKEN}")
+        if r.status_code == 403:
+            raise SubmitError(f"the cluster at {self.address} rejected the token from {self.token_source}: it is "
+                              f"not this cluster's token. {HOW_TO_GET_TOKEN}")
+        if r.status_code == 404 and path == "/api/version":
+            raise SubmitError(f"{self.address} answered 404 for /api/version: it is not a Ray dashboard. Give the "
+                              "dashboard's address and port (http://HEAD:8265 by default).")
+        try:
+            if r.status_code == 200:
+                return r.json()
+        except ValueError:
+            pass
+        raise SubmitError(f"{self.address}{path} answered {r.status_code}: {r.text[:300] or '(no body)'}")
+
+    def check(self) -> str:
+        """The cluster's Ray version; raises SubmitError when it cannot be used."""
+        return self.get("/api/version").get("ray_version", "?")
+
+    def nodes(self) -> tuple[int, int]:
+        """(alive nodes, nodes the autoscaler is launching)."""
+        data = self.get("/api/v0/nodes?limit=10000&detail=false")
+        alive = sum(1 for n in data["data"]["result"]["result"] if n.get("state") == "ALIVE")
+        pending = 0
+        try:
+            status = self.get("/api/cluster_status").get("data", {}).get("autoscalingStatus") or ""
+            section = status.split("Pending:", 1)[1].split("Recent failures", 1)[0] if "Pending:" in status else ""
+            pending = sum(1 for line in section.splitlines()
+                          if line.strip() and "no pending" not in line and line.strip() != "Pending:")
+        except SubmitError:
+            pass
+        return alive, pending
+
+    def client(self):
+        from ray.job_submission import JobSubmissionClient
+
+        for var in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):  # they would override the address given here
+            os.environ.pop(var, None)
+        return JobSubmissionClient(self.address, headers=dict(self.headers))
+
+
+def check_storage(cluster: Cluster, storage: str) -> str:
+    alive, pending = cluster.nodes()
+    if alive + pending > 1:
+        what = f"{alive} nodes" + (f" (+{pending} starting)" if pending else "")
+        raise SubmitError(f"--storage {storage} is a path local to each node, but the cluster at {cluster.address} "
+                          f"has {what}: trials on other nodes would write their results where the study cannot read "
+                          "them. Use shared storage: s3://bucket/studies or gs://bucket/studies, or a shared "
+                          f"filesystem mounted on every node (--storage file://{storage} or --shared-storage).")
+    return (f"note: --storage {storage} is on the head node (the cluster has one node now); if it autoscales, "
+            "use s3://, gs:// or a shared filesystem")
+
+
+# --- commands ------------------------------------------------------------------------------------------------------
+def follow(client, job_id: str) -> int:
+    async def tail():
+        async for lines in client.tail_job_logs(job_id):
+            print(lines, end="", flush=True)
+
+    try:
+        asyncio.run(tail())
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the job keeps running (stop it with --stop {job_id})", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the log stream can drop; the status below still decides
+        print(f"[submit] log stream ended: {err}", file=sys.stderr)
+    info = client.get_job_info(job_id)
+    while str(info.status.value if hasattr(info.status, "value") else info.status) not in TERMINAL:
+        time.sleep(2)
+        info = client.get_job_info(job_id)
+    return report_end(info, job_id)
+
+
+def status_name(info) -> str:
+    return str(getattr(info.status, "value", info.status))
+
+
+def report_end(info, job_id: str) -> int:
+    status = status_name(info)
+    print(f"[submit] job {job_id} {status}" + (f": {info.message}" if info.message else ""), flush=True)
+    if status == "SUCCEEDED":
+        return 0
+    code = getattr(info, "driver_exit_code", None)
+    return code if isinstance(code, int) and code not in (0, 2) else 1
+
+
+def job_info(client, job_id: str):
+    try:
+        return client.get_job_info(job_id)
+    except RuntimeError as err:
+        if "404" in str(err) or "does not exist" in str(err):
+            raise SubmitError(f"no job {job_id} on this cluster") from None
+        raise
+
+
+def submit(args: argparse.Namespace) -> int:
+    space = space_argument(args.space)
+    storage, local = storage_argument(args.storage, args.shared_storage)
+    command = entrypoint(args, space, storage)
+    env = runtime_env(args)
+    if args.dry_run:
+        import json
+
+        print(f"entrypoint  {command}\nruntime_env {json.dumps(env)}\nresults     {storage}/"
+              f"{args.name or Path(space).stem}/\ndry run: nothing contacted, nothing submitted")
+        return 0
+    cluster = Cluster(normalise_address(args.address), args.connect_timeout)
+    version = cluster.check()
+    note = check_storage(cluster, storage) if local else None
+    import ray
+
+    if version != ray.__version__:
+        print(f"warning: the cluster runs Ray {version}, this machine {ray.__version__}", file=sys.stderr)
+    client = cluster.client()
+    name = args.name or Path(space).stem
+    job_id = client.submit_job(entrypoint=command, runtime_env=env, submission_id=args.job_id,
+                               metadata={"mocostudy": name})
+    here = shlex.join([sys.argv[0] if sys.argv[0].endswith("submit") else "study/submit.py",
+                       "--address", cluster.address])
+    print(f"submitted job {job_id} to {cluster.address}\n"
+          f"  entrypoint {command}\n"
+          f"  results    {storage}/{name}/ (study.json, trials.csv, history.csv, best_config.yaml, report/)\n"
+          f"  follow     {here} --logs {job_id} --follow\n"
+          f"  stop       {here} --stop {job_id}", flush=True)
+    if note:
+        print(note)
+    if args.follow:
+        return follow(client, job_id)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if sum(x is not None for x in (args.status, args.logs, args.stop)) > 1:
+            raise SubmitError("give one of --status, --logs and --stop")
+        job = args.status or args.logs or args.stop
+        if job is None:
+            return submit(args)
+        cluster = Cluster(normalise_address(args.address), args.connect_timeout)
+        cluster.check()
+        client = cluster.client()
+        info = job_info(client, job)
+        if args.status:
+            print(f"{job} {status_name(info)}" + (f": {info.message}" if info.message else ""))
+            print(f"  entrypoint {info.entrypoint}")
+            return 0
+        if args.logs:
+            if args.follow:
+                return follow(client, job)
+            print(client.get_job_logs(job), end="")
+            return 0
+        stopped = client.stop_job(job)
+        print(f"{job}: {'stop requested' if stopped else 'not running (' + status_name(info) + ')'}")
+        return 0
+    except SubmitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
