@@ -9,6 +9,7 @@ Interrupt with Ctrl-C (or SIGTERM) and continue later with ``--resume``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -16,6 +17,7 @@ import shlex
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +147,7 @@ def resume_command(args: argparse.Namespace, name: str) -> str:
 def _tune_callback(run_dir: Path, space: Space):
     from ray.tune import Callback
 
-    from study.results import append_result, record_trial, write_results
+    from study.results import append_result, record_trial
     from study.search import trial_outcome
 
     metric = space.settings.metric
@@ -170,20 +172,34 @@ def _tune_callback(run_dir: Path, space: Space):
             record_trial(run_dir, trial.trial_id, status=outcome, error=last.get("error"))
             print(f"[study] trial {trial.trial_id} {outcome}: {metric} = {last.get(metric, float('nan')):.2f} "
                   f"after {last.get('epoch', 0)} epochs", flush=True)
-            write_results(run_dir, space)
+            _write(run_dir, space)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             error = _first_line(getattr(trial, "error_file", None)) or "see the trial's error.txt"
             record_trial(run_dir, trial.trial_id, status="errored", error=error)
             print(f"[study] trial {trial.trial_id} errored: {error}", flush=True)
-            write_results(run_dir, space)
+            _write(run_dir, space)
 
         def on_step_end(self, iteration, trials, **info):
             if time.time() - self._last_write > 30:
                 self._last_write = time.time()
-                write_results(run_dir, space)
+                _write(run_dir, space)
 
     return StudyFiles()
+
+
+class StorageError(RuntimeError):
+    """The study's storage cannot be written (full, read-only, gone); results already written stay intact."""
+
+
+def _write(run_dir: Path, space: Space) -> None:
+    from study.results import write_results
+
+    try:
+        write_results(run_dir, space)
+    except OSError as err:
+        raise StorageError(f"cannot write the study's results to {run_dir}: {err.strerror or err}; the files "
+                           "written before this error are intact") from err
 
 
 def _first_line(path: str | None) -> str | None:
@@ -194,15 +210,17 @@ def _first_line(path: str | None) -> str | None:
     return lines[-1][:500] if lines else None
 
 
-def start_ray(address: str | None) -> None:
+def start_ray(address: str | None, stack: contextlib.ExitStack) -> None:
+    """Connect to ``address``, or start a private local cluster that is stopped when ``stack`` closes."""
+    if not address:
+        from study.local_cluster import LocalCluster
+
+        # Before `import ray`: the cluster's address and auth token must be in the environment when Ray loads.
+        address = stack.enter_context(LocalCluster(resources={DRIVER_RESOURCE: 1000}))
     import ray
 
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(resources={DRIVER_RESOURCE: 1000}, log_to_driver=True)
+    ray.init(address=address, log_to_driver=True)
+    stack.callback(ray.shutdown)
 
 
 def driver_resources() -> dict[str, float]:
@@ -214,6 +232,12 @@ def driver_resources() -> dict[str, float]:
 
 
 def run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: str) -> int:
+    with contextlib.ExitStack() as stack:
+        start_ray(args.address, stack)
+        return _run_study(space, args, run_dir, storage)
+
+
+def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: str) -> int:
     import ray
     from ray import tune
 
@@ -222,7 +246,6 @@ def run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: st
     from study.search import make_scheduler, make_searcher
     from study.trial import TrialPlan, run_trial
 
-    start_ray(args.address)
     cluster = ray.cluster_resources()
     resources = plan_resources(space, cluster.get("CPU", 0), cluster.get("GPU", 0))
     print(describe_plan(space, resources, str(run_dir)), flush=True)
@@ -234,7 +257,7 @@ def run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: st
     s = space.settings
     run_config = tune.RunConfig(
         name=run_dir.name, storage_path=storage, callbacks=[_tune_callback(run_dir, space)],
-        failure_config=tune.FailureConfig(max_failures=0), verbose=1,
+        failure_config=tune.FailureConfig(max_failures=1), verbose=1,
         progress_reporter=tune.CLIReporter(metric_columns=["epoch", s.metric, "loss"], max_report_frequency=60,
                                            max_progress_rows=12))
     experiment = f"{storage}/{run_dir.name}"
@@ -266,6 +289,12 @@ def run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: st
         grid = tuner.fit()
     except KeyboardInterrupt:
         grid, interrupted["flag"] = None, True
+    except Exception as err:  # noqa: BLE001 - report any crash of the study loop with the way back
+        cause = next((e for e in _chain(err) if isinstance(e, (StorageError, OSError))), err)
+        traceback.print_exc()
+        print(f"error: the study stopped: {cause}\n[study] after fixing it, continue with:\n  "
+              f"{resume_command(args, run_dir.name)}", file=sys.stderr, flush=True)
+        return 1
     if grid is not None and not interrupted["flag"]:
         _record_grid(grid, run_dir, space)
     summary = write_results(run_dir, space)
@@ -283,6 +312,12 @@ def run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: st
     print(f"best config: {run_dir / 'best_config.yaml'}")
     del grid
     return 0
+
+
+def _chain(err: BaseException):
+    while err is not None:
+        yield err
+        err = err.__cause__ or err.__context__
 
 
 def _record_grid(grid, run_dir: Path, space: Space) -> None:
@@ -333,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise StudyError(f"--resume: no study named {name!r} under {storage} (no {run_dir}/study.json)")
         if args.dry_run:
             return dry_run(space, args, run_dir)
+        check_address(args.address)
         if args.address is None:
             check_dataset(space.base)
         if not remote:
@@ -368,6 +404,23 @@ def dry_run(space: Space, args: argparse.Namespace, run_dir: Path) -> int:
         print(note)
     print("dry run: nothing started, nothing written")
     return 0
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast when a cluster address does not answer (instead of Ray's long connection retries)."""
+    if not address or address == "auto":
+        return
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    host, port = parsed.hostname, parsed.port or (10001 if parsed.scheme == "ray" and "://" in address else 6379)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as err:
+        raise StudyError(f"--address {address}: cannot reach {host}:{port} ({err.strerror or err}); "
+                         "check that the Ray head node is running and the address and port are right") from None
 
 
 def _local_gpus() -> float:
