@@ -165,14 +165,24 @@ def process_tree(root: int) -> list[int]:
 
 def process_role(cmdline: list[str]) -> str:
     """What a process of a study's tree is, from its (Ray-set) process title."""
-    text = " ".join(cmdline)
+    text, first = " ".join(cmdline), (cmdline[0] if cmdline else "")
     if "study/run.py" in text:
         return "study driver"
-    for marker, role in (("RayTrainWorker", "train worker"), ("ImplicitFunc", "trial driver (Tune)"),
-                         ("TrainController", "train controller"), ("gcs_server", "ray gcs"), ("raylet", "raylet"),
-                         ("dashboard", "ray dashboard"), ("log_monitor", "ray log monitor"),
-                         ("ray::IDLE", "ray idle worker"), ("ray::", "ray other actor")):
-        if marker in text:
+    if first.startswith("ray::"):
+        for marker, role in (("RayTrainWorker", "train worker"), ("ImplicitFunc", "trial driver (Tune)"),
+                             ("TrainController", "train controller"), ("IDLE", "ray idle worker")):
+            if marker in first:
+                return role
+        return "ray helper actor"
+    if first.endswith("gcs_server"):
+        return "ray gcs"
+    if first.endswith("raylet"):
+        return "raylet"
+    script = " ".join(cmdline[:2])
+    for marker, role in (("default_worker.py", "ray worker (starting)"), ("dashboard", "ray dashboard / agents"),
+                         ("runtime_env", "ray dashboard / agents"), ("log_monitor", "ray log monitor"),
+                         ("monitor.py", "ray log monitor")):
+        if marker in script:
             return role
     return "other"
 
@@ -186,6 +196,7 @@ class TreeMemory:
         self.processes: dict[int, dict[str, Any]] = {}
         self.peak_total_pss_kib = 0
         self.peak_total_rss_kib = 0
+        self.peak_total_anon_kib = 0
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -200,21 +211,22 @@ class TreeMemory:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            total_pss = total_rss = 0
+            total_pss = total_rss = total_anon = 0
             for pid in process_tree(self.root_pid):
                 hwm, rss, pss = _status_kib(pid, "VmHWM"), _status_kib(pid, "VmRSS"), _pss_kib(pid)
                 if hwm is None:
                     continue
-                entry = self.processes.get(pid)
-                if entry is None:
-                    cmd = _cmdline(pid)
-                    entry = self.processes[pid] = {"role": process_role(cmd), "cmd": " ".join(cmd)[:120],
-                                                   "peak_rss_kib": 0}
+                entry = self.processes.setdefault(pid, {"role": "other", "cmd": "", "peak_rss_kib": 0})
+                if entry["role"] in ("other", "ray worker (starting)", "ray idle worker", "raylet"):
+                    cmd = _cmdline(pid)  # workers set their title (ray::...) after start; re-read until they have
+                    entry.update(role=process_role(cmd), cmd=" ".join(cmd)[:120])
                 entry["peak_rss_kib"] = max(entry["peak_rss_kib"], hwm)
                 total_rss += rss or 0
                 total_pss += pss or rss or 0
+                total_anon += _status_kib(pid, "RssAnon") or 0
             self.peak_total_pss_kib = max(self.peak_total_pss_kib, total_pss)
             self.peak_total_rss_kib = max(self.peak_total_rss_kib, total_rss)
+            self.peak_total_anon_kib = max(self.peak_total_anon_kib, total_anon)
             self.samples += 1
             self._stop.wait(self.interval)
 
@@ -225,6 +237,7 @@ class TreeMemory:
         return {"interval_s": self.interval, "samples": self.samples, "processes": len(self.processes),
                 "peak_total_pss_mib": self.peak_total_pss_kib / 1024,
                 "peak_total_rss_mib": self.peak_total_rss_kib / 1024,
+                "peak_total_anon_mib": self.peak_total_anon_kib / 1024,
                 "peak_rss_mib_by_role": {role: {**stats(v), "count": len(v)} for role, v in sorted(by_role.items())}}
 
 
@@ -245,14 +258,15 @@ def isolated_ray_env(base: dict[str, str] | None = None) -> dict[str, str]:
     the placement group of a trial stopped by ASHA then leaks and the next trials time out waiting for workers. We
     pin the new cluster's GCS port (``RAY_GCS_SERVER_PORT``) and give its workers ``RAY_ADDRESS`` through the job's
     runtime environment (``RAY_JOB_CONFIG_JSON_ENV_VAR``), so discovery inside the cluster is unambiguous. The driver
-    itself gets no ``RAY_ADDRESS``, so it still starts a new local instance.
+    gets ``RAY_ADDRESS=local``: without it, ``ray.init()`` joins the newest cluster started by ``ray start`` on this
+    machine (someone else's) instead of starting its own.
     """
     import ray.util
 
     port = free_port()
     address = f"{ray.util.get_node_ip_address()}:{port}"
     env = dict(os.environ if base is None else base)
-    env.pop("RAY_ADDRESS", None)
+    env["RAY_ADDRESS"] = "local"
     env["RAY_GCS_SERVER_PORT"] = str(port)
     env["RAY_JOB_CONFIG_JSON_ENV_VAR"] = json.dumps({"runtime_env": {"env_vars": {"RAY_ADDRESS": address}}})
     return env

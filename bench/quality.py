@@ -24,8 +24,6 @@ import torch.nn.functional as F
 
 from bench.common import ROOT, loadavg, stats
 
-SEARCHED = ("queue_size", "hard_negative_ratio", "false_negative_threshold", "temperature", "dual_view_weight",
-            "selection_warmup_epochs", "momentum", "lr")
 BASELINE = {"dual_view_weight": 1.0, "hard_negative_ratio": 1.0, "false_negative_threshold": 1.0}
 GOAL_DATA_SHARE = 0.15
 
@@ -49,10 +47,13 @@ def best_params(context: dict[str, Any]) -> tuple[dict[str, Any], str]:
         run_dir = Path(eff["studies"]["tpe_asha"][0]["run_dir"])
         candidates.append((run_dir / "best_config.yaml",
                            f"best trial of this run's TPE study ({'quick' if eff.get('quick') else 'full'} mode)"))
+    from study.space import load_space
+
+    searched = [p.name for p in load_space(str(ROOT / "configs" / "hardneg.yaml")).params]
     for path, label in candidates:
         if path.is_file():
             values = yaml.safe_load(path.read_text()) or {}
-            return {k: values[k] for k in SEARCHED if k in values}, label
+            return {k: values[k] for k in searched if k in values}, label
     return {}, "no study result found: the best configuration equals the baseline"
 
 
@@ -169,7 +170,9 @@ def run(quick: bool, workdir: Path | None = None, context: dict[str, Any] | None
     keys = ("val_knn", "test_knn", "linear_probe", "val_knn_full_bank", "test_knn_full_bank", "train_s")
     models = {name: {k: stats(r[k] for r in rs) for k in keys} for name, rs in runs.items()}
     raw = raw_pixels(dataset, full_train, base, probe_epochs)
-    out = {"base": {k: getattr(base, k) for k in ("epochs", "train_subset", "width", "batch_size", "knn_k", "knn_t")},
+    same = all(getattr(best_cfg, k) == getattr(baseline_cfg, k) for k in params)
+    keys = ("epochs", "train_subset", "width", "batch_size", "knn_k", "knn_t")
+    out = {"best_is_baseline": same, "base": {k: getattr(base, k) for k in keys},
            "best_params": params, "best_source": source, "seeds": seeds, "probe_epochs": probe_epochs,
            "models": models, "runs": runs, "raw_pixels": raw, "throughput": throughput(quick)}
     if quick:

@@ -272,6 +272,9 @@ def _quality(r: dict, figs: Path) -> list[str]:
         out.append(f"| raw pixels, {centred} | {_f(run_b.get('val_knn'))} | {_f(run_b.get('test_knn'))} | "
                    f"{_f(full_b.get('val_knn'))} | {_f(full_b.get('test_knn'))} | {_f(run_b.get('linear_probe'))} "
                    "| - |")
+    if r.get("best_is_baseline"):
+        out += ["", "**The best configuration found is the MoCo v2 baseline itself**, so both rows train the same "
+                "configuration (differences are run-to-run timing only)."]
     out += ["", "Raw pixels are deterministic (one evaluation); the linear probe on raw pixels uses centred, "
             "normalised pixels.", "", f"![quality](figures/{fig.name})", ""]
     t = r["throughput"]
@@ -306,7 +309,8 @@ def _memory(r: dict, figs: Path) -> list[str]:
         for role, s in st["peak_rss_mib_by_role"].items():
             out.append(f"| {role} | {s['count']} | {_s(s, 0)} |")
         out += ["", f"Peak total of the tree: {_f(st['peak_total_pss_mib'], 0)} MiB PSS "
-                f"({_f(st['peak_total_rss_mib'], 0)} MiB summed RSS, which counts shared pages once per process). "
+                f"({_f(st['peak_total_rss_mib'], 0)} MiB summed RSS, which counts shared pages once per process; "
+                f"{_f(st.get('peak_total_anon_mib'), 0)} MiB private anonymous memory, a lower bound). "
                 + _goal(st["goal_met"], "the default study under 4 GiB in total")
                 + (" Measured on the quick-mode study; the default study has larger trials." if st["mode"] == "quick"
                    else ""), ""]
