@@ -43,7 +43,8 @@ class TrainConfig:
     data_root: str | None = None  #: where to look first; then $MOCO_DATA_DIR, then Debian's package location
     download: bool = False  #: let torchvision download the dataset when it is missing (needs internet)
     val_size: int = 5000  #: images held out of the training set for validation (seeded split)
-    train_subset: int | None = None  #: use only this many training images (None = all), seeded
+    train_subset: int | None = None  #: use only this many training images (None = all), seeded by split_seed
+    split_seed: int = 0  #: seed of the validation split and training subset (the same for every trial and seed)
     image_size: int | None = None  #: resize images to this side (None = the dataset's native size)
     loader_workers: int = 2  #: DataLoader worker processes for streamed (large) datasets
 

@@ -23,8 +23,9 @@ Where data is looked for, in order: ``cfg.data_root``, ``$MOCO_DATA_DIR``, Debia
 :class:`DatasetNotFoundError` naming every place searched and how to provide the data. :func:`check_dataset` does
 only these existence checks, so a CLI or study can call it before any worker starts.
 
-The validation split is carved from the training set with ``cfg.seed`` (so a seed fixes both the split and the
-training randomness); ``cfg.train_subset`` then keeps a seeded subset of the remaining training images.
+The validation split is carved from the training set with ``cfg.split_seed`` (fixed across a study's trials and
+seeds, so every trial is scored on the same images); ``cfg.train_subset`` then keeps a seeded subset of the
+remaining training images.
 """
 
 from __future__ import annotations
@@ -459,7 +460,7 @@ def load_dataset(cfg: TrainConfig) -> Dataset:
     size = cfg.image_size or int(xtr.shape[-1])
     xtr, xte = _resize_uint8(xtr, size), _resize_uint8(xte, size)
 
-    tr, va = split_indices(len(xtr), cfg.val_size, cfg.train_subset, cfg.seed, name)
+    tr, va = split_indices(len(xtr), cfg.val_size, cfg.train_subset, cfg.split_seed, name)
     return Dataset(name=name, num_classes=NUM_CLASSES[name], channels=int(xtr.shape[1]), image_size=size,
                    mean=mean, std=std, train=Split(xtr[tr].contiguous(), ytr[tr]),
                    val=Split(xtr[va].contiguous(), ytr[va]), test=Split(xte, yte))
@@ -471,7 +472,7 @@ def _load_streaming(cfg: TrainConfig, place: Path) -> Dataset:
     if name == "stl10":
         size = cfg.image_size or 96
         y_lab = _stl_labels(place / "train_y.bin")
-        tr, va = split_indices(len(y_lab), cfg.val_size, None, cfg.seed, "stl10 (labeled train)")
+        tr, va = split_indices(len(y_lab), cfg.val_size, None, cfg.split_seed, "stl10 (labeled train)")
         labeled = StreamingSplit(_StlSource([place / "train_X.bin"], [y_lab], size), tr, torch.from_numpy(y_lab)[tr],
                                  3, size, workers)
         val = StreamingSplit(labeled.source, va, torch.from_numpy(y_lab)[va], 3, size, workers).materialize()
@@ -487,7 +488,7 @@ def _load_streaming(cfg: TrainConfig, place: Path) -> Dataset:
         offset = len(src) - len(y_lab)
         idx = torch.cat([torch.arange(offset), tr + offset])
         if cfg.train_subset is not None:
-            keep = torch.randperm(len(idx), generator=torch.Generator().manual_seed(cfg.seed + 1))[:cfg.train_subset]
+            keep = torch.randperm(len(idx), generator=torch.Generator().manual_seed(cfg.split_seed + 1))[:cfg.train_subset]
             idx = idx[keep.sort().values]
         train = StreamingSplit(src, idx, torch.from_numpy(src.labels)[idx], 3, size, workers)
         return Dataset(name, 10, 3, size, mean, std, train, val, test, labeled_train=labeled)
@@ -502,13 +503,13 @@ def _load_streaming(cfg: TrainConfig, place: Path) -> Dataset:
     y = torch.tensor(labels, dtype=torch.int64)
     if test_dir is None:
         n_test = min(cfg.val_size, len(paths) // 5) or len(paths) // 5
-        perm = torch.randperm(len(paths), generator=torch.Generator().manual_seed(cfg.seed + 7919))
+        perm = torch.randperm(len(paths), generator=torch.Generator().manual_seed(cfg.split_seed + 7919))
         te, rest = perm[:n_test].sort().values, perm[n_test:]
-        tr_rel, va_rel = split_indices(len(rest), cfg.val_size, cfg.train_subset, cfg.seed, "imagefolder")
+        tr_rel, va_rel = split_indices(len(rest), cfg.val_size, cfg.train_subset, cfg.split_seed, "imagefolder")
         tr, va = rest[tr_rel].sort().values, rest[va_rel].sort().values
         test = StreamingSplit(src, te, y[te], 3, size, workers)
     else:
-        tr, va = split_indices(len(paths), cfg.val_size, cfg.train_subset, cfg.seed, "imagefolder")
+        tr, va = split_indices(len(paths), cfg.val_size, cfg.train_subset, cfg.split_seed, "imagefolder")
         tpaths, tlabels = _scan_folder(test_dir, classes)
         test = StreamingSplit(_FileSource(tpaths, tlabels, size), torch.arange(len(tpaths)),
                               torch.tensor(tlabels, dtype=torch.int64), 3, size, workers)
