@@ -117,11 +117,13 @@ def figure(result: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     colors = {"tpe_asha": "tab:blue", "random": "tab:orange", "grid": "tab:green"}
     labels = {"tpe_asha": "Optuna TPE + ASHA", "random": "random, no early stopping", "grid": "grid, no early stopping"}
-    for name, runs in result["studies"].items():
-        for i, r in enumerate(runs):
+    styles = {"tpe_asha": ("-", 2.4, 3), "random": ("--", 1.6, 2), "grid": (":", 1.8, 2)}
+    for name in ("grid", "random", "tpe_asha"):  # TPE drawn last, on top
+        for i, r in enumerate(result["studies"].get(name, [])):
             pts = [p for p in r["points"] if p["best"] is not None]
+            ls, lw, z = styles[name]
             ax.step([p["trial_epochs"] for p in pts], [p["best"] for p in pts], where="post", color=colors[name],
-                    alpha=0.85, label=labels[name] if i == 0 else None)
+                    ls=ls, lw=lw, zorder=z, alpha=0.9, label=labels[name] if i == 0 else None)
     ax.axhline(result["target"], color="grey", ls="--", lw=1, label=f"target (best - {TOLERANCE})")
     ax.set_xlabel("cumulative compute (trial-epochs)")
     ax.set_ylabel("best validation kNN top-1 so far (%)")

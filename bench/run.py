@@ -327,6 +327,40 @@ def _memory(r: dict, figs: Path) -> list[str]:
     return out
 
 
+def _both(on_minimums: bool, on_medians: bool) -> bool | str:
+    return on_minimums if on_minimums == on_medians else ("on minimums only" if on_minimums else "on medians only")
+
+
+def _goals(name: str, r: dict) -> list[tuple[str, str, bool | None]]:
+    """(goal, measured, met) rows of the summary table."""
+    if name == "step":
+        v = r["step_vs_reference"]
+        worst = max([row.get(k, {}).get("added_share_of_resnet18_step", 0) for row in r.get("selection_cost", [])
+                     for k in ("rho=0.5", "rho=0.8")] or [0])
+        return [("training step at least as fast as the reference MoCo v2 step",
+                 f"ours / reference: {v['ratio_of_minimums']:.3f} (minimums), {v['ratio_ours_over_reference']:.3f} "
+                 "(medians)", _both(v["ratio_of_minimums"] <= 1.0, v["ratio_ours_over_reference"] <= 1.0)),
+                ("selection + filter <= 5 % of a ResNet-18 step (K up to 65536)", f"worst {_pct(worst, 2)}",
+                 worst <= 0.05)]
+    if name == "augment":
+        return [("batched augmentation >= 5x the torchvision DataLoader",
+                 f"{_f(r.get('speedup_vs_best_per_sample'))}x", r.get("goal_met"))]
+    if name == "efficiency":
+        return [("TPE + ASHA needs <= 1/3 of random search's compute", f"{_f(r['tpe_over_random_trial_epochs'])} "
+                 "of random's trial-epochs", r["goal_met"])]
+    if name == "overhead":
+        return [(">= 85 % of the default study's time inside training epochs", _pct(r["share_of_study_time"]),
+                 r["goal_met"])]
+    if name == "quality":
+        t = r["throughput"]
+        return [("data + augmentation < 15 % of an epoch (default config)", _pct(t["data_share"]["median"]),
+                 t["goal_met"])]
+    if name == "memory" and isinstance(r.get("study"), dict):
+        st = r["study"]
+        return [("default study under 4 GiB in total", f"{st['peak_total_pss_gib']:.2f} GiB PSS", st["goal_met"])]
+    return []
+
+
 RENDER = {"step": _step, "augment": _augment, "efficiency": _efficiency, "overhead": _overhead,
           "scaling": _scaling, "quality": _quality, "memory": _memory}
 
@@ -343,6 +377,7 @@ def write_page(results_dir: Path, docs: Path) -> Path:
              "run. Tables show min / **median** / max over the stated repetitions.", ""]
     env_doc = None
     sections = []
+    summary = ["## Goals at a glance", "", "| benchmark | mode | goal | measured | status |", "|---|---|---|---|---|"]
     for name in BENCHMARKS:
         doc = read_json(Path(results_dir) / f"{name}.json")
         sections += [f"## {TITLES[name]}", ""]
@@ -357,6 +392,11 @@ def write_page(results_dir: Path, docs: Path) -> Path:
             sections += [f"**Failed:** `{doc['error']}`", ""]
             continue
         try:
+            mode = doc.get("mode") or ("quick" if result.get("quick") else "full")
+            for goal, measured, met in _goals(name, result):
+                status = ("not evaluated" if met is None else met if isinstance(met, str) else "met" if met
+                          else "**missed**")
+                summary.append(f"| {TITLES[name]} | {mode} | {goal} | {measured} | {status} |")
             sections += RENDER[name](result, figs)
         except Exception as err:  # noqa: BLE001 - a malformed result must not lose the rest of the page
             sections += [f"**Could not render this result:** `{type(err).__name__}: {err}`", ""]
@@ -368,7 +408,9 @@ def write_page(results_dir: Path, docs: Path) -> Path:
                   "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
                   f"- git commit: {(env_doc.get('git') or {}).get('commit')} (uncommitted files at run time: "
                   f"{(env_doc.get('git') or {}).get('dirty_files')})", ""]
-    lines += sections
+    lines += summary + ["", "Quick-mode rows come from scaled-down runs (tiny studies and subsets) and do not test the "
+                        "goal on the default study; rerun `python bench/run.py` on a quiet machine for the full page.",
+                        ""] + sections
     docs.parent.mkdir(parents=True, exist_ok=True)
     docs.write_text("\n".join(lines).rstrip() + "\n")
     return docs
