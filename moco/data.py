@@ -30,6 +30,7 @@ remaining training images.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import pickle
@@ -86,6 +87,11 @@ class Split:
     def to(self, device: Any) -> "Split":
         return Split(self.images.to(device), self.labels.to(device))
 
+    def subset(self, index: torch.Tensor) -> "Split":
+        """The images at positions ``index`` (int64 [M])."""
+        index = index.to(self.images.device)
+        return Split(self.images[index], self.labels[index])
+
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
@@ -110,6 +116,10 @@ class StreamingSplit:
 
     def to(self, device: Any) -> "StreamingSplit":  # nothing is resident; batches are moved as they arrive
         return self
+
+    def subset(self, index: torch.Tensor) -> "StreamingSplit":
+        """The images at positions ``index`` (int64 [M]), still streamed."""
+        return dataclasses.replace(self, indices=self.indices[index], labels=self.labels[index])
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])

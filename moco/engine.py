@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from moco.augment import build_augment, normalize
 from moco.config import TrainConfig
-from moco.data import Dataset, train_batches
+from moco.data import Dataset, eval_batches, train_batches
 from moco.evaluate import alignment, knn_accuracy, linear_probe, uniformity
 from moco.model import MoCo, build_model
 from moco.schedules import cosine_momentum, warmup_cosine_lr
@@ -101,7 +101,7 @@ class Engine:
         self.last_metrics: dict[str, Any] = {}  # the latest epoch's report (kept in checkpoints)
         self.images_seen = 0  # images through the encoders (both passes of each view count)
         gen = torch.Generator().manual_seed(cfg.seed + 7)
-        self._bank_index = torch.randperm(len(dataset.train), generator=gen)[: cfg.knn_bank_size]
+        self._bank_index = torch.randperm(len(dataset.labeled_train), generator=gen)[: cfg.knn_bank_size]
         self._val_index = torch.randperm(len(dataset.val), generator=gen)[: cfg.knn_val_size]
 
     # --- training ---------------------------------------------------------------------------------------------
@@ -188,30 +188,28 @@ class Engine:
 
     # --- evaluation -------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _features(self, images: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+    def _embed(self, split, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised backbone features [N, F] and labels [N] of a split (in memory or streamed)."""
         self.model.eval()
         mean, std, size = self.dataset.mean, self.dataset.std, self.dataset.image_size
-        chunks = []
-        for start in range(0, len(images), batch):
-            x = normalize(images[start:start + batch].to(self.device), mean, std, size)
-            chunks.append(F.normalize(self.model.features(x).float(), dim=1))
-        return torch.cat(chunks) if chunks else torch.empty(0)
+        feats, labels = [], []
+        for images, y in eval_batches(split, batch, self.device):
+            feats.append(F.normalize(self.model.features(normalize(images, mean, std, size)).float(), dim=1))
+            labels.append(y)
+        return torch.cat(feats), torch.cat(labels)
 
-    def knn(self, bank_images, bank_labels, query_images, query_labels) -> float:
-        """Weighted kNN top-1 (percent) of ``query`` against the ``bank``, on frozen backbone features."""
-        bank = self._features(bank_images)
-        queries = self._features(query_images)
-        return knn_accuracy(bank, bank_labels.to(self.device), queries, query_labels.to(self.device),
-                            self.dataset.num_classes, k=self.cfg.knn_k, t=self.cfg.knn_t)
+    def _knn(self, bank: tuple[torch.Tensor, torch.Tensor], queries: tuple[torch.Tensor, torch.Tensor]) -> float:
+        """Weighted kNN top-1 (percent) of the ``queries`` (features, labels) against the ``bank``."""
+        return knn_accuracy(bank[0], bank[1], queries[0], queries[1], self.dataset.num_classes,
+                            k=self.cfg.knn_k, t=self.cfg.knn_t)
 
     def monitor(self) -> dict[str, float]:
         """The per-epoch validation monitor: kNN on a bounded bank and validation subset, alignment, uniformity."""
-        train, val = self.dataset.train, self.dataset.val
-        val_images = val.images[self._val_index]
-        out = {"val_knn_top1": self.knn(train.images[self._bank_index], train.labels[self._bank_index],
-                                        val_images, val.labels[self._val_index])}
+        val = self.dataset.val.subset(self._val_index)
+        out = {"val_knn_top1": self._knn(self._embed(self.dataset.labeled_train.subset(self._bank_index)),
+                                         self._embed(val))}
         with torch.no_grad():
-            x = val_images[:512].to(self.device)
+            x = val.images[:512].to(self.device)
             gen = self._generator(-self.epoch)
             self.model.eval()
             z1 = F.normalize(self.model.features(self.augment(x, gen)).float(), dim=1)
@@ -220,19 +218,15 @@ class Engine:
         return out
 
     def final_evaluation(self) -> dict[str, float]:
-        """Full-set kNN on validation and test with the whole training set as the bank; optional linear probe."""
-        train, val, test = self.dataset.train, self.dataset.val, self.dataset.test
-        bank = self._features(train.images)
-        bank_labels = train.labels.to(self.device)
-        out = {}
-        for name, split in (("final_val_knn_top1", val), ("test_knn_top1", test)):
-            if split is not None and len(split):
-                out[name] = knn_accuracy(bank, bank_labels, self._features(split.images), split.labels.to(self.device),
-                                         self.dataset.num_classes, k=self.cfg.knn_k, t=self.cfg.knn_t)
-        if self.cfg.linear_probe and test is not None and len(test):
-            out["linear_top1"] = linear_probe(bank, bank_labels, self._features(test.images),
-                                              test.labels.to(self.device), self.dataset.num_classes,
-                                              epochs=self.cfg.probe_epochs)
+        """Full-set kNN on validation and test with all labeled training images as the bank; optional probe."""
+        bank = self._embed(self.dataset.labeled_train)
+        out = {"final_val_knn_top1": self._knn(bank, self._embed(self.dataset.val))}
+        if len(self.dataset.test):
+            test = self._embed(self.dataset.test)
+            out["test_knn_top1"] = self._knn(bank, test)
+            if self.cfg.linear_probe:
+                out["linear_top1"] = linear_probe(bank[0], bank[1], test[0], test[1], self.dataset.num_classes,
+                                                  epochs=self.cfg.probe_epochs)
         return out
 
     # --- checkpoints ------------------------------------------------------------------------------------------
