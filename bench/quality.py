@@ -95,12 +95,11 @@ def train_and_evaluate(cfg, dataset, full_train, probe_epochs: int) -> dict[str,
         epochs.append(engine.train_epoch())
     train_s = time.perf_counter() - start
     final = engine.final_evaluation()
-    bank = engine._features(dataset.train.images)
-    probe = linear_probe(bank, dataset.train.labels, engine._features(dataset.test.images), dataset.test.labels,
-                         dataset.num_classes, epochs=probe_epochs)
-    full_bank = engine._features(full_train.images)
-    full = {name: knn_accuracy(full_bank, full_train.labels, engine._features(split.images), split.labels,
-                               dataset.num_classes, k=cfg.knn_k, t=cfg.knn_t)
+    bank = engine._embed(dataset.labeled_train)  # (features, labels); the bank of final_evaluation
+    probe = linear_probe(bank[0], bank[1], *engine._embed(dataset.test), dataset.num_classes, epochs=probe_epochs)
+    full_bank = engine._embed(full_train)
+    full = {name: knn_accuracy(full_bank[0], full_bank[1], *engine._embed(split), dataset.num_classes, k=cfg.knn_k,
+                               t=cfg.knn_t)
             for name, split in (("val", dataset.val), ("test", dataset.test))}
     return {"val_knn": final.get("final_val_knn_top1"), "test_knn": final.get("test_knn_top1"),
             "linear_probe": probe, "val_knn_full_bank": full["val"], "test_knn_full_bank": full["test"],
