@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from study.space import Space
@@ -108,11 +109,24 @@ def make_searcher(space: Space, run_dir: Path):
         study_name=run_dir.name, storage=storage, max_epochs=max_epochs)
 
 
-def make_scheduler(space: Space):
-    from ray.tune.schedulers import ASHAScheduler
+class BaselineProtectedASHA(ASHAScheduler):
+    """ASHA on epochs that never stops the baseline: it is the reference every trial is compared with, so it runs to
+    the end (its results still count in ASHA's rungs)."""
 
+    def __init__(self, baseline: dict[str, Any] | None, **kwargs):
+        super().__init__(**kwargs)
+        self._baseline = baseline
+
+    def on_trial_result(self, tune_controller, trial, result):
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if self._baseline and all(trial.config.get(k) == v for k, v in self._baseline.items()):
+            return TrialScheduler.CONTINUE
+        return decision
+
+
+def make_scheduler(space: Space) -> BaselineProtectedASHA | None:
     settings = space.settings
     if settings.scheduler == "none":
         return None
-    return ASHAScheduler(time_attr="epoch", max_t=space.base.epochs, grace_period=settings.grace_period,
-                         reduction_factor=settings.reduction_factor)
+    return BaselineProtectedASHA(space.baseline_point(), time_attr="epoch", max_t=space.base.epochs,
+                                 grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)

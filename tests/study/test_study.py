@@ -59,6 +59,8 @@ def test_first_trial_is_the_baseline(mini_study):
     trials = pd.read_csv(run_dir / "trials.csv").sort_values("trial_number")
     first = trials.iloc[0]
     assert first.trial_number == 0 and bool(first.is_baseline)
+    # ASHA never stops the baseline: it is the reference every trial is compared with.
+    assert first.status == "completed" and first.epochs == first.max_epochs
     assert first.param_hard_negative_ratio == 1.0 and first.param_dual_view_weight == 1.0
     assert trials.is_baseline.sum() == 1
 
