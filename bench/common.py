@@ -242,12 +242,21 @@ class TreeMemory:
 
 
 # --- Ray isolation --------------------------------------------------------------------------------------------------
-def free_port() -> int:
+def free_port(low: int = 20000, high: int = 30000) -> int:
+    """A port free now, below Linux's ephemeral range (32768-60999), so that outgoing connections of other
+    processes do not take it before Ray binds it (Ray then silently picks another GCS port)."""
+    import random
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
+    for _ in range(200):
+        port = random.randint(low, high)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in [{low}, {high}]")
 
 
 def isolated_ray_env(base: dict[str, str] | None = None) -> dict[str, str]:
