@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -26,16 +27,23 @@ PORT_FLAGS = ("--port", "--dashboard-port", "--dashboard-agent-listen-port", "--
               "--node-manager-port", "--object-manager-port")
 
 
-def free_ports(count: int) -> list[int]:
-    sockets, ports = [], []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-        ports.append(s.getsockname()[1])
-    for s in sockets:
-        s.close()
-    return ports
+def free_ports(count: int, low: int = 20000, high: int = 30000) -> list[int]:
+    """``count`` distinct ports free now, below Linux's ephemeral range (32768-60999), so that other processes'
+    outgoing connections do not take one before Ray binds it (Ray would then silently pick another)."""
+    ports: list[int] = []
+    for _ in range(200 * count):
+        port = random.randint(low, high)
+        if port in ports:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError(f"no {count} free ports in [{low}, {high}]")
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
