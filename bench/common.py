@@ -178,8 +178,8 @@ def process_role(cmdline: list[str]) -> str:
         return "ray gcs"
     if first.endswith("raylet"):
         return "raylet"
-    script = " ".join(cmdline[:2])
-    for marker, role in (("default_worker.py", "ray worker (starting)"), ("dashboard", "ray dashboard / agents"),
+    script = " ".join(cmdline[:3])
+    for marker, role in (("bin/ray start", "ray head (ray start)"), ("default_worker.py", "ray worker (starting)"), ("dashboard", "ray dashboard / agents"),
                          ("runtime_env", "ray dashboard / agents"), ("log_monitor", "ray log monitor"),
                          ("monitor.py", "ray log monitor")):
         if marker in script:
@@ -260,7 +260,8 @@ def free_port(low: int = 20000, high: int = 30000) -> int:
 
 
 def isolated_ray_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for a process that starts its own local Ray instance on a machine where other Ray instances run.
+    """Environment for a process that starts its own local Ray instance with ``ray.init`` on a machine where other Ray
+    instances run (bench/scaling.py; studies use study/local_cluster.py instead).
 
     Ray Train's PlacementGroupCleaner (inside the cluster) finds "its" cluster by address discovery, which fails with
     "Found multiple active Ray instances" when other local clusters exist (e.g. other test runs on a shared machine);
@@ -307,7 +308,8 @@ def run_study(space: Path, storage: Path, name: str, *, overrides: dict[str, Any
     started = time.time()
     t0 = time.perf_counter()
     with open(log, "w") as handle:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=isolated_ray_env())
+        # study/run.py starts its own private Ray head (study/local_cluster.py); no environment tricks needed here
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
         memory = TreeMemory(proc.pid) if sample_memory else None
         if memory:
             memory.__enter__()
