@@ -179,7 +179,8 @@ def process_role(cmdline: list[str]) -> str:
     if first.endswith("raylet"):
         return "raylet"
     script = " ".join(cmdline[:3])
-    for marker, role in (("bin/ray start", "ray head (ray start)"), ("default_worker.py", "ray worker (starting)"), ("dashboard", "ray dashboard / agents"),
+    for marker, role in (("bin/ray start", "ray head (ray start)"),
+                         ("default_worker.py", "ray worker (starting)"), ("dashboard", "ray dashboard / agents"),
                          ("runtime_env", "ray dashboard / agents"), ("log_monitor", "ray log monitor"),
                          ("monitor.py", "ray log monitor")):
         if marker in script:

@@ -308,6 +308,9 @@ def _memory(r: dict, figs: Path) -> list[str]:
                 "| role | processes | peak RSS (MiB): min / **median** / max |", "|---|---|---|"]
         for role, s in st["peak_rss_mib_by_role"].items():
             out.append(f"| {role} | {s['count']} | {_s(s, 0)} |")
+        if "peak_total_anon_mib" not in st:
+            out += ["", "*This result predates the role fix: Ray workers first sampled before they set their process "
+                    "title were counted as `raylet`; the per-process peaks and the totals are unaffected.*"]
         out += ["", f"Peak total of the tree: {_f(st['peak_total_pss_mib'], 0)} MiB PSS "
                 f"({_f(st['peak_total_rss_mib'], 0)} MiB summed RSS, which counts shared pages once per process; "
                 f"{_f(st.get('peak_total_anon_mib'), 0)} MiB private anonymous memory, a lower bound). "
