@@ -36,7 +36,12 @@ def settings(quick: bool) -> dict[str, Any]:
     if quick:  # tiny: Fashion-MNIST, 2000 training images, 3 epochs, 4 trials, 1 repetition
         return {"num_samples": 4, "repetitions": 1, "study": {"grace_period": 1},
                 "overrides": {"epochs": 3, "train_subset": 2000, "knn_bank_size": 2000, "knn_val_size": 1000}}
-    return {"num_samples": 14, "repetitions": 3, "study": {}, "overrides": {}}  # the default study as it is
+    import yaml
+
+    from bench.common import ROOT
+
+    default = yaml.safe_load((ROOT / "configs" / "hardneg.yaml").read_text())["study"]["num_samples"]
+    return {"num_samples": int(default), "repetitions": 3, "study": {}, "overrides": {}}  # the default study as it is
 
 
 def curve(events: list[dict], started: float, metric: str = "val_knn_top1") -> list[dict[str, float]]:
