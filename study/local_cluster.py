@@ -59,6 +59,16 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
     raise RuntimeError(f"the local Ray head node did not open port {port} within {timeout:.0f} s")
 
 
+def _die_with_parent() -> None:
+    """In the head node's process: get SIGTERM when the study's driver dies, even by SIGKILL (Linux only)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class LocalCluster:
     """``with LocalCluster(num_cpus, resources) as address:`` a head node on 127.0.0.1, stopped on exit."""
 
@@ -96,7 +106,7 @@ class LocalCluster:
         env.update(self._env)
         self._log = tempfile.NamedTemporaryFile("w+", prefix="mocostudy-ray-head-", suffix=".log", delete=False)
         self._proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=_die_with_parent)
         try:
             _wait_for_port(ports["--port"], self._proc, self.start_timeout)
             _wait_for_port(ports["--dashboard-port"], self._proc, self.start_timeout)

@@ -232,6 +232,10 @@ def driver_resources() -> dict[str, float]:
 
 
 def run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: str) -> int:
+    def stop(signum, frame):  # until Tune takes over: unwind, so the local cluster is stopped
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     with contextlib.ExitStack() as stack:
         start_ray(args.address, stack)
         return _run_study(space, args, run_dir, storage)
