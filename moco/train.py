@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     if args.workers > 0 and not ray.is_initialized():
-        ray.init(address=args.address, log_to_driver=True)
+        # "local" starts a new instance even where a `ray start` cluster left its address in /tmp/ray.
+        ray.init(address=args.address or "local", log_to_driver=True)
     total_cpus = (ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else os.cpu_count() or 1)
     cpus = args.cpus_per_worker or max(1.0, float(int(total_cpus // max(args.workers, 1))))
     trainer = make_trainer(cfg, workers=args.workers, use_gpu=args.gpus, cpus_per_worker=cpus, storage=storage,

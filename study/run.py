@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -144,7 +145,7 @@ def resume_command(args: argparse.Namespace, name: str) -> str:
 
 
 # --- running ------------------------------------------------------------------------------------------------------
-def _tune_callback(run_dir: Path, space: Space):
+def _tune_callback(run_dir: Path, space: Space, mirror=None):
     from ray.tune import Callback
 
     from study.results import append_result, record_trial
@@ -165,6 +166,8 @@ def _tune_callback(run_dir: Path, space: Space):
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             append_result(run_dir, trial.trial_id, result)
+            if mirror is not None:  # every epoch report reaches the storage before the next one
+                mirror.push(("trial_status.json", "results.jsonl"))
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             last = trial.last_result or {}
@@ -172,18 +175,18 @@ def _tune_callback(run_dir: Path, space: Space):
             record_trial(run_dir, trial.trial_id, status=outcome, error=last.get("error"))
             print(f"[study] trial {trial.trial_id} {outcome}: {metric} = {last.get(metric, float('nan')):.2f} "
                   f"after {last.get('epoch', 0)} epochs", flush=True)
-            _write(run_dir, space)
+            _write(run_dir, space, mirror)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             error = _first_line(getattr(trial, "error_file", None)) or "see the trial's error.txt"
             record_trial(run_dir, trial.trial_id, status="errored", error=error)
             print(f"[study] trial {trial.trial_id} errored: {error}", flush=True)
-            _write(run_dir, space)
+            _write(run_dir, space, mirror)
 
         def on_step_end(self, iteration, trials, **info):
             if time.time() - self._last_write > 30:
                 self._last_write = time.time()
-                _write(run_dir, space)
+                _write(run_dir, space, mirror)
 
     return StudyFiles()
 
@@ -192,11 +195,13 @@ class StorageError(RuntimeError):
     """The study's storage cannot be written (full, read-only, gone); results already written stay intact."""
 
 
-def _write(run_dir: Path, space: Space) -> None:
+def _write(run_dir: Path, space: Space, mirror=None) -> None:
     from study.results import write_results
 
     try:
         write_results(run_dir, space)
+        if mirror is not None:
+            mirror.push()
     except OSError as err:
         raise StorageError(f"cannot write the study's results to {run_dir}: {err.strerror or err}; the files "
                            "written before this error are intact") from err
@@ -231,17 +236,19 @@ def driver_resources() -> dict[str, float]:
     return {"CPU": 0.01}
 
 
-def run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: str) -> int:
+def run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: str, mirror=None) -> int:
     def stop(signum, frame):  # until Tune takes over: unwind, so the local cluster is stopped
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
     with contextlib.ExitStack() as stack:
         start_ray(args.address, stack)
-        return _run_study(space, args, run_dir, storage)
+        if mirror is not None:
+            stack.callback(mirror.push)
+        return _run_study(space, args, run_dir, storage, mirror)
 
 
-def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: str) -> int:
+def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: str, mirror=None) -> int:
     import ray
     from ray import tune
 
@@ -260,7 +267,7 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), driver_resources())
     s = space.settings
     run_config = tune.RunConfig(
-        name=run_dir.name, storage_path=storage, callbacks=[_tune_callback(run_dir, space)],
+        name=run_dir.name, storage_path=storage, callbacks=[_tune_callback(run_dir, space, mirror)],
         failure_config=tune.FailureConfig(max_failures=1), verbose=1,
         progress_reporter=tune.CLIReporter(metric_columns=["epoch", s.metric, "loss"], max_report_frequency=60,
                                            max_progress_rows=12))
@@ -363,28 +370,42 @@ def main(argv: list[str] | None = None) -> int:
         name = args.name or Path(space.source).stem
         remote = "://" in args.storage
         storage = args.storage.rstrip("/") if remote else str(Path(args.storage).resolve())
-        run_dir = Path(storage) / name
-        if not args.dry_run and not remote:
-            if run_dir.exists() and not args.resume:
-                raise StudyError(f"study {run_dir} already exists: continue it with --resume, "
+        # With remote storage the study's own files are staged locally and mirrored (study/mirror.py).
+        run_dir = Path("runs").resolve() / ".remote" / name if remote else Path(storage) / name
+        mirror = None
+        if remote and not args.dry_run:
+            from study.mirror import Mirror
+
+            mirror = Mirror(storage, name, run_dir)
+        where = mirror.uri if mirror else str(run_dir)
+        exists = mirror.exists() if mirror else run_dir.exists()
+        if not args.dry_run:
+            if exists and not args.resume:
+                raise StudyError(f"study {where} already exists: continue it with --resume, "
                                  "or choose another --name")
-            if args.resume and not (run_dir / "study.json").is_file():
-                raise StudyError(f"--resume: no study named {name!r} under {storage} (no {run_dir}/study.json)")
+            if args.resume and not (mirror.exists() if mirror else (run_dir / "study.json").is_file()):
+                raise StudyError(f"--resume: no study named {name!r} under {storage} (no {where}/study.json)")
         if args.dry_run:
             return dry_run(space, args, run_dir)
         check_address(args.address)
         if args.address is None:
             check_dataset(space.base)
-        if not remote:
-            _check_writable(Path(storage))
-            if args.gpus_per_worker and args.address is None and not _local_gpus():
-                raise StudyError("--gpus-per-worker: this machine has no CUDA GPU")
-            plan_resources(space, float(os.cpu_count() or 1), _local_gpus()) if args.address is None else None
-            run_dir.mkdir(parents=True, exist_ok=True)
+        _check_writable(run_dir.parent)
+        if args.gpus_per_worker and args.address is None and not _local_gpus():
+            raise StudyError("--gpus-per-worker: this machine has no CUDA GPU")
+        if args.address is None:
+            plan_resources(space, float(os.cpu_count() or 1), _local_gpus())
+        if mirror is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)  # the staging copy is rebuilt from the remote folder
+            mirror.pull() if args.resume else mirror.push()
+        run_dir.mkdir(parents=True, exist_ok=True)
     except (SpaceError, ConfigError, DatasetNotFoundError, StudyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return run_study(space, args, run_dir, storage)
+    except OSError as err:
+        print(f"error: --storage {args.storage}: {err}", file=sys.stderr)
+        return 2
+    return run_study(space, args, run_dir, storage, mirror)
 
 
 def dry_run(space: Space, args: argparse.Namespace, run_dir: Path) -> int:

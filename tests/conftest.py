@@ -21,7 +21,8 @@ def ray_session():
     """One local Ray instance (2 CPUs) per test module; shut down afterwards, also on failure."""
     import ray
 
-    ray.init(num_cpus=2, log_to_driver=True)
+    # address="local": a new instance even when `ray start` (e.g. a study's private head) left its address behind.
+    ray.init(address="local", num_cpus=2, log_to_driver=True)
     try:
         yield ray
     finally:

@@ -78,16 +78,19 @@ def test_best_config_is_runnable_and_matches_best_trial(mini_study):
 
 
 def test_resume_after_sigkill_keeps_finished_trials(tmp_path):
-    storage = tmp_path / "runs"
-    cmd = study_command("--space", str(MINI_SPACE), "--storage", str(storage), "--name", "crash",
+    """Remote-style storage (a file:// URI): the study's own files are staged in the working directory's
+    runs/.remote/<name> and mirrored to the storage; after SIGKILL, --resume restores them from the storage."""
+    storage, workdir = tmp_path / "runs", tmp_path / "work"
+    workdir.mkdir()
+    cmd = study_command("--space", str(MINI_SPACE), "--storage", storage.as_uri(), "--name", "crash",
                         "--max-concurrent", "1", "--no-report")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    status = storage / "crash" / "trial_status.json"
+    status = workdir / "runs" / ".remote" / "crash" / "trial_status.json"
     deadline = time.time() + 400
     try:
         while time.time() < deadline and proc.poll() is None:
-            if status.is_file() and len(finished_trials(storage / "crash")) >= 1:
+            if status.is_file() and len(finished_trials(status.parent)) >= 1:
                 break
             time.sleep(1)
         assert proc.poll() is None, "the study ended before it could be killed"
@@ -99,12 +102,13 @@ def test_resume_after_sigkill_keeps_finished_trials(tmp_path):
         except ProcessLookupError:
             pass
         proc.wait()
-    before, _ = collect(storage / "crash", load_space(str(MINI_SPACE)))  # what was on disk at the crash
+    # What had reached the storage at the crash (the staging copy is discarded: --resume rebuilds it).
+    before, _ = collect(storage / "crash", load_space(str(MINI_SPACE)))
     finished_before = finished_trials(storage / "crash")
     assert len(finished_before) >= 1
     assert json.loads((storage / "crash" / "study.json").read_text())["status"] == "running"
 
-    resumed = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=800)
+    resumed = subprocess.run(cmd + ["--resume"], cwd=workdir, capture_output=True, text=True, timeout=800)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     after = pd.read_csv(storage / "crash" / "trials.csv")
     assert len(after) == 4 and set(after.status) <= {"completed", "pruned"}
