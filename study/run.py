@@ -29,7 +29,8 @@ from moco.config import ConfigError  # noqa: E402
 from moco.data import DatasetNotFoundError, check_dataset  # noqa: E402
 from study.space import Space, SpaceError, load_space  # noqa: E402
 
-DRIVER_RESOURCE = "mocostudy_driver"  # a custom resource that keeps trial drivers off the workers' CPUs
+DRIVER_RESOURCE = "mocostudy_driver"
+LIVE_FILES = ("trial_status.json", "results.jsonl", "optuna.db")  # mirrored at every trial start and epoch report  # a custom resource that keeps trial drivers off the workers' CPUs
 
 
 class StudyError(Exception):
@@ -162,12 +163,14 @@ def _tune_callback(run_dir: Path, space: Space, mirror=None):
         def on_trial_start(self, iteration, trials, trial, **info):
             number = int(str(trial.experiment_tag).split("_", 1)[0]) - 1
             record_trial(run_dir, trial.trial_id, params=dict(trial.config), number=number, status="running")
+            if mirror is not None:  # the searcher has just created this trial in the Optuna database
+                mirror.push(LIVE_FILES)
             print(f"[study] trial {number} ({trial.trial_id}) started: {dict(trial.config)}", flush=True)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             append_result(run_dir, trial.trial_id, result)
             if mirror is not None:  # every epoch report reaches the storage before the next one
-                mirror.push(("trial_status.json", "results.jsonl"))
+                mirror.push(LIVE_FILES)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             last = trial.last_result or {}
