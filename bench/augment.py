@@ -213,6 +213,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     speedup = statistics.median(batched) / best_per_sample
     return {
         "benchmark": "augment",
+        "quick": quick,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {**_machine(), "load_average_before": load_before},
         "versions": _versions(),
