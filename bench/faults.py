@@ -37,7 +37,8 @@ def _study(storage: Path, name: str, space: Path = MINI, *extra: str) -> list[st
             "--name", name, "--no-report", "--max-concurrent", "1", *extra]
 
 
-def _train_workers(pid: int):
+def train_workers(pid: int):
+    """The Ray Train worker processes below ``pid`` (a study's driver)."""
     import psutil
 
     try:
@@ -54,7 +55,8 @@ def _train_workers(pid: int):
     return out
 
 
-def _wait(predicate, proc: subprocess.Popen, timeout: float = 400) -> bool:
+def wait_until(predicate, proc: subprocess.Popen, timeout: float = 400) -> bool:
+    """Poll ``predicate`` until it holds (True), ``proc`` ends or ``timeout`` seconds pass (False)."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         if predicate():
@@ -87,11 +89,11 @@ def run_scenario(name: str, work: Path) -> dict:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             if name == "worker_killed":
-                if _wait(lambda: (run_dir / "results.jsonl").is_file() and _train_workers(proc.pid), proc):
-                    _train_workers(proc.pid)[0].kill()
+                if wait_until(lambda: (run_dir / "results.jsonl").is_file() and train_workers(proc.pid), proc):
+                    train_workers(proc.pid)[0].kill()
                     injected = 1
             elif name in ("driver_sigterm", "driver_sigkill"):
-                if _wait(lambda: len(finished_trials(run_dir)) >= 1, proc):
+                if wait_until(lambda: len(finished_trials(run_dir)) >= 1, proc):
                     before = _snapshot(run_dir, space)
                     if name == "driver_sigterm":
                         proc.send_signal(signal.SIGTERM)

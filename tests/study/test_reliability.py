@@ -7,14 +7,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 import warnings
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pytest
 
+from bench.faults import train_workers, wait_until
 from moco.train import load_latest_valid, write_checkpoint_dir
 from study.results import atomic_write, finished_trials
 from study.run import main
@@ -83,30 +82,6 @@ def test_diverged_trials_end_as_diverged_and_the_study_goes_on(tmp_path):
     assert "diverged" in diverged.error.iloc[0]
 
 
-def _train_workers(root_pid: int) -> list[psutil.Process]:
-    try:
-        procs = psutil.Process(root_pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-    out = []
-    for p in procs:
-        try:
-            if "RayTrainWorker" in " ".join(p.cmdline()):
-                out.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return out
-
-
-def _wait(predicate, timeout: float, proc: subprocess.Popen) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if predicate():
-            return True
-        time.sleep(0.5)
-    return False
-
-
 @pytest.mark.ray
 @pytest.mark.timeout(900)
 def test_study_survives_worker_faults_and_an_interrupted_driver(tmp_path):
@@ -121,12 +96,12 @@ def test_study_survives_worker_faults_and_an_interrupted_driver(tmp_path):
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         # 1. A Ray Train worker killed from outside while it trains.
-        assert _wait(lambda: (run_dir / "results.jsonl").is_file() and _train_workers(proc.pid), 300, proc), \
+        assert wait_until(lambda: (run_dir / "results.jsonl").is_file() and train_workers(proc.pid), proc, 300), \
             "no training worker appeared"
-        victim = _train_workers(proc.pid)[0]
+        victim = train_workers(proc.pid)[0]
         victim.send_signal(signal.SIGKILL)
         # 2. The driver interrupted (SIGTERM) once at least one trial has finished.
-        assert _wait(lambda: len(finished_trials(run_dir)) >= 1, 400, proc), "no trial finished"
+        assert wait_until(lambda: len(finished_trials(run_dir)) >= 1, proc, 400), "no trial finished"
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=180)
     finally:
