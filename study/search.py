@@ -54,7 +54,10 @@ class EpochAwareOptunaSearch(OptunaSearch):
         reported = self._reported.setdefault(trial_id, set())
         if epoch not in reported:  # a trial resumed from a checkpoint may repeat an epoch's report
             reported.add(epoch)
-            self._ot_trials[trial_id].report(float(result[self.metric]), epoch)
+            try:
+                self._ot_trials[trial_id].report(float(result[self.metric]), epoch)
+            except Exception as exc:  # noqa: BLE001 - e.g. the trial was told finished before a crash and resume
+                logger.warning("could not record epoch %s of trial %s in Optuna: %s", epoch, trial_id, exc)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         import optuna
