@@ -1,0 +1,62 @@
+"""The searcher tells Optuna the truth about early-stopped, diverged and resumed trials."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from study.search import EpochAwareOptunaSearch, trial_outcome
+
+
+def _searcher(tmp_path, max_epochs=4):
+    def space(trial):
+        trial.suggest_float("temperature", 0.05, 0.5, log=True)
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    return EpochAwareOptunaSearch(space=space, metric="val_knn_top1", mode="max", study_name="t", storage=storage,
+                                  max_epochs=max_epochs), storage
+
+
+def _run(searcher, trial_id, epochs, value=70.0, **last):
+    assert searcher.suggest(trial_id) is not None
+    result = {}
+    for epoch in range(1, epochs + 1):
+        result = {"epoch": epoch, "val_knn_top1": value + epoch, **last}
+        searcher.on_trial_result(trial_id, result)
+    return result
+
+
+@pytest.mark.parametrize("last, error, expected", [
+    ({"epoch": 4}, False, "completed"), ({"epoch": 2}, False, "pruned"), ({"epoch": 1, "diverged": 1}, False,
+                                                                           "diverged"), (None, True, "errored")])
+def test_trial_outcome(last, error, expected):
+    assert trial_outcome(last, 4, error) == expected
+
+
+def test_early_stopped_trial_is_pruned_and_diverged_gets_the_worst_value(tmp_path):
+    searcher, storage = _searcher(tmp_path)
+    searcher.on_trial_complete("a", _run(searcher, "a", 4))
+    searcher.on_trial_complete("b", _run(searcher, "b", 2))  # stopped by ASHA after 2 of 4 epochs
+    searcher.suggest("c")
+    searcher.on_trial_result("c", {"epoch": 1, "diverged": 1, "val_knn_top1": 0.0})
+    searcher.on_trial_complete("c", {"epoch": 1, "diverged": 1, "val_knn_top1": 0.0})
+    study = optuna.load_study(study_name="t", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+                                               optuna.trial.TrialState.COMPLETE]
+    assert study.trials[0].value == pytest.approx(74.0)
+    assert study.trials[1].intermediate_values == {1: 71.0, 2: 72.0}  # pruned at the epoch it reached
+    assert study.trials[2].value == 0.0 and study.trials[2].intermediate_values == {}  # worst value, no NaN report
+
+
+def test_reports_from_a_resumed_trial_already_finished_in_optuna_do_not_raise(tmp_path):
+    searcher, storage = _searcher(tmp_path)
+    _run(searcher, "a", 3)
+    final = {"epoch": 4, "val_knn_top1": 74.0}
+    searcher.on_trial_complete("a", final)  # finished in Optuna; its last report had not reached the searcher
+    # A study resumed from a searcher state saved before the trial finished (the database is newer): the trial
+    # runs again from its final checkpoint and re-reports its last epoch.
+    searcher._completed_trials.discard("a")
+    searcher.on_trial_result("a", final)
+    searcher.on_trial_complete("a", final)
+    study = optuna.load_study(study_name="t", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
