@@ -104,10 +104,6 @@ def record_trial(run_dir: Path, trial_id: str, **fields: Any) -> None:
     atomic_write(path, json.dumps(records, indent=1, default=str))
 
 
-def record_status(run_dir: Path, trial_id: str, status: str, error: str | None = None) -> None:
-    record_trial(run_dir, trial_id, status=status, error=error)
-
-
 def append_result(run_dir: Path, trial_id: str, result: dict[str, Any]) -> None:
     """Append one epoch report to ``results.jsonl`` and flush it to disk before returning."""
     row = {"trial_id": trial_id, **{k: result.get(k) for k in HISTORY_KEYS if k in result}}
