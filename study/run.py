@@ -181,7 +181,7 @@ def _tune_callback(run_dir: Path, space: Space, mirror=None):
             _write(run_dir, space, mirror)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            error = _first_line(getattr(trial, "error_file", None)) or "see the trial's error.txt"
+            error = _last_line(getattr(trial, "error_file", None)) or "see the trial's error.txt"
             record_trial(run_dir, trial.trial_id, status="errored", error=error)
             print(f"[study] trial {trial.trial_id} errored: {error}", flush=True)
             _write(run_dir, space, mirror)
@@ -210,7 +210,7 @@ def _write(run_dir: Path, space: Space, mirror=None) -> None:
                            "written before this error are intact") from err
 
 
-def _first_line(path: str | None) -> str | None:
+def _last_line(path: str | None) -> str | None:
     try:
         lines = [line for line in Path(path).read_text().splitlines() if line.strip()] if path else []
     except OSError:
@@ -394,8 +394,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.address is None:
             check_dataset(space.base)
         _check_writable(run_dir.parent)
-        if args.gpus_per_worker and args.address is None and not _local_gpus():
-            raise StudyError("--gpus-per-worker: this machine has no CUDA GPU")
         if args.address is None:
             plan_resources(space, float(os.cpu_count() or 1), _local_gpus())
         if mirror is not None:
