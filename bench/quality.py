@@ -10,7 +10,7 @@
    run's bank and with the full 55k training split as the bank.
 2. Throughput of the default Fashion-MNIST config (``configs/fashion_mnist.yaml``): training images/s and the share of
    an epoch spent in data and augmentation (``data_share``; goal < 15 %).
-3. Full mode only: val/test kNN of the default config after 10 and after 50 epochs, beside raw pixels, with wall time.
+(The default config after 10 and 50 epochs is ``bench/longrun.py``.)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.common import ROOT, loadavg, stats
+from bench.common import ROOT, stats
 
 BASELINE = {"dual_view_weight": 1.0, "hard_negative_ratio": 1.0, "false_negative_threshold": 1.0}
 GOAL_DATA_SHARE = 0.15
@@ -127,28 +127,6 @@ def throughput(quick: bool) -> dict[str, Any]:
             "goal": f"data share < {GOAL_DATA_SHARE:.0%}", "goal_met": bool(share["median"] < GOAL_DATA_SHARE)}
 
 
-def long_runs(dataset_raw: dict[str, Any]) -> dict[str, Any]:
-    """Full mode: the default config for 10 and for 50 epochs (each its own schedule)."""
-    from moco.config import TrainConfig
-    from moco.data import load_dataset
-    from moco.engine import Engine
-
-    out = {}
-    for epochs in (10, 50):
-        cfg = TrainConfig.from_yaml(ROOT / "configs" / "fashion_mnist.yaml", {"epochs": epochs})
-        dataset = load_dataset(cfg)
-        engine = Engine(cfg, dataset, torch.device("cpu"))
-        start = time.perf_counter()
-        for _ in range(epochs):
-            engine.train_epoch()
-        train_s = time.perf_counter() - start
-        final = engine.final_evaluation()
-        out[f"{epochs} epochs"] = {"val_knn": final.get("final_val_knn_top1"), "test_knn": final.get("test_knn_top1"),
-                                   "train_s": train_s, "load_after": loadavg()}
-    out["raw pixels (same protocol, full bank)"] = dataset_raw
-    return out
-
-
 def run(quick: bool, workdir: Path | None = None, context: dict[str, Any] | None = None) -> dict[str, Any]:
     from moco.data import load_dataset
 
@@ -174,11 +152,6 @@ def run(quick: bool, workdir: Path | None = None, context: dict[str, Any] | None
     out = {"best_is_baseline": same, "base": {k: getattr(base, k) for k in keys},
            "best_params": params, "best_source": source, "seeds": seeds, "probe_epochs": probe_epochs,
            "models": models, "runs": runs, "raw_pixels": raw, "throughput": throughput(quick)}
-    if quick:
-        out["long_runs"] = "not run (full mode only)"
-    else:
-        full_raw = {k: v for k, v in raw.items() if "full 55k" in k}
-        out["long_runs"] = long_runs(full_raw)
     return out
 
 

@@ -11,6 +11,7 @@ Benchmarks (in this order; each writes ``<results-dir>/<name>.json``):
   scaling     1 vs 2 Ray Train workers, 1 vs 2 concurrent trials, as efficiency against linear
   quality     kNN / linear probe of the baseline and of the study's best vs raw pixels; training throughput
   memory      peak memory of the study's processes, of one training process and of the K = 65536 queue
+  longrun     the default Fashion-MNIST config after 10 and after 50 epochs vs raw pixels (bench/longrun.py)
 
 ``--quick`` scales everything down to finish in about ten minutes on a 2-core CPU; the full run takes hours. The
 page is rebuilt from every result file present, and every table says which mode and command produced it, so
@@ -26,17 +27,19 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import DOCS, RESULTS_DIR, environment, loadavg, now, read_json, write_json  # noqa: E402
 
-BENCHMARKS = ("step", "augment", "efficiency", "overhead", "scaling", "quality", "memory")
+BENCHMARKS = ("step", "augment", "efficiency", "overhead", "scaling", "quality", "memory", "longrun")
 
 
-def run_one(name: str, quick: bool, workdir: Path, context: dict[str, Any], results_dir: Path) -> Any:
+def run_one(name: str, quick: bool, workdir: Path, context: dict[str, Any], results_dir: Path,
+            save_partial: Callable[[Any], None] | None = None) -> Any:
+    """Run benchmark ``name``; long ones call ``save_partial(result so far)`` so an interruption keeps finished parts."""
     if name == "step":
         from bench import step
 
@@ -49,13 +52,17 @@ def run_one(name: str, quick: bool, workdir: Path, context: dict[str, Any], resu
         from bench import memory
 
         return memory.run(quick, workdir, context, results_dir=results_dir)
+    if name == "longrun":
+        from bench import longrun
+
+        return longrun.run(quick, save=save_partial)
     module = __import__(f"bench.{name}", fromlist=["run"])
     return module.run(quick, workdir, context)
 
 # --- the page -------------------------------------------------------------------------------------------------------
 TITLES = {"step": "1. Training step", "augment": "2. Data path (augmentation)", "efficiency": "3. Study efficiency",
           "overhead": "4. Ray overhead", "scaling": "5. Scaling", "quality": "6. Quality and training throughput",
-          "memory": "7. Memory"}
+          "memory": "7. Memory", "longrun": "8. Quality over long training (default config)"}
 
 
 def _f(value: Any, digits: int = 2, unit: str = "") -> str:
@@ -283,19 +290,23 @@ def _quality(r: dict, figs: Path) -> list[str]:
             f"| images/s | {_s(t['images_per_s'], 0)} |", f"| epoch s | {_s(t['epoch_s'], 1)} |",
             f"| data + augmentation share of an epoch | {_s(t['data_share'], 3)} |", "",
             _goal(t["goal_met"], "data share < 15 %"), ""]
-    lr = r.get("long_runs")
-    if isinstance(lr, dict):
-        out += ["Default config (configs/fashion_mnist.yaml) after 10 and 50 epochs (each its own schedule), full "
-                "55k bank:", "", "| run | val kNN | test kNN | training time (s) |", "|---|---|---|---|"]
-        for name, row in lr.items():
-            if name.startswith("raw"):
-                continue
-            out.append(f"| {name} | {_f(row['val_knn'])} | {_f(row['test_knn'])} | {_f(row['train_s'], 0)} |")
-        for name, row in lr.get("raw pixels (same protocol, full bank)", {}).items():
-            out.append(f"| {name} | {_f(row['val_knn'])} | {_f(row['test_knn'])} | - |")
-        out.append("")
-    else:
-        out += [f"Default config after 10 and after 50 epochs: **{lr}**.", ""]
+    return out
+
+
+def _longrun(r: dict, figs: Path) -> list[str]:
+    raw = r["raw_pixels"]
+    out = [f"{r['config']} (overrides {r['overrides'] or 'none'}, seed {r['seed']}, {r['torch_threads']} torch "
+           f"threads), each length its own run and schedule; weighted kNN (k = 200, t = 0.1) on the full "
+           "validation and test sets with every labeled training image as the bank, and a linear probe "
+           f"({r['probe_epochs']} epochs) on the same frozen features. Raw pixels use the same protocol."
+           + (" **Partial result: the run was interrupted.**" if r.get("partial") else ""), "",
+           "| features | val kNN | test kNN | linear probe (test) | training time |", "|---|---|---|---|---|"]
+    for name, row in r["runs"].items():
+        out.append(f"| MoCo v2, {name} | {_f(row['val_knn'])} | {_f(row['test_knn'])} | {_f(row['linear_probe'])} "
+                   f"| {row['train_s'] / 60:.1f} min |")
+    for name, row in raw.items():
+        out.append(f"| {name} | {_f(row['val_knn'])} | {_f(row['test_knn'])} | {_f(row['linear_probe'])} | - |")
+    out.append("")
     return out
 
 
@@ -358,6 +369,10 @@ def _goals(name: str, r: dict) -> list[tuple[str, str, bool | None]]:
         t = r["throughput"]
         return [("data + augmentation < 15 % of an epoch (default config)", _pct(t["data_share"]["median"]),
                  t["goal_met"])]
+    if name == "longrun":
+        best_raw = max(row["test_knn"] for row in r["raw_pixels"].values())
+        return [(f"learned features beat raw pixels (test kNN, {name_})", f"{_f(row['test_knn'])} vs {_f(best_raw)}",
+                 row["test_knn"] > best_raw) for name_, row in r["runs"].items()]
     if name == "memory" and isinstance(r.get("study"), dict):
         st = r["study"]
         return [("default study under 4 GiB in total", f"{st['peak_total_pss_gib']:.2f} GiB PSS", st["goal_met"])]
@@ -365,7 +380,7 @@ def _goals(name: str, r: dict) -> list[tuple[str, str, bool | None]]:
 
 
 RENDER = {"step": _step, "augment": _augment, "efficiency": _efficiency, "overhead": _overhead,
-          "scaling": _scaling, "quality": _quality, "memory": _memory}
+          "scaling": _scaling, "quality": _quality, "memory": _memory, "longrun": _longrun}
 
 
 def write_page(results_dir: Path, docs: Path) -> Path:
@@ -446,7 +461,9 @@ def main(argv: list[str] | None = None) -> int:
                    **env, "load_before": loadavg()}
             start = time.perf_counter()
             try:
-                result = run_one(name, args.quick, workdir, context, args.results_dir)
+                result = run_one(name, args.quick, workdir, context, args.results_dir,
+                                 save_partial=lambda partial, doc=doc, name=name: write_json(
+                                     args.results_dir / f"{name}.json", {**doc, "result": partial}))
                 if isinstance(result, dict):
                     result["quick"] = args.quick
                 doc["result"] = result

@@ -1,0 +1,86 @@
+"""Benchmark: the default Fashion-MNIST config trained for 10 and for 50 epochs, beside raw pixels.
+
+Each length is its own run with its own learning-rate schedule (``configs/fashion_mnist.yaml`` with ``epochs``
+overridden), trained with ``moco.engine.Engine`` directly on the CPU (no Ray), seed 0. After training: weighted kNN
+top-1 (k = 200, t = 0.1, cosine) on the full validation (5k) and test (10k) sets with all 55k training images as
+the bank (``Engine.final_evaluation``), and a linear probe on the same frozen features. Raw pixels use the same
+protocol and bank, uncentred and centred on the bank's mean. Every epoch prints a progress line; the result file
+is rewritten after each finished run, so a long run that is interrupted keeps the runs already done.
+
+Quick mode: 1 and 2 epochs on a 4096-image subset (a smoke test of the path, not a quality figure).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from bench.common import ROOT, loadavg
+
+CONFIG = ROOT / "configs" / "fashion_mnist.yaml"
+PROBE_EPOCHS = 20
+
+
+def raw_pixel_baselines(cfg) -> dict[str, dict[str, float]]:
+    """kNN of raw pixels with the protocol of ``Engine.final_evaluation`` (bank: every labeled training image)."""
+    from bench.quality import _raw
+    from moco.data import load_dataset
+    from moco.evaluate import knn_accuracy, linear_probe
+
+    data = load_dataset(cfg)
+    bank = data.labeled_train
+    out = {}
+    for centred in (False, True):
+        mean = (bank.images.reshape(len(bank.images), -1).float() / 255.0).mean(0) if centred else None
+        feats = _raw(bank.images, mean)
+        row = {f"{name}_knn": knn_accuracy(feats, bank.labels, _raw(split.images, mean), split.labels,
+                                          data.num_classes, k=cfg.knn_k, t=cfg.knn_t)
+               for name, split in (("val", data.val), ("test", data.test))}
+        row["linear_probe"] = linear_probe(feats, bank.labels, _raw(data.test.images, mean), data.test.labels,
+                                           data.num_classes, epochs=PROBE_EPOCHS)
+        out[f"raw pixels, {'centred' if centred else 'uncentred'}"] = row
+    return out
+
+
+def train_run(cfg, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``cfg`` for ``cfg.epochs`` epochs, then evaluate on the full sets (kNN, and the probe when configured)."""
+    from moco.data import load_dataset
+    from moco.engine import Engine
+
+    engine = Engine(cfg, load_dataset(cfg), torch.device("cpu"))
+    start = time.perf_counter()
+    history = []
+    for _ in range(cfg.epochs):
+        row = engine.train_epoch()
+        history.append({k: row[k] for k in ("epoch", "loss", "images_per_s", "epoch_s") if k in row})
+        log(f"[longrun] {cfg.epochs}-epoch run: epoch {row.get('epoch')} loss {row['loss']:.4f} "
+            f"{row['images_per_s']:.0f} img/s ({time.perf_counter() - start:.0f} s, load {loadavg()})")
+    train_s = time.perf_counter() - start
+    final = engine.final_evaluation()
+    return {"epochs": cfg.epochs, "val_knn": final["final_val_knn_top1"], "test_knn": final["test_knn_top1"],
+            "linear_probe": final["linear_top1"], "train_s": train_s, "eval_s": time.perf_counter() - start - train_s,
+            "history": history, "load_after": loadavg()}
+
+
+def run(quick: bool, workdir: Path | None = None, context: dict[str, Any] | None = None,
+        save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Both runs and the raw-pixel rows; ``save(partial_result)`` is called after each step that finished."""
+    from moco.config import TrainConfig
+
+    lengths = (1, 2) if quick else (10, 50)
+    overrides = {"train_subset": 4096} if quick else {}
+    base = TrainConfig.from_yaml(CONFIG, overrides)
+    out: dict[str, Any] = {"config": str(CONFIG.relative_to(ROOT)), "overrides": overrides, "seed": base.seed,
+                           "torch_threads": torch.get_num_threads(), "probe_epochs": PROBE_EPOCHS,
+                           "raw_pixels": raw_pixel_baselines(base), "runs": {}}
+    for epochs in lengths:
+        if save:
+            save(dict(out, partial=True))
+        out["runs"][f"{epochs} epochs"] = train_run(base.replace(epochs=epochs, linear_probe=True,
+                                                                 probe_epochs=PROBE_EPOCHS))
+    best_raw = max(row["test_knn"] for row in out["raw_pixels"].values())
+    out["beats_raw_pixels"] = {name: bool(row["test_knn"] > best_raw) for name, row in out["runs"].items()}
+    return out
