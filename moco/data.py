@@ -17,11 +17,7 @@ Batching (both kinds, same tuples):
 * :func:`eval_batches` -- ``(images, labels)`` in order, no shuffling, the last batch may be short (kNN features).
   Callers may also slice ``Split.images`` directly.
 
-Where data is looked for, in order: ``cfg.data_root``, ``$MOCO_DATA_DIR``, Debian's package location (Fashion-MNIST:
-``apt-get install dataset-fashion-mnist``), the download cache ``~/.cache/mocostudy/data``; then, with
-``download: true``, a torchvision download into the first of those roots. Missing data raises one
-:class:`DatasetNotFoundError` naming every place searched and how to provide the data. :func:`check_dataset` does
-only these existence checks, so a CLI or study can call it before any worker starts.
+Where data is looked for, and the error when it is missing: :mod:`moco.sources` (re-exported here).
 
 The validation split is carved from the training set with ``cfg.split_seed`` (fixed across a study's trials and
 seeds, so every trial is scored on the same images); ``cfg.train_subset`` then keeps a seeded subset of the
@@ -43,10 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from moco.config import TrainConfig
-
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-DOWNLOAD_CACHE = Path.home() / ".cache" / "mocostudy" / "data"
-ENV_VAR = "MOCO_DATA_DIR"
+from moco.sources import (  # noqa: F401 - DatasetNotFoundError and check_dataset are re-exported
+    FASHION_FILES, IMAGE_EXTENSIONS, DatasetNotFoundError, check_dataset, class_dirs, download_root, locate)
 
 #: per-channel mean/std on the 0..1 scale (the usual published values; digits and image folders are computed/ImageNet)
 KNOWN_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -57,22 +51,6 @@ KNOWN_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet statistics
 }
 NUM_CLASSES = {"fashion_mnist": 10, "digits": 10, "cifar10": 10, "cifar100": 100, "stl10": 10}
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-_FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-#: sub-folders of a root that may hold each dataset (torchvision's layout included)
-_SUBDIRS = {
-    "fashion_mnist": (".", "fashion_mnist", "fashion-mnist", "FashionMNIST/raw", "fashion_mnist/FashionMNIST/raw"),
-    "cifar10": ("cifar-10-batches-py", "cifar10/cifar-10-batches-py"),
-    "cifar100": ("cifar-100-python", "cifar100/cifar-100-python"),
-    "stl10": ("stl10_binary", "stl10/stl10_binary"),
-    "imagefolder": (".",),
-}
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The dataset is in none of the places searched; the message lists them and how to provide the data."""
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Splits and the dataset record
@@ -165,91 +143,10 @@ class Dataset:
                        moved["train"], moved["val"], moved["test"], labeled)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Locating data
-# ---------------------------------------------------------------------------------------------------------------
-def search_roots(cfg: TrainConfig) -> list[Path]:
-    """The roots searched, in order (Debian's location is added for Fashion-MNIST by :func:`locate`)."""
-    roots = []
-    if cfg.data_root:
-        roots.append(Path(cfg.data_root).expanduser())
-    if os.environ.get(ENV_VAR):
-        roots.append(Path(os.environ[ENV_VAR]).expanduser())
-    return roots
-
-
-def _download_root(cfg: TrainConfig) -> Path:
-    roots = search_roots(cfg)
-    return roots[0] if roots else DOWNLOAD_CACHE
-
-
-def _has_fashion(d: Path) -> bool:
-    return all((d / f).is_file() or (d / (f + ".gz")).is_file() for f in _FASHION_FILES)
-
-
-def _present(name: str, d: Path) -> bool:
-    if name == "fashion_mnist":
-        return _has_fashion(d)
-    if name == "cifar10":
-        return (d / "data_batch_1").is_file() and (d / "test_batch").is_file()
-    if name == "cifar100":
-        return (d / "train").is_file() and (d / "test").is_file()
-    if name == "stl10":
-        return (d / "train_X.bin").is_file() and (d / "test_X.bin").is_file()
-    if name == "imagefolder":
-        return d.is_dir() and any(_class_dirs(d / "train" if (d / "train").is_dir() else d))
-    raise ValueError(f"unknown dataset {name!r}")
-
-
-def _candidates(cfg: TrainConfig) -> list[Path]:
-    name = cfg.dataset
-    places = [r / sub for r in search_roots(cfg) for sub in _SUBDIRS[name]]
-    if name == "fashion_mnist":
-        places.append(DEBIAN_FASHION_MNIST)
-    if name != "imagefolder":
-        places += [DOWNLOAD_CACHE / sub for sub in _SUBDIRS[name]]
-    return [Path(os.path.normpath(p)) for p in places]
-
-
-def _how_to_provide(cfg: TrainConfig) -> str:
-    name = cfg.dataset
-    if name == "imagefolder":
-        return (f"point data_root (--set data_root=/path) or ${ENV_VAR} at a folder of class sub-folders "
-                "(optionally with train/ and val/ or test/ sub-folders)")
-    ways = []
-    if name == "fashion_mnist":
-        ways.append("install Debian's package: apt-get install dataset-fashion-mnist")
-    ways.append(f"let torchvision download it: --set download=true (into data_root, ${ENV_VAR} or {DOWNLOAD_CACHE})")
-    ways.append(f"or put the files under data_root (--set data_root=/path) or ${ENV_VAR}")
-    return "; ".join(ways)
-
-
-def locate(cfg: TrainConfig) -> Path | None:
-    """The folder holding ``cfg.dataset``'s files, or ``None`` (digits is bundled with scikit-learn: ``None``)."""
-    if cfg.dataset == "digits":
-        return None
-    for place in _candidates(cfg):
-        if _present(cfg.dataset, place):
-            return place
-    if cfg.download and cfg.dataset != "imagefolder":
-        return None  # load_dataset will download
-    searched = "\n".join(f"  - {p}" for p in _candidates(cfg)) or "  (no data_root and no $" + ENV_VAR + " set)"
-    raise DatasetNotFoundError(
-        f"dataset {cfg.dataset!r} not found. Searched, in order:\n{searched}\n"
-        f"(data_root={cfg.data_root!r}, ${ENV_VAR}={os.environ.get(ENV_VAR)!r}).\n"
-        f"To provide it: {_how_to_provide(cfg)}.")
-
-
-def check_dataset(cfg: TrainConfig) -> None:
-    """Cheap existence checks only; raises :class:`DatasetNotFoundError` (with ``download: true`` a missing
-    torchvision dataset is accepted: it will be downloaded by :func:`load_dataset`)."""
-    locate(cfg)
-
-
 def _download(cfg: TrainConfig) -> Path:
     import torchvision.datasets as tvd
 
-    root = _download_root(cfg)
+    root = download_root(cfg)
     root.mkdir(parents=True, exist_ok=True)
     name = cfg.dataset
     if name == "fashion_mnist":
@@ -281,7 +178,7 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _read_fashion(d: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    xtr, ytr, xte, yte = (_read_idx(d / f) for f in _FASHION_FILES)
+    xtr, ytr, xte, yte = (_read_idx(d / f) for f in FASHION_FILES)
     return xtr[:, None], ytr, xte[:, None], yte
 
 
@@ -394,13 +291,6 @@ class _FileSource(torch.utils.data.Dataset):
         return torch.from_numpy(arr.copy()).permute(2, 0, 1), self.labels[i]
 
 
-def _class_dirs(d: Path) -> list[Path]:
-    try:
-        return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
-    except OSError:
-        return []
-
-
 def _scan_folder(d: Path, classes: list[str]) -> tuple[list[str], list[int]]:
     paths, labels = [], []
     for label, cls in enumerate(classes):
@@ -507,7 +397,7 @@ def _load_streaming(cfg: TrainConfig, place: Path) -> Dataset:
     size = cfg.image_size or 224
     train_dir = place / "train" if (place / "train").is_dir() else place
     test_dir = next((place / s for s in ("test", "val") if train_dir != place and (place / s).is_dir()), None)
-    classes = [p.name for p in _class_dirs(train_dir)]
+    classes = [p.name for p in class_dirs(train_dir)]
     paths, labels = _scan_folder(train_dir, classes)
     src = _FileSource(paths, labels, size)
     y = torch.tensor(labels, dtype=torch.int64)

@@ -7,7 +7,7 @@ model (with its queue), optimiser, epoch and config. On start it resumes from ``
 checkpoint that fails its checksum is skipped for the previous one, with a warning.
 
 Loop config keys: ``train`` (a TrainConfig dict), ``threads`` (torch threads per worker), ``run_dir`` (persistent
-folder of this run, for fault-injection markers), ``fault`` (optional fault injection, see :func:`maybe_inject_fault`).
+folder of this run, for fault-injection markers), ``fault`` (optional fault injection, see :mod:`moco.faults`).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import torch
 from moco.config import ConfigError, TrainConfig, parse_overrides
 from moco.data import DatasetNotFoundError, check_dataset, load_dataset
 from moco.engine import DistInfo, DivergedError, Engine, resolve_device
+from moco.faults import FAULT_ENV, maybe_inject_fault, parse_fault
 
 STATE_FILE = "state.pt"
 CHECKSUM_FILE = "state.sha256"
-FAULT_ENV = "MOCO_FAULT"  # e.g. "epoch=2,kind=raise" or "epoch=2,kind=exit": one worker fails once at that epoch
 
 
 # --- checkpoints --------------------------------------------------------------------------------------------------
@@ -88,32 +88,6 @@ def load_latest_valid(checkpoint) -> dict[str, Any] | None:
     return None
 
 
-# --- fault injection (tests and bench/faults.py) ---------------------------------------------------------------------
-def parse_fault(spec: str | None) -> dict[str, Any] | None:
-    """``"epoch=2,kind=raise"`` -> ``{"epoch": 2, "kind": "raise"}``; None or "" -> None."""
-    if not spec:
-        return None
-    fault = dict(item.split("=", 1) for item in spec.split(","))
-    if fault.get("kind", "raise") not in ("raise", "exit") or "epoch" not in fault:
-        raise ValueError(f"{FAULT_ENV} = {spec!r}: expected 'epoch=N,kind=raise|exit'")
-    return {"epoch": int(fault["epoch"]), "kind": fault.get("kind", "raise"), "rank": int(fault.get("rank", 0))}
-
-
-def maybe_inject_fault(fault: dict[str, Any] | None, epoch: int, rank: int, run_dir: str | None) -> None:
-    """Fail once, at the start of ``fault['epoch']`` on ``fault['rank']``; a marker file makes it happen once."""
-    if not fault or epoch != fault["epoch"] or rank != fault["rank"] or not run_dir:
-        return
-    marker = Path(run_dir) / f".fault-injected-epoch{epoch}"
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(str(time.time()))
-    print(f"[fault injection] worker rank {rank} fails at epoch {epoch} ({fault['kind']})", flush=True)
-    if fault["kind"] == "exit":
-        os._exit(1)
-    raise RuntimeError(f"injected fault at epoch {epoch}")
-
-
 # --- the loop -----------------------------------------------------------------------------------------------------
 def progress_line(metrics: dict[str, Any], epochs: int) -> str:
     knn = metrics.get("val_knn_top1")
@@ -128,6 +102,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    loop_start = time.time()
     cfg = TrainConfig.from_dict(loop_config["train"])
     if loop_config.get("threads"):
         torch.set_num_threads(int(loop_config["threads"]))
@@ -143,6 +118,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if dist_info.rank == 0:
             print(f"resumed from epoch {engine.epoch}", flush=True)
     node_id = _node_id()
+    # Start-up of this worker process (reported with its first epoch): Ray's part (trainer created -> this function
+    # runs: controller, placement group, worker start, process group) and ours (config, data, model, resume).
+    startup = {"startup_ray_s": loop_start - loop_config["created_unix"] if loop_config.get("created_unix") else None,
+               "startup_setup_s": time.time() - loop_start}
     last_knn: float | None = engine.last_metrics.get("val_knn_top1")
     if engine.epoch >= cfg.epochs and engine.last_metrics:
         # Restarted after the final checkpoint (e.g. a study resumed after a crash): report the result again.
@@ -169,6 +148,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if dist_info.rank == 0 and last and cfg.final_eval:
             metrics.update(engine.final_evaluation())
         metrics.update(diverged=0, node_id=node_id, world_size=dist_info.world_size)
+        metrics.update({k: v for k, v in startup.items() if v is not None})
+        startup = {}
         engine.last_metrics = metrics
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
@@ -198,7 +179,7 @@ def make_trainer(cfg: TrainConfig, *, workers: int, use_gpu: bool, cpus_per_work
 
     run_dir = storage.rstrip("/") + "/" + name
     loop_config = {"train": cfg.to_dict(), "threads": max(1, int(cpus_per_worker)), "run_dir": run_dir,
-                   "fault": fault}
+                   "fault": fault, "created_unix": time.time()}
     resources = {"CPU": cpus_per_worker}
     if use_gpu:
         resources["GPU"] = 1

@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # `python study/run.py` puts study/ on sys.path, 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from moco.config import ConfigError  # noqa: E402
-from moco.data import DatasetNotFoundError, check_dataset  # noqa: E402
+from moco.sources import DatasetNotFoundError, check_dataset  # noqa: E402
 from study.space import Space, SpaceError, load_space  # noqa: E402
 
 DRIVER_RESOURCE = "mocostudy_driver"
@@ -255,7 +255,7 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
     import ray
     from ray import tune
 
-    from moco.train import FAULT_ENV, parse_fault
+    from moco.faults import FAULT_ENV, parse_fault
     from study.results import write_results, write_study_json
     from study.search import make_scheduler, make_searcher
     from study.trial import TrialPlan, run_trial

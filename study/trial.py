@@ -13,7 +13,6 @@ from typing import Any
 import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from moco.train import make_trainer
 from study.space import Space
 
 
@@ -31,6 +30,8 @@ class TrialPlan:
 
 def run_trial(params: dict[str, Any], plan: TrialPlan) -> None:
     """Tune function trainable: train one configuration under Ray Train and forward its epoch reports."""
+    from moco.train import make_trainer  # here, not at the top: the study driver imports this module without torch
+
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = plan.space.trial_config(params)
     trainer = make_trainer(cfg, workers=plan.workers, use_gpu=plan.use_gpu, cpus_per_worker=plan.cpus_per_worker,

@@ -6,19 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from moco import data
+from moco import data, sources
 from moco.config import TrainConfig
 from moco.data import DatasetNotFoundError, Split, StreamingSplit, check_dataset, load_dataset, train_batches
 
-FASHION_PRESENT = data._has_fashion(data.DEBIAN_FASHION_MNIST)
+FASHION_PRESENT = sources._has_fashion(sources.DEBIAN_FASHION_MNIST)
 
 
 @pytest.fixture
 def no_data(tmp_path, monkeypatch):
     """An empty data_root, no $MOCO_DATA_DIR, no Debian files and an empty download cache."""
-    monkeypatch.delenv(data.ENV_VAR, raising=False)
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "debian" / "fashion-mnist")
-    monkeypatch.setattr(data, "DOWNLOAD_CACHE", tmp_path / "cache")
+    monkeypatch.delenv(sources.ENV_VAR, raising=False)
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "debian" / "fashion-mnist")
+    monkeypatch.setattr(sources, "DOWNLOAD_CACHE", tmp_path / "cache")
     (tmp_path / "root").mkdir()
     return tmp_path
 
@@ -30,7 +30,7 @@ def digits():
 
 # --- locating -------------------------------------------------------------------------------------------------
 def test_missing_dataset_names_every_place_and_the_fix(no_data, monkeypatch):
-    monkeypatch.setenv(data.ENV_VAR, str(no_data / "env"))
+    monkeypatch.setenv(sources.ENV_VAR, str(no_data / "env"))
     cfg = TrainConfig(data_root=str(no_data / "root"))
     with pytest.raises(DatasetNotFoundError) as err:
         check_dataset(cfg)
@@ -70,7 +70,7 @@ def test_data_root_then_env_order(no_data, monkeypatch):
         _write_idx(d / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
         _write_idx(d / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (10, 28, 28)))
         _write_idx(d / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 10))
-    monkeypatch.setenv(data.ENV_VAR, str(no_data / "env"))
+    monkeypatch.setenv(sources.ENV_VAR, str(no_data / "env"))
     assert len(load_dataset(TrainConfig(val_size=5)).train) == 25
     ds = load_dataset(TrainConfig(val_size=5, data_root=str(no_data / "root")))
     assert len(ds.train) == 35 and ds.test.images.shape == (10, 1, 28, 28)
@@ -115,10 +115,10 @@ def test_resize_on_load():
     assert ds.image_size == 16 and ds.train.images.shape == (50, 1, 16, 16) and ds.test.images.shape[-1] == 16
 
 
-@pytest.mark.skipif(not FASHION_PRESENT, reason=f"Fashion-MNIST not installed at {data.DEBIAN_FASHION_MNIST} "
+@pytest.mark.skipif(not FASHION_PRESENT, reason=f"Fashion-MNIST not installed at {sources.DEBIAN_FASHION_MNIST} "
                                                 "(apt-get install dataset-fashion-mnist)")
 def test_fashion_mnist_from_debian(monkeypatch):
-    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.delenv(sources.ENV_VAR, raising=False)
     ds = load_dataset(TrainConfig())
     assert (ds.channels, ds.image_size, ds.num_classes) == (1, 28, 10)
     assert ds.train.images.shape == (55000, 1, 28, 28) and ds.val.images.shape == (5000, 1, 28, 28)

@@ -10,7 +10,7 @@ import torch
 from moco.config import TrainConfig
 from moco.data import load_dataset
 from moco.engine import DivergedError, Engine
-from moco.train import make_trainer, parse_fault, read_checkpoint_dir, write_checkpoint_dir
+from moco.train import make_trainer, read_checkpoint_dir, write_checkpoint_dir
 from tests.conftest import CONFIGS
 
 DIGITS = CONFIGS / "digits.yaml"
@@ -77,13 +77,6 @@ def test_non_finite_loss_stops_the_run():
     engine = Engine(cfg, load_dataset(cfg), torch.device("cpu"))
     with pytest.raises(DivergedError, match="non-finite"):
         _run(engine, 3)
-
-
-def test_parse_fault():
-    assert parse_fault("epoch=2,kind=exit") == {"epoch": 2, "kind": "exit", "rank": 0}
-    assert parse_fault("") is None
-    with pytest.raises(ValueError):
-        parse_fault("kind=explode")
 
 
 @pytest.mark.ray
