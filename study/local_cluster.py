@@ -104,6 +104,8 @@ class LocalCluster:
         self._env = {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
         env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
         env.update(self._env)
+        # One machine, nothing to be preempted: skip Ray Train's per-run PreemptionWatcher actor (~200 MB per trial).
+        env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
         self._log = tempfile.NamedTemporaryFile("w+", prefix="mocostudy-ray-head-", suffix=".log", delete=False)
         self._proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                       start_new_session=True, preexec_fn=_die_with_parent)

@@ -33,7 +33,7 @@ HISTORY_KEYS = ("epoch", "loss", "lr", "momentum", "images_per_s", "epoch_s", "d
                 "pos_sim", "neg_sim_q10", "neg_sim_q50", "neg_sim_q90", "filtered_frac", "kept_negatives",
                 "false_neg_rate", "alignment", "uniformity", "images_seen", "ratio", "threshold",
                 "final_val_knn_top1", "test_knn_top1", "linear_top1", "time_total_s", "node_id", "world_size",
-                "diverged")
+                "diverged", "startup_ray_s", "startup_setup_s")
 
 
 def now() -> str:
