@@ -198,6 +198,7 @@ class TreeMemory:
         self.peak_total_pss_kib = 0
         self.peak_total_rss_kib = 0
         self.peak_total_anon_kib = 0
+        self.pss_by_role_at_peak: dict[str, float] = {}  # KiB of each role in the sample with the largest total PSS
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -213,6 +214,7 @@ class TreeMemory:
     def _loop(self) -> None:
         while not self._stop.is_set():
             total_pss = total_rss = total_anon = 0
+            by_role: dict[str, float] = {}
             for pid in process_tree(self.root_pid):
                 hwm, rss, pss = _status_kib(pid, "VmHWM"), _status_kib(pid, "VmRSS"), _pss_kib(pid)
                 if hwm is None:
@@ -224,7 +226,10 @@ class TreeMemory:
                 entry["peak_rss_kib"] = max(entry["peak_rss_kib"], hwm)
                 total_rss += rss or 0
                 total_pss += pss or rss or 0
+                by_role[entry["role"]] = by_role.get(entry["role"], 0) + (pss or rss or 0)
                 total_anon += _status_kib(pid, "RssAnon") or 0
+            if total_pss > self.peak_total_pss_kib:
+                self.pss_by_role_at_peak = by_role
             self.peak_total_pss_kib = max(self.peak_total_pss_kib, total_pss)
             self.peak_total_rss_kib = max(self.peak_total_rss_kib, total_rss)
             self.peak_total_anon_kib = max(self.peak_total_anon_kib, total_anon)
@@ -239,6 +244,7 @@ class TreeMemory:
                 "peak_total_pss_mib": self.peak_total_pss_kib / 1024,
                 "peak_total_rss_mib": self.peak_total_rss_kib / 1024,
                 "peak_total_anon_mib": self.peak_total_anon_kib / 1024,
+                "pss_mib_by_role_at_peak": {role: kib / 1024 for role, kib in sorted(self.pss_by_role_at_peak.items())},
                 "peak_rss_mib_by_role": {role: {**stats(v), "count": len(v)} for role, v in sorted(by_role.items())}}
 
 

@@ -8,7 +8,9 @@ per-trial ``result.json``:
 - share of trial time: inside-epochs / sum over trials of the trial's ``time_total_s`` at its last report;
 - share of study time: inside-epochs / (study wall time x trials at once), i.e. of the trial slots the study held;
 - start-up per trial: time of the first report minus its epoch's ``epoch_s`` minus the between-epoch time (monitor
-  kNN, checkpoint, report) measured on the trial's later epochs; the raw "first report - first epoch" is kept too.
+  kNN, checkpoint, report) measured on the trial's later epochs; the raw "first report - first epoch" is kept too;
+- its parts reported by the worker: ``startup_ray_s`` (TorchTrainer created -> training function runs: controller,
+  placement group, worker process, process group) and ``startup_setup_s`` (config, data, model, resume).
 
 Goal: >= 85 % of the study's time inside epochs for the default study (full mode). When it runs its own study, the
 study's process tree is sampled for memory as in bench/efficiency.py (reported by bench/memory.py).
@@ -57,6 +59,9 @@ def analyse(run_dir: Path, study_wall_s: float) -> dict[str, Any]:
         "first_report_minus_epoch_s": stats(t["first_report_minus_epoch_s"] for t in trials),
         "between_epochs_s": stats(t["between_epochs_s"] for t in trials),
         "epoch_s": stats(e.get("epoch_s") for e in events),
+        # where a trial's start-up goes (first report of each worker process; see moco/train.py)
+        "startup_ray_s": stats(e.get("startup_ray_s") for e in events),
+        "startup_setup_s": stats(e.get("startup_setup_s") for e in events),
         "goal": f">= {GOAL_SHARE:.0%} of the study's time inside training epochs (default study)",
         "goal_met": bool(share_study is not None and share_study >= GOAL_SHARE),
         "per_trial": trials,

@@ -200,6 +200,9 @@ def _overhead(r: dict, figs: Path) -> list[str]:
            f"| per-trial share: min / median / max | {_s(r['per_trial_share'], 3)} |",
            f"| start-up per trial (s) | {_s(r['startup_s_per_trial'], 1)} |",
            f"| first report minus its epoch (s) | {_s(r['first_report_minus_epoch_s'], 1)} |",
+           *([f"| of which Ray: trainer created -> training function runs (s) | {_s(r['startup_ray_s'], 1)} |",
+              f"| of which setup: config, data, model, resume (s) | {_s(r['startup_setup_s'], 2)} |"]
+             if (r.get("startup_ray_s") or {}).get("n") else []),
            f"| between epochs: monitor, checkpoint, report (s) | {_s(r['between_epochs_s'], 2)} |",
            f"| one training epoch (s) | {_s(r['epoch_s'], 2)} |", "",
            _goal(r["goal_met"], ">= 85 % of the study's time inside training epochs")
@@ -299,7 +302,7 @@ def _longrun(r: dict, figs: Path) -> list[str]:
            f"threads), each length its own run and schedule; weighted kNN (k = 200, t = 0.1) on the full "
            "validation and test sets with every labeled training image as the bank, and a linear probe "
            f"({r['probe_epochs']} epochs) on the same frozen features. Raw pixels use the same protocol."
-           + (" **Partial result: the run was interrupted.**" if r.get("partial") else ""), "",
+           + (" **Partial result: the run was interrupted or is still running.**" if r.get("partial") else ""), "",
            "| features | val kNN | test kNN | linear probe (test) | training time |", "|---|---|---|---|---|"]
     for name, row in r["runs"].items():
         out.append(f"| MoCo v2, {name} | {_f(row['val_knn'])} | {_f(row['test_knn'])} | {_f(row['linear_probe'])} "
@@ -319,6 +322,10 @@ def _memory(r: dict, figs: Path) -> list[str]:
                 "| role | processes | peak RSS (MiB): min / **median** / max |", "|---|---|---|"]
         for role, s in st["peak_rss_mib_by_role"].items():
             out.append(f"| {role} | {s['count']} | {_s(s, 0)} |")
+        at_peak = st.get("pss_mib_by_role_at_peak")
+        if at_peak:
+            out += ["", "At the moment of the peak, PSS by role (MiB): " + ", ".join(
+                f"{role} {mib:.0f}" for role, mib in sorted(at_peak.items(), key=lambda kv: -kv[1])) + "."]
         if "peak_total_anon_mib" not in st:
             out += ["", "*This result predates the role fix: Ray workers first sampled before they set their process "
                     "title were counted as `raylet`; the per-process peaks and the totals are unaffected.*"]
