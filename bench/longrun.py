@@ -7,7 +7,7 @@ the bank (``Engine.final_evaluation``), and a linear probe on the same frozen fe
 protocol and bank, uncentred and centred on the bank's mean. Every epoch prints a progress line; the result file
 is rewritten after each finished run, so a long run that is interrupted keeps the runs already done.
 
-Quick mode: 1 and 2 epochs on a 4096-image subset (a smoke test of the path, not a quality figure).
+Quick mode: 1 and 2 epochs on a 4096-image subset and 5-epoch probes (a smoke test of the path, not a quality figure).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ CONFIG = ROOT / "configs" / "fashion_mnist.yaml"
 PROBE_EPOCHS = 20
 
 
-def raw_pixel_baselines(cfg) -> dict[str, dict[str, float]]:
+def raw_pixel_baselines(cfg, probe_epochs: int) -> dict[str, dict[str, float]]:
     """kNN of raw pixels with the protocol of ``Engine.final_evaluation`` (bank: every labeled training image)."""
     from bench.quality import _raw
     from moco.data import load_dataset
@@ -40,7 +40,7 @@ def raw_pixel_baselines(cfg) -> dict[str, dict[str, float]]:
                                           data.num_classes, k=cfg.knn_k, t=cfg.knn_t)
                for name, split in (("val", data.val), ("test", data.test))}
         row["linear_probe"] = linear_probe(feats, bank.labels, _raw(data.test.images, mean), data.test.labels,
-                                           data.num_classes, epochs=PROBE_EPOCHS)
+                                           data.num_classes, epochs=probe_epochs)
         out[f"raw pixels, {'centred' if centred else 'uncentred'}"] = row
     return out
 
@@ -55,7 +55,7 @@ def train_run(cfg, log: Callable[[str], None] = print) -> dict[str, Any]:
     history = []
     for _ in range(cfg.epochs):
         row = engine.train_epoch()
-        history.append({k: row[k] for k in ("epoch", "loss", "images_per_s", "epoch_s") if k in row})
+        history.append({k: row[k] for k in ("epoch", "loss", "images_per_s", "epoch_s", "data_share") if k in row})
         log(f"[longrun] {cfg.epochs}-epoch run: epoch {row.get('epoch')} loss {row['loss']:.4f} "
             f"{row['images_per_s']:.0f} img/s ({time.perf_counter() - start:.0f} s, load {loadavg()})")
     train_s = time.perf_counter() - start
@@ -72,15 +72,16 @@ def run(quick: bool, workdir: Path | None = None, context: dict[str, Any] | None
 
     lengths = (1, 2) if quick else (10, 50)
     overrides = {"train_subset": 4096} if quick else {}
+    probe_epochs = 5 if quick else PROBE_EPOCHS
     base = TrainConfig.from_yaml(CONFIG, overrides)
     out: dict[str, Any] = {"config": str(CONFIG.relative_to(ROOT)), "overrides": overrides, "seed": base.seed,
-                           "torch_threads": torch.get_num_threads(), "probe_epochs": PROBE_EPOCHS,
-                           "raw_pixels": raw_pixel_baselines(base), "runs": {}}
+                           "torch_threads": torch.get_num_threads(), "probe_epochs": probe_epochs,
+                           "raw_pixels": raw_pixel_baselines(base, probe_epochs), "runs": {}}
     for epochs in lengths:
         if save:
             save(dict(out, partial=True))
         out["runs"][f"{epochs} epochs"] = train_run(base.replace(epochs=epochs, linear_probe=True,
-                                                                 probe_epochs=PROBE_EPOCHS))
+                                                                 probe_epochs=probe_epochs))
     best_raw = max(row["test_knn"] for row in out["raw_pixels"].values())
     out["beats_raw_pixels"] = {name: bool(row["test_knn"] > best_raw) for name, row in out["runs"].items()}
     return out
