@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import torchvision
 from torch import Tensor, nn
 
 __all__ = ["BACKBONES", "NORMS", "build_backbone", "norm_layer", "ConvNet"]
@@ -58,6 +57,8 @@ class ConvNet(nn.Module):
 
 
 def _resnet(name: str, in_channels: int, cifar_stem: bool, norm: str) -> tuple[nn.Module, int]:
+    import torchvision  # here: importing it costs every process ~125 MB, and the ConvNet does not need it
+
     net = getattr(torchvision.models, name)(weights=None, norm_layer=norm_layer(norm))
     if cifar_stem:
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)

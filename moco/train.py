@@ -159,6 +159,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{epoch:04d}")
         if dist_info.rank == 0:
             print(progress_line(metrics, cfg.epochs), flush=True)
+        release_free_memory()
+
+
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the OS (glibc keeps ~200 MB of an epoch's freed CPU tensors otherwise;
+    with several trials per machine that adds up). A no-op where glibc's ``malloc_trim`` is not available."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _node_id() -> str:
