@@ -56,14 +56,18 @@ def extract_features(fn: Callable[[Tensor], Tensor], data: Tensor | Iterable, *,
     return torch.cat(out)
 
 
+_KNN_CHUNK_ELEMENTS = 1 << 24  # at most 16M similarities (64 MB in float32) per test batch
+
+
 @torch.no_grad()
 def knn_predict(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, num_classes: int, k: int = 200,
-                t: float = 0.1, *, batch_size: int = 1024) -> Tensor:
+                t: float = 0.1, *, batch_size: int | None = None) -> Tensor:
     """Weighted kNN (InstDisc / MoCo demo): cosine similarity, the k nearest training features vote with exp(s / t).
 
     score[c] = sum_{i in top-k} exp(s_i / t) * [y_i = c]; prediction = argmax_c score. Features [N, F] / [M, F] are
-    L2-normalised here; computed in test batches of ``batch_size`` ([batch, N] similarities at a time), on the
-    device of ``test_feats``. Returns predicted labels [M] (long).
+    L2-normalised here; computed in test batches of ``batch_size`` ([batch, N] similarities at a time; by default as
+    many rows as keep that matrix under 16M entries, so a 55k bank takes 305 queries at a time), on the device of
+    ``test_feats``. Returns predicted labels [M] (long).
     """
     if k < 1:
         raise ValueError(f"k = {k!r} is not allowed: expected an integer >= 1")
@@ -75,6 +79,7 @@ def knn_predict(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, n
     bank = F.normalize(train_feats.to(device).float(), dim=1)
     bank_labels = train_labels.to(device).long()
     k = min(k, bank.shape[0])
+    batch_size = batch_size or max(1, min(1024, _KNN_CHUNK_ELEMENTS // max(1, bank.shape[0])))
     preds = []
     for chunk in F.normalize(test_feats.float(), dim=1).split(batch_size):
         sim, idx = (chunk @ bank.t()).topk(k, dim=1)
@@ -90,7 +95,7 @@ def _percent(pred: Tensor, labels: Tensor) -> float:
 
 
 def knn_accuracy(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor,
-                 num_classes: int, k: int = 200, t: float = 0.1, *, batch_size: int = 1024) -> float:
+                 num_classes: int, k: int = 200, t: float = 0.1, *, batch_size: int | None = None) -> float:
     """Top-1 accuracy of :func:`knn_predict`, in percent (0-100)."""
     return _percent(knn_predict(train_feats, train_labels, test_feats, num_classes, k, t, batch_size=batch_size),
                     test_labels)
