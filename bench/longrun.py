@@ -13,7 +13,6 @@ Quick mode: 1 and 2 epochs on a 4096-image subset and 5-epoch probes (a smoke te
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -25,24 +24,14 @@ PROBE_EPOCHS = 20
 
 
 def raw_pixel_baselines(cfg, probe_epochs: int) -> dict[str, dict[str, float]]:
-    """kNN of raw pixels with the protocol of ``Engine.final_evaluation`` (bank: every labeled training image)."""
-    from bench.quality import _raw
+    """Raw pixels with the protocol of ``Engine.final_evaluation`` (bank: every labeled training image), probe too."""
+    from bench.quality import raw_pixel_row
     from moco.data import load_dataset
-    from moco.evaluate import knn_accuracy, linear_probe
 
     data = load_dataset(cfg)
-    bank = data.labeled_train
-    out = {}
-    for centred in (False, True):
-        mean = (bank.images.reshape(len(bank.images), -1).float() / 255.0).mean(0) if centred else None
-        feats = _raw(bank.images, mean)
-        row = {f"{name}_knn": knn_accuracy(feats, bank.labels, _raw(split.images, mean), split.labels,
-                                          data.num_classes, k=cfg.knn_k, t=cfg.knn_t)
-               for name, split in (("val", data.val), ("test", data.test))}
-        row["linear_probe"] = linear_probe(feats, bank.labels, _raw(data.test.images, mean), data.test.labels,
-                                           data.num_classes, epochs=probe_epochs)
-        out[f"raw pixels, {'centred' if centred else 'uncentred'}"] = row
-    return out
+    return {f"raw pixels, {'centred' if centred else 'uncentred'}": raw_pixel_row(data.labeled_train, data, cfg,
+                                                                               centred, probe_epochs)
+            for centred in (False, True)}
 
 
 def train_run(cfg, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -65,8 +54,7 @@ def train_run(cfg, log: Callable[[str], None] = print) -> dict[str, Any]:
             "history": history, "load_after": loadavg()}
 
 
-def run(quick: bool, workdir: Path | None = None, context: dict[str, Any] | None = None,
-        save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def run(quick: bool, save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Both runs and the raw-pixel rows; ``save(partial_result)`` is called after each step that finished."""
     from moco.config import TrainConfig
 

@@ -64,23 +64,29 @@ def _raw(images: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
     return F.normalize(x, dim=1)
 
 
-def raw_pixels(dataset, full_train, cfg, probe_epochs: int) -> dict[str, Any]:
+def raw_pixel_row(bank, dataset, cfg, centred: bool, probe_epochs: int | None = None) -> dict[str, float]:
+    """Validation and test kNN of raw pixels (normalised, optionally centred on ``bank``'s mean) against ``bank``;
+    with ``probe_epochs``, also the test accuracy of a linear probe trained on ``bank``."""
     from moco.evaluate import knn_accuracy, linear_probe
 
+    mean = (bank.images.reshape(len(bank.images), -1).float() / 255.0).mean(0) if centred else None
+    feats = _raw(bank.images, mean)
+    row = {f"{name}_knn": knn_accuracy(feats, bank.labels, _raw(split.images, mean), split.labels,
+                                      dataset.num_classes, k=cfg.knn_k, t=cfg.knn_t)
+           for name, split in (("val", dataset.val), ("test", dataset.test))}
+    if probe_epochs:
+        row["linear_probe"] = linear_probe(feats, bank.labels, _raw(dataset.test.images, mean), dataset.test.labels,
+                                           dataset.num_classes, epochs=probe_epochs)
+    return row
+
+
+def raw_pixels(dataset, full_train, cfg, probe_epochs: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    banks = {"run bank": dataset.train, "full 55k bank": full_train}
-    for bank_name, bank in banks.items():
+    for bank_name, bank in {"run bank": dataset.train, "full 55k bank": full_train}.items():
         for centred in (False, True):
-            mean = (bank.images.reshape(len(bank.images), -1).float() / 255.0).mean(0) if centred else None
-            feats = _raw(bank.images, mean)
-            row = {}
-            for split_name, split in (("val", dataset.val), ("test", dataset.test)):
-                row[f"{split_name}_knn"] = knn_accuracy(feats, bank.labels, _raw(split.images, mean), split.labels,
-                                                        dataset.num_classes, k=cfg.knn_k, t=cfg.knn_t)
-            if bank_name == "run bank" and centred:
-                row["linear_probe"] = linear_probe(feats, bank.labels, _raw(dataset.test.images, mean),
-                                                   dataset.test.labels, dataset.num_classes, epochs=probe_epochs)
-            out[f"raw pixels, {'centred' if centred else 'uncentred'}, {bank_name}"] = row
+            probe = probe_epochs if bank_name == "run bank" and centred else None
+            out[f"raw pixels, {'centred' if centred else 'uncentred'}, {bank_name}"] = raw_pixel_row(
+                bank, dataset, cfg, centred, probe)
     return out
 
 
