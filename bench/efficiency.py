@@ -16,10 +16,11 @@ bench/overhead.py (Ray overhead) and bench/quality.py (best configuration found)
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bench.common import run_study, stats, tune_events, write_space
 
@@ -64,29 +65,37 @@ def compute_to_target(points: list[dict[str, float]], target: float) -> dict[str
     return {"reached": False, "trial_epochs": last["trial_epochs"], "wall_s": last["wall_s"]}
 
 
-def run(quick: bool, workdir: Path, context: dict[str, Any] | None = None) -> dict[str, Any]:
-    cfg = settings(quick)
-    workdir = Path(workdir) / "efficiency"
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    studies: dict[str, list[dict[str, Any]]] = {name: [] for name in SEARCHERS}
-    for rep in range(cfg["repetitions"]):  # interleave searchers so load drift hits all alike
-        for name, study in SEARCHERS.items():
-            space = write_space(workdir / f"{name}.yaml", {**study, **cfg["study"], "seed": rep,
-                                                            "num_samples": cfg["num_samples"]})
-            record = run_study(space, workdir / "runs", f"{name}-seed{rep}", overrides=cfg["overrides"],
-                               sample_memory=(name == "tpe_asha" and rep == 0))
-            events = tune_events(Path(record["run_dir"]))
-            record.update(seed=rep, points=curve(events, record["started_unix"]), reports=len(events),
-                          best=max((e["val_knn_top1"] for e in events if not e.get("diverged")
-                                    and isinstance(e.get("val_knn_top1"), (int, float))), default=None))
-            studies[name].append(record)
-    best = max(r["best"] for runs in studies.values() for r in runs if r["best"] is not None)
-    target = best - TOLERANCE
+def setup(quick: bool) -> dict[str, Any]:
+    """What a study of this benchmark depends on; a saved study is reused only under an equal setup."""
+    base = settings(quick)
+    return {"space": "configs/hardneg.yaml (base + search; study section per searcher)",
+            "overrides": base["overrides"], "num_samples": base["num_samples"],
+            "repetitions": base["repetitions"], "searchers": SEARCHERS, "study_extra": base["study"],
+            "metric": "val_knn_top1 (per-epoch validation monitor)", "tolerance_points": TOLERANCE}
+
+
+def reusable_studies(previous: dict[str, Any] | None, quick: bool) -> dict[str, list[dict[str, Any]]]:
+    """The finished studies of an interrupted run (``previous``: its partial result) that this run may keep.
+
+    Only a result with the same setup qualifies; the caller checks that the training code is unchanged."""
+    if not previous or previous.get("setup") != json.loads(json.dumps(setup(quick))):
+        return {}
+    return {name: [r for r in previous.get("studies", {}).get(name, []) if "points" in r] for name in SEARCHERS}
+
+
+def summarize(studies: dict[str, list[dict[str, Any]]], quick: bool) -> dict[str, Any]:
+    """Target, compute-to-target per study and per searcher, and the goal, over the studies finished so far."""
+    cfg = setup(quick)
+    planned = cfg["repetitions"] * len(SEARCHERS)
+    done = sum(len(runs) for runs in studies.values())
+    bests = [r["best"] for runs in studies.values() for r in runs if r["best"] is not None]
+    best = max(bests) if bests else None
+    target = None if best is None else best - TOLERANCE
     summary = {}
     for name, runs in studies.items():
         for r in runs:
-            r["to_target"] = compute_to_target(r["points"], target)
+            r["to_target"] = (compute_to_target(r["points"], target) if target is not None
+                              else {"reached": False, "trial_epochs": None, "wall_s": None})
         summary[name] = {
             "reached": sum(r["to_target"]["reached"] for r in runs), "repetitions": len(runs),
             "trial_epochs_to_target": stats(r["to_target"]["trial_epochs"] for r in runs),
@@ -96,21 +105,57 @@ def run(quick: bool, workdir: Path, context: dict[str, Any] | None = None) -> di
             "best_val_knn": stats(r["best"] for r in runs),
         }
     tpe, rnd = summary["tpe_asha"], summary["random"]
-    ratio = tpe["trial_epochs_to_target"]["median"] / rnd["trial_epochs_to_target"]["median"]
-    wall_ratio = (tpe["wall_s_to_target"]["median"] / rnd["wall_s_to_target"]["median"]
-                  if rnd["wall_s_to_target"]["median"] else None)
-    base = settings(quick)
+
+    def ratio(key: str) -> float | None:
+        a, b = tpe[key]["median"], rnd[key]["median"]
+        return a / b if a is not None and b else None
+
+    te_ratio = ratio("trial_epochs_to_target")
     return {
-        "setup": {"space": "configs/hardneg.yaml (base + search; study section per searcher)",
-                  "overrides": base["overrides"], "num_samples": base["num_samples"],
-                  "repetitions": base["repetitions"], "searchers": SEARCHERS, "study_extra": base["study"],
-                  "metric": "val_knn_top1 (per-epoch validation monitor)", "tolerance_points": TOLERANCE},
+        "setup": cfg, "partial": done < planned, "studies_done": done, "studies_planned": planned,
         "best_val_knn_any": best, "target": target, "summary": summary,
-        "tpe_over_random_trial_epochs": ratio, "tpe_over_random_wall": wall_ratio,
+        "tpe_over_random_trial_epochs": te_ratio, "tpe_over_random_wall": ratio("wall_s_to_target"),
         "goal": f"TPE+ASHA needs <= 1/3 of random search's trial-epochs to reach best - {TOLERANCE}",
-        "goal_met": bool(ratio <= GOAL_RATIO and tpe["reached"] == tpe["repetitions"]),
+        # judged only on the complete run: with studies missing, the target itself may still rise
+        "goal_met": (None if done < planned or te_ratio is None
+                     else bool(te_ratio <= GOAL_RATIO and tpe["reached"] == tpe["repetitions"])),
         "studies": studies,
     }
+
+
+def run(quick: bool, workdir: Path, context: dict[str, Any] | None = None,
+        save: Callable[[dict[str, Any]], None] | None = None,
+        previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run every (repetition, searcher) study not already in ``previous``; ``save`` gets the summary after each."""
+    cfg = settings(quick)
+    workdir = Path(workdir) / "efficiency"
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    kept = reusable_studies(previous, quick)
+    provenance = {"resumed_from": previous.get("resumed_from")} if kept else {}
+    studies: dict[str, list[dict[str, Any]]] = {name: [] for name in SEARCHERS}
+    for rep in range(cfg["repetitions"]):  # interleave searchers so load drift hits all alike
+        for name, study in SEARCHERS.items():
+            old = next((r for r in kept.get(name, []) if r.get("seed") == rep), None)
+            if old is not None:
+                print(f"[efficiency] {name} seed {rep}: kept from the interrupted run", flush=True)
+                studies[name].append({**old, "reused": True})
+                continue
+            print(f"[efficiency] {name} seed {rep} ...", flush=True)
+            space = write_space(workdir / f"{name}.yaml", {**study, **cfg["study"], "seed": rep,
+                                                            "num_samples": cfg["num_samples"]})
+            record = run_study(space, workdir / "runs", f"{name}-seed{rep}", overrides=cfg["overrides"],
+                               sample_memory=(name == "tpe_asha" and rep == 0))
+            events = tune_events(Path(record["run_dir"]))
+            record.update(seed=rep, points=curve(events, record["started_unix"]), reports=len(events),
+                          best=max((e["val_knn_top1"] for e in events if not e.get("diverged")
+                                    and isinstance(e.get("val_knn_top1"), (int, float))), default=None))
+            studies[name].append(record)
+            print(f"[efficiency] {name} seed {rep}: best {record['best']}, {len(events)} trial-epochs, "
+                  f"{record['wall_s']:.0f} s", flush=True)
+            if save is not None:
+                save({**summarize(studies, quick), **provenance})
+    return {**summarize(studies, quick), **provenance}
 
 
 def figure(result: dict[str, Any], path: Path) -> Path:

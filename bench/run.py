@@ -1,6 +1,7 @@
 """Run the benchmark suite and write ``docs/benchmarks.md`` with its figures.
 
     python bench/run.py [--quick] [--only NAME[,NAME]] [--results-dir DIR] [--docs FILE] [--render-only]
+                     [--resume]
 
 Benchmarks (in this order; each writes ``<results-dir>/<name>.json``):
 
@@ -15,13 +16,16 @@ Benchmarks (in this order; each writes ``<results-dir>/<name>.json``):
 
 ``--quick`` scales everything down to finish in about ten minutes on a 2-core CPU; the full run takes hours. The
 page is rebuilt from every result file present, and every table says which mode and command produced it, so
-``--only`` refreshes some results and keeps the others.
+``--only`` refreshes some results and keeps the others. The efficiency benchmark (nine default-size studies, about
+3.5 h here) saves its result after every study; ``--resume`` continues an interrupted run from that file, keeping its
+finished studies when the code they ran is unchanged and committed.
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,14 +36,50 @@ from typing import Any, Callable
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DOCS, RESULTS_DIR, environment, loadavg, now, read_json, write_json  # noqa: E402
+from bench.common import DOCS, RESULTS_DIR, ROOT, environment, loadavg, now, read_json, write_json  # noqa: E402
 
 BENCHMARKS = ("step", "augment", "efficiency", "overhead", "scaling", "quality", "memory", "longrun")
+RESUMABLE = {"efficiency": ("moco", "study", "configs", "bench/efficiency.py", "bench/common.py")}  # name -> code
+
+
+def code_committed(name: str) -> bool:
+    """Whether the code benchmark ``name`` runs has no uncommitted changes (the condition for resuming it later)."""
+    out = subprocess.run(["git", "status", "--porcelain", "--", *RESUMABLE[name]], cwd=ROOT, capture_output=True,
+                         text=True)
+    return out.returncode == 0 and not out.stdout.strip()
+
+
+def previous_partial(name: str, doc: dict[str, Any] | None, mode: str) -> dict[str, Any] | None:
+    """The partial result of an interrupted run of ``name`` to continue from, or None (printing why not).
+
+    Kept only if it was run in the same mode by a commit whose code that the benchmark runs (``RESUMABLE[name]``)
+    equals the working tree's, so resumed and new studies measure the same thing."""
+    if name not in RESUMABLE or not doc or not (doc.get("result") or {}).get("partial"):
+        return None
+    commit = (doc.get("git") or {}).get("commit")
+    why = None
+    if doc.get("mode") != mode:
+        why = f"it was a {doc.get('mode')} run"
+    elif not commit or not doc.get("code_committed"):
+        why = "its code was not all committed when it ran"
+    else:
+        diff = subprocess.run(["git", "diff", "--quiet", commit, "--", *RESUMABLE[name]], cwd=ROOT)
+        if diff.returncode != 0 or not code_committed(name):
+            why = f"the code it ran ({', '.join(RESUMABLE[name])}) changed since commit {commit[:10]}"
+    if why:
+        print(f"[bench] {name}: not resuming the interrupted run: {why}", flush=True)
+        return None
+    result = doc["result"]
+    result["resumed_from"] = {"date": doc.get("date"), "command": doc.get("command"), "commit": commit}
+    print(f"[bench] {name}: resuming the interrupted run of {doc.get('date')} (commit {commit[:10]}, "
+          f"{result.get('studies_done')} of {result.get('studies_planned')} studies done)", flush=True)
+    return result
 
 
 def run_one(name: str, quick: bool, workdir: Path, context: dict[str, Any], results_dir: Path,
-            save_partial: Callable[[Any], None] | None = None) -> Any:
-    """Run benchmark ``name``; long ones call ``save_partial(result so far)`` so an interruption keeps finished parts."""
+            save_partial: Callable[[Any], None] | None = None, previous: dict[str, Any] | None = None) -> Any:
+    """Run benchmark ``name``; long ones call ``save_partial(result so far)`` so an interruption keeps finished parts,
+    and the efficiency benchmark continues from ``previous`` (the partial result of an interrupted run)."""
     if name == "step":
         from bench import step
 
@@ -56,6 +96,10 @@ def run_one(name: str, quick: bool, workdir: Path, context: dict[str, Any], resu
         from bench import longrun
 
         return longrun.run(quick, save=save_partial)
+    if name == "efficiency":
+        from bench import efficiency
+
+        return efficiency.run(quick, workdir, context, save=save_partial, previous=previous)
     module = __import__(f"bench.{name}", fromlist=["run"])
     return module.run(quick, workdir, context)
 
@@ -181,11 +225,20 @@ def _efficiency(r: dict, figs: Path) -> list[str]:
                    f"{_s(sm['wall_s_to_target'], 0)} | {_s(sm['total_trial_epochs'], 0)} | "
                    f"{_s(sm['study_wall_s'], 0)} | {_s(sm['best_val_knn'])} |")
     ratio = r["tpe_over_random_trial_epochs"]
+    missed_by = f" ({ratio / (1 / 3):.1f}x the allowed compute)" if r["goal_met"] is False and ratio else ""
     out += ["", "A study that never reached the target counts its whole budget (a lower bound).", "",
             f"TPE + ASHA / random, trial-epochs to target (medians): {_f(ratio, 2)}; wall time: "
-            f"{_f(r.get('tpe_over_random_wall'), 2)}. " + _goal(r["goal_met"], "<= 1/3 (0.33)")
-            + ("" if r["goal_met"] else f" ({ratio / (1 / 3):.1f}x the allowed compute)"), "",
-            f"![best-so-far vs compute](figures/{fig.name})", ""]
+            f"{_f(r.get('tpe_over_random_wall'), 2)}. " + _goal(r["goal_met"], "<= 1/3 (0.33)") + missed_by, ""]
+    if r.get("partial"):
+        out += [f"**Partial run: {r['studies_done']} of {r['studies_planned']} studies finished** (the run was "
+                "stopped; `python bench/run.py --only efficiency --resume` runs the rest and keeps these). The goal "
+                "is judged on the complete run only: a later study may still raise the target.", ""]
+    if r.get("resumed_from"):
+        src = r["resumed_from"]
+        kept = [f"{name} seed {x['seed']}" for name, runs in r["studies"].items() for x in runs if x.get("reused")]
+        out += [f"Kept from the interrupted run of {src.get('date')} (commit {str(src.get('commit'))[:10]}, same "
+                f"benchmark code and setup): {', '.join(kept) or 'none'}.", ""]
+    out += [f"![best-so-far vs compute](figures/{fig.name})", ""]
     return out
 
 
@@ -449,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--docs", type=Path, default=DOCS, help="the page to write (figures go to its figures/ folder)")
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder for studies (default: a temp dir)")
     p.add_argument("--render-only", action="store_true", help="rebuild the page from existing results only")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted efficiency benchmark: keep the studies its result file holds")
     args = p.parse_args(argv)
     names = list(BENCHMARKS) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHMARKS]
@@ -466,9 +521,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench] {name} ({'quick' if args.quick else 'full'}) ...", flush=True)
             doc = {"benchmark": name, "mode": "quick" if args.quick else "full", "command": command, "date": now(),
                    **env, "load_before": loadavg()}
+            previous = (previous_partial(name, read_json(args.results_dir / f"{name}.json"), doc["mode"])
+                        if args.resume else None)
+            if name in RESUMABLE:
+                doc["code_committed"] = code_committed(name)
+            if previous is not None:
+                doc["resumed_from"] = previous["resumed_from"]
             start = time.perf_counter()
             try:
-                result = run_one(name, args.quick, workdir, context, args.results_dir,
+                result = run_one(name, args.quick, workdir, context, args.results_dir, previous=previous,
                                  save_partial=lambda partial, doc=doc, name=name: write_json(
                                      args.results_dir / f"{name}.json", {**doc, "result": partial}))
                 if isinstance(result, dict):

@@ -47,3 +47,77 @@ def test_quick_memory_benchmark_writes_result_and_page(tmp_path):
     assert "*Not run yet: `python bench/run.py --only efficiency`.*" in page  # other benchmarks: placeholders
     if before is not None:
         assert committed.stat().st_mtime == before
+
+
+def _study(seed: int, bests: list[float]) -> dict:
+    """A finished study record as bench/efficiency.py keeps it: best-so-far after each trial-epoch."""
+    points, best = [], float("-inf")
+    for i, value in enumerate(bests, 1):
+        best = max(best, value)
+        points.append({"trial_epochs": i, "wall_s": 10.0 * i, "best": best})
+    return {"seed": seed, "points": points, "best": best, "wall_s": 10.0 * len(bests), "reports": len(bests)}
+
+
+def test_efficiency_summary_of_a_partial_run_defers_the_goal(tmp_path):
+    from bench import efficiency
+
+    studies = {"tpe_asha": [_study(0, [60, 70, 80])], "random": [_study(0, [50, 60, 70, 79.6, 81])], "grid": []}
+    partial = efficiency.summarize(studies, quick=False)
+    assert partial["partial"] and partial["studies_done"] == 2 and partial["studies_planned"] == 9
+    assert partial["target"] == pytest.approx(80.5)
+    assert partial["summary"]["random"]["trial_epochs_to_target"]["median"] == 5
+    assert partial["summary"]["tpe_asha"]["reached"] == 0  # 80 < 80.5: counted at its whole budget, 3
+    assert partial["tpe_over_random_trial_epochs"] == pytest.approx(3 / 5)
+    assert partial["goal_met"] is None  # judged on the complete run only
+
+    from bench import run  # the page shows the partial result as such
+    from bench.common import write_json
+
+    write_json(tmp_path / "results" / "efficiency.json", {"mode": "full", "command": "c", "date": "d", "result": partial})
+    page = run.write_page(tmp_path / "results", tmp_path / "docs" / "benchmarks.md").read_text()
+    assert "**Partial run: 2 of 9 studies finished**" in page and "not evaluated" in page
+    assert (tmp_path / "docs" / "figures" / "efficiency.png").is_file()
+
+    done = {name: [_study(s, [70, 81]) for s in range(3)] for name in efficiency.SEARCHERS}
+    done["random"] = [_study(s, [60, 65, 70, 75, 81]) for s in range(3)]
+    complete = efficiency.summarize(done, quick=False)
+    assert not complete["partial"]
+    assert complete["tpe_over_random_trial_epochs"] == pytest.approx(2 / 5) and complete["goal_met"] is False
+
+
+def test_efficiency_resume_keeps_only_studies_of_the_same_setup(monkeypatch, tmp_path):
+    from bench import efficiency
+
+    previous = efficiency.summarize({"tpe_asha": [_study(0, [70])], "random": [], "grid": []}, quick=False)
+    previous = json.loads(json.dumps(previous))  # as read back from the result file
+    assert [r["seed"] for r in efficiency.reusable_studies(previous, quick=False)["tpe_asha"]] == [0]
+    assert efficiency.reusable_studies(previous, quick=True) == {}  # another setup: nothing kept
+    assert efficiency.reusable_studies(None, quick=False) == {}
+
+    ran = []
+
+    def fake_study(space, storage, name, **kwargs):  # no Ray: record which studies would run
+        ran.append(name)
+        raise KeyboardInterrupt  # stop at the first study that is not kept
+
+    monkeypatch.setattr(efficiency, "run_study", fake_study)
+    with pytest.raises(KeyboardInterrupt):
+        efficiency.run(False, tmp_path, previous=previous)
+    assert ran == ["random-seed0"]  # tpe_asha seed 0 was kept
+
+
+def test_bench_resume_refuses_changed_or_uncommitted_code():
+    from bench import run
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    doc = {"mode": "full", "date": "d", "command": "c", "git": {"commit": head}, "code_committed": True,
+           "result": {"partial": True, "studies_done": 1, "studies_planned": 9}}
+    assert run.previous_partial("efficiency", {**doc, "result": {"partial": False}}, "full") is None
+    assert run.previous_partial("efficiency", doc, "quick") is None
+    assert run.previous_partial("efficiency", {**doc, "code_committed": False}, "full") is None
+    assert run.previous_partial("quality", doc, "full") is None  # not a resumable benchmark
+    first = subprocess.run(["git", "rev-list", "--max-parents=0", "HEAD"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.split()[0]
+    assert run.previous_partial("efficiency", {**doc, "git": {"commit": first}}, "full") is None  # code changed since
+    if run.code_committed("efficiency") and head:
+        assert run.previous_partial("efficiency", dict(doc), "full")["studies_done"] == 1
