@@ -58,6 +58,7 @@ def _worker(rank, port, out_dir):
         shuffled(*(t[rank * 4:(rank + 1) * 4] for t in _global_batch(0)))
         torch.save({"state": model.state_dict(), "shuffle_queue": shuffled.queue.state_dict()},
                    os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it (seen once as a SIGABRT)
     finally:
         dist.destroy_process_group()
 
