@@ -35,7 +35,8 @@ GOAL_RATIO = 1 / 3
 
 def settings(quick: bool) -> dict[str, Any]:
     if quick:  # tiny: Fashion-MNIST, 2000 training images, 3 epochs, 4 trials, 1 repetition
-        return {"num_samples": 4, "repetitions": 1, "study": {"grace_period": 1},
+        # two 1-CPU trials at once (quicker here, and bench/scaling.py reuses the random study as its 2-at-once point)
+        return {"num_samples": 4, "repetitions": 1, "study": {"grace_period": 1, "cpus_per_worker": 1},
                 "overrides": {"epochs": 3, "train_subset": 2000, "knn_bank_size": 2000, "knn_val_size": 1000}}
     import yaml
 

@@ -98,13 +98,15 @@ def trial_parallel(quick: bool, workdir: Path, context: dict[str, Any]) -> dict[
     cfg = efficiency.settings(quick)
     num = cfg["num_samples"] if quick else 4
     overrides = cfg["overrides"] if quick else {"epochs": 3}
-    study = {**efficiency.SEARCHERS["random"], "seed": 0, "num_samples": num}
+    # one CPU per trial, so that 2 trials fit at once on 2 cores (the default study gives each trial 2)
+    study = {**efficiency.SEARCHERS["random"], "seed": 0, "num_samples": num, "cpus_per_worker": 1}
     space = write_space(Path(workdir) / "scaling" / "random.yaml", study)
     runs: dict[str, list[float]] = {"1": [], "2": []}
     commands: dict[str, str] = {}
     eff = (context or {}).get("efficiency")
     reused = None
-    if quick and eff and eff.get("quick") and eff["studies"].get("random"):
+    if (quick and eff and eff.get("quick") and eff["studies"].get("random")
+            and eff["setup"]["study_extra"].get("cpus_per_worker") == 1):
         rec = eff["studies"]["random"][0]
         runs["2"].append(rec["wall_s"])
         commands["2"] = rec["command"]

@@ -106,7 +106,7 @@ def plan_resources(space: Space, cpus: float, gpus: float) -> dict[str, Any]:
     concurrent = min(s.max_concurrent or fits, space.num_trials)
     return {"workers_per_trial": workers, "cpus_per_worker": cpw, "gpus_per_worker": s.gpus_per_worker,
             "cpus_per_trial": per_trial_cpu, "gpus_per_trial": per_trial_gpu, "max_concurrent": max(concurrent, 1),
-            "cluster_cpus": cpus, "cluster_gpus": gpus}
+            "fit_at_once": max(fits, 1), "cluster_cpus": cpus, "cluster_gpus": gpus}
 
 
 def describe_plan(space: Space, resources: dict[str, Any], run_dir: str) -> str:
@@ -132,7 +132,10 @@ def describe_plan(space: Space, resources: dict[str, Any], run_dir: str) -> str:
               f"resources  {resources['workers_per_trial']} worker(s) x {resources['cpus_per_worker']:g} CPU"
               f"{' + ' + str(resources['gpus_per_worker']) + ' GPU' if resources['gpus_per_worker'] else ''} per "
               f"trial; {resources['max_concurrent']} trial(s) at once on {resources['cluster_cpus']:g} CPUs / "
-              f"{resources['cluster_gpus']:g} GPUs",
+              f"{resources['cluster_gpus']:g} GPUs" + (
+                  f" (only {resources['fit_at_once']} fit(s) now: the others wait for resources)"
+                  if resources.get("fit_at_once", resources["max_concurrent"]) < resources["max_concurrent"]
+                  else ""),
               f"budget     at most {space.num_trials * space.base.epochs} trial-epochs "
               f"({space.num_trials} x {space.base.epochs})"]
     return "\n".join(lines)

@@ -34,6 +34,17 @@ def test_dry_run_of_every_shipped_space(name, capsys, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_plan_says_when_fewer_trials_fit_than_requested():
+    from study.run import describe_plan, plan_resources
+
+    space = load_space(str(_write(GOOD + "  cpus_per_worker: 2\n  max_concurrent: 2\n")))
+    plan = plan_resources(space, cpus=2, gpus=0)
+    assert plan["max_concurrent"] == 2 and plan["fit_at_once"] == 1
+    assert "2 trial(s) at once on 2 CPUs / 0 GPUs (only 1 fit(s) now" in describe_plan(space, plan, "runs/x")
+    roomy = plan_resources(space, cpus=4, gpus=0)
+    assert roomy["fit_at_once"] == 2 and "fit(s) now" not in describe_plan(space, roomy, "runs/x")
+
+
 def test_good_space_loads_with_baseline_first():
     space = load_space(str(_write(GOOD)))
     assert [p.name for p in space.params] == ["temperature", "queue_size"]
