@@ -12,7 +12,8 @@ per-trial ``result.json``:
 - its parts reported by the worker: ``startup_ray_s`` (TorchTrainer created -> training function runs: controller,
   placement group, worker process, process group) and ``startup_setup_s`` (config, data, model, resume).
 
-Goal: >= 85 % of the study's time inside epochs for the default study (full mode). When it runs its own study, the
+Goal: >= 85 % of the study's time inside epochs for the default study (full mode). Where the efficiency benchmark's
+random-search study (same space and trials, no early stopping) is on disk, its share is shown beside it. When it runs its own study, the
 study's process tree is sampled for memory as in bench/efficiency.py (reported by bench/memory.py).
 """
 
@@ -68,10 +69,24 @@ def analyse(run_dir: Path, study_wall_s: float) -> dict[str, Any]:
     }
 
 
-def run(quick: bool, workdir: Path, context: dict[str, Any] | None = None) -> dict[str, Any]:
+def saved_efficiency(results_dir: Path | None, quick: bool) -> dict[str, Any] | None:
+    """The efficiency benchmark's saved result (complete or partial) of the same mode, if any."""
+    doc = read_json(Path(results_dir) / "efficiency.json") if results_dir is not None else None
+    if not doc or not doc.get("result") or doc.get("mode") != ("quick" if quick else "full"):
+        return None
+    return {**doc["result"], "quick": quick, "date": doc.get("date")}
+
+
+def run(quick: bool, workdir: Path, context: dict[str, Any] | None = None,
+        results_dir: Path | None = None) -> dict[str, Any]:
     context = context or {}
     eff = context.get("efficiency")
     source = "reused the first TPE + ASHA study of the efficiency benchmark (same invocation)"
+    if not eff:
+        eff = saved_efficiency(results_dir, quick)
+        if eff:
+            source = (f"reused the first TPE + ASHA study of the efficiency benchmark's run of {eff['date']} "
+                      "(bench/results/efficiency.json; its files still on disk)")
     if not eff or not eff.get("studies", {}).get("tpe_asha") or not Path(
             eff["studies"]["tpe_asha"][0]["run_dir"]).is_dir() or eff.get("quick") != quick:
         from bench import efficiency
@@ -89,6 +104,12 @@ def run(quick: bool, workdir: Path, context: dict[str, Any] | None = None) -> di
         record = eff["studies"]["tpe_asha"][0]
     out = analyse(Path(record["run_dir"]), record["wall_s"])
     out.update(source=source, study_command=record["command"])
+    full_length = [r for r in ((eff or {}).get("studies") or {}).get("random", []) if Path(r["run_dir"]).is_dir()]
+    if full_length:  # the same trials without early stopping: every trial runs all epochs (for comparison)
+        other = analyse(Path(full_length[0]["run_dir"]), full_length[0]["wall_s"])
+        out["without_early_stopping"] = {k: other[k] for k in ("trials", "trial_epochs", "study_wall_s",
+                                                               "share_of_study_time", "startup_s_per_trial")}
+        out["without_early_stopping"]["study_command"] = full_length[0]["command"]
     if record.get("memory"):  # bench/memory.py reports it when the efficiency benchmark did not run
         out["memory"] = record["memory"]
     return out

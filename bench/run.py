@@ -100,6 +100,10 @@ def run_one(name: str, quick: bool, workdir: Path, context: dict[str, Any], resu
         from bench import efficiency
 
         return efficiency.run(quick, workdir, context, save=save_partial, previous=previous)
+    if name == "overhead":
+        from bench import overhead
+
+        return overhead.run(quick, workdir, context, results_dir=results_dir)
     module = __import__(f"bench.{name}", fromlist=["run"])
     return module.run(quick, workdir, context)
 
@@ -258,6 +262,13 @@ def _overhead(r: dict, figs: Path) -> list[str]:
              if (r.get("startup_ray_s") or {}).get("n") else []),
            f"| between epochs: monitor, checkpoint, report (s) | {_s(r['between_epochs_s'], 2)} |",
            f"| one training epoch (s) | {_s(r['epoch_s'], 2)} |", "",
+           *([f"The same search without early stopping (random search, every trial runs all epochs; "
+              f"`{r['without_early_stopping']['study_command']}`): {r['without_early_stopping']['trials']} trials, "
+              f"{r['without_early_stopping']['trial_epochs']} trial-epochs, "
+              f"{_f(r['without_early_stopping']['study_wall_s'], 0)} s, "
+              f"**{_pct(r['without_early_stopping']['share_of_study_time'])}** inside epochs (start-up per trial "
+              f"{_s(r['without_early_stopping']['startup_s_per_trial'], 1, ' s')}).", ""]
+             if r.get("without_early_stopping") else []),
            _goal(r["goal_met"], ">= 85 % of the study's time inside training epochs")
            + ("" if r["goal_met"] or r["share_of_study_time"] is None else
               f" ({100 * (0.85 - r['share_of_study_time']):.1f} points short)")

@@ -121,3 +121,31 @@ def test_bench_resume_refuses_changed_or_uncommitted_code():
     assert run.previous_partial("efficiency", {**doc, "git": {"commit": first}}, "full") is None  # code changed since
     if run.code_committed("efficiency") and head:
         assert run.previous_partial("efficiency", dict(doc), "full")["studies_done"] == 1
+
+
+def _tune_run(run_dir: Path, trials: dict[str, int], epoch_s: float = 10.0, startup_s: float = 5.0) -> Path:
+    """A study directory as Tune writes it: one ``result.json`` line per epoch report of each trial."""
+    for trial, epochs in trials.items():
+        (run_dir / trial).mkdir(parents=True)
+        rows = [{"trial_id": trial, "epoch": e, "epoch_s": epoch_s, "time_total_s": startup_s + e * (epoch_s + 1),
+                 "timestamp": 1000 + e, "val_knn_top1": 50.0 + e} for e in range(1, epochs + 1)]
+        (run_dir / trial / "result.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return run_dir
+
+
+def test_overhead_reuses_the_saved_efficiency_studies(tmp_path):
+    from bench import overhead
+    from bench.common import write_json
+
+    tpe = _tune_run(tmp_path / "tpe", {"a": 2, "b": 4})
+    rnd = _tune_run(tmp_path / "random", {"a": 4, "b": 4})
+    studies = {"tpe_asha": [{"run_dir": str(tpe), "wall_s": 100.0, "command": "tpe"}],
+               "random": [{"run_dir": str(rnd), "wall_s": 160.0, "command": "random"}], "grid": []}
+    write_json(tmp_path / "results" / "efficiency.json", {"mode": "full", "date": "d", "result": {"studies": studies}})
+    out = overhead.run(False, tmp_path / "work", {}, results_dir=tmp_path / "results")
+    assert "bench/results/efficiency.json" in out["source"] and out["study_command"] == "tpe"
+    assert out["inside_epochs_s"] == 60 and out["share_of_study_time"] == pytest.approx(0.6)
+    assert out["startup_s_per_trial"]["median"] == pytest.approx(5.0)  # first report - epoch - between-epoch time
+    other = out["without_early_stopping"]
+    assert other["trial_epochs"] == 8 and other["share_of_study_time"] == pytest.approx(0.5)
+    assert overhead.saved_efficiency(tmp_path / "results", quick=True) is None  # another mode: not reused
