@@ -431,8 +431,9 @@ def _goals(name: str, r: dict) -> list[tuple[str, str, bool | None]]:
         return [("batched augmentation >= 5x the torchvision DataLoader",
                  f"{_f(r.get('speedup_vs_best_per_sample'))}x", r.get("goal_met"))]
     if name == "efficiency":
+        partial = f"not judged: partial run, {r['studies_done']} of {r['studies_planned']} studies"
         return [("TPE + ASHA needs <= 1/3 of random search's compute", f"{_f(r['tpe_over_random_trial_epochs'])} "
-                 "of random's trial-epochs", r["goal_met"])]
+                 "of random's trial-epochs", partial if r.get("partial") else r["goal_met"])]
     if name == "overhead":
         return [(">= 85 % of the default study's time inside training epochs", _pct(r["share_of_study_time"]),
                  r["goal_met"])]
