@@ -43,14 +43,18 @@ def stats(values: Iterable[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
 
 
-def git_commit() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
+def git(*args: str) -> tuple[int, str]:
+    """``git args`` in the repository: (exit status, stripped stdout); (-1, "") where git cannot run."""
+    try:
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return -1, ""
+    return out.returncode, out.stdout.strip()
 
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty_files": len(git("status", "--porcelain").splitlines())}
+
+def git_commit() -> dict[str, Any]:
+    dirty = git("status", "--porcelain")[1]
+    return {"commit": git("rev-parse", "HEAD")[1] or None, "dirty_files": len(dirty.splitlines())}
 
 
 def machine() -> dict[str, Any]:
@@ -98,6 +102,18 @@ def write_json(path: Path, data: Any) -> None:
 def read_json(path: Path) -> Any:
     path = Path(path)
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def saved_result(results_dir: Path | None, name: str, quick: bool | None = None) -> dict[str, Any] | None:
+    """Benchmark ``name``'s saved result (complete or partial) in ``results_dir/<name>.json``, with the file's mode as
+    ``quick`` and its ``date``; None if there is none, or (when ``quick`` is given) it ran in the other mode."""
+    doc = read_json(Path(results_dir) / f"{name}.json") if results_dir is not None else None
+    if not doc or not isinstance(doc.get("result"), dict):
+        return None
+    saved_quick = doc.get("mode") == "quick"
+    if quick is not None and saved_quick != quick:
+        return None
+    return {**doc["result"], "quick": saved_quick, "date": doc.get("date")}
 
 
 def _plain(value: Any) -> Any:

@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from bench.common import PYTHON, ROOT, read_json
+from bench.common import PYTHON, ROOT, saved_result
 
 GOAL_GIB = 4.0
 
@@ -73,9 +73,8 @@ def run(quick: bool, workdir: Path | None = None, context: dict[str, Any] | None
                   ((context or {}).get("overhead"), "the overhead benchmark's own study in this invocation")]
     if results_dir is not None:
         for name in ("efficiency", "overhead"):
-            saved = read_json(Path(results_dir) / f"{name}.json")
-            label = f"bench/results/{name}.json ({saved.get('date') if saved else ''})"
-            candidates.append((saved.get("result") if saved else None, label))
+            saved = saved_result(results_dir, name)
+            candidates.append((saved, f"bench/results/{name}.json ({saved['date'] if saved else ''})"))
     for result, source in candidates:
         if not result:
             continue

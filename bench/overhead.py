@@ -12,9 +12,10 @@ per-trial ``result.json``:
 - its parts reported by the worker: ``startup_ray_s`` (TorchTrainer created -> training function runs: controller,
   placement group, worker process, process group) and ``startup_setup_s`` (config, data, model, resume).
 
-Goal: >= 85 % of the study's time inside epochs for the default study (full mode). Where the efficiency benchmark's
-random-search study (same space and trials, no early stopping) is on disk, its share is shown beside it. When it runs its own study, the
-study's process tree is sampled for memory as in bench/efficiency.py (reported by bench/memory.py).
+Goal: >= 85 % of the study's time inside epochs for the default study (full mode). Where the efficiency
+benchmark's random-search study (same space and trials, no early stopping) is on disk, its share is shown beside it.
+When it runs its own study, the study's process tree is sampled for memory as in bench/efficiency.py (reported by
+bench/memory.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.common import read_json, stats, tune_events
+from bench.common import read_json, saved_result, stats, tune_events
 
 GOAL_SHARE = 0.85
 
@@ -69,21 +70,13 @@ def analyse(run_dir: Path, study_wall_s: float) -> dict[str, Any]:
     }
 
 
-def saved_efficiency(results_dir: Path | None, quick: bool) -> dict[str, Any] | None:
-    """The efficiency benchmark's saved result (complete or partial) of the same mode, if any."""
-    doc = read_json(Path(results_dir) / "efficiency.json") if results_dir is not None else None
-    if not doc or not doc.get("result") or doc.get("mode") != ("quick" if quick else "full"):
-        return None
-    return {**doc["result"], "quick": quick, "date": doc.get("date")}
-
-
 def run(quick: bool, workdir: Path, context: dict[str, Any] | None = None,
         results_dir: Path | None = None) -> dict[str, Any]:
     context = context or {}
     eff = context.get("efficiency")
     source = "reused the first TPE + ASHA study of the efficiency benchmark (same invocation)"
     if not eff:
-        eff = saved_efficiency(results_dir, quick)
+        eff = saved_result(results_dir, "efficiency", quick)
         if eff:
             source = (f"reused the first TPE + ASHA study of the efficiency benchmark's run of {eff['date']} "
                       "(bench/results/efficiency.json; its files still on disk)")

@@ -84,6 +84,14 @@ def test_efficiency_summary_of_a_partial_run_defers_the_goal(tmp_path):
     assert not complete["partial"]
     assert complete["tpe_over_random_trial_epochs"] == pytest.approx(2 / 5) and complete["goal_met"] is False
 
+    done["random"][0] = _study(0, [60, 65, 70, 75, 79])  # never within 0.5 of 81: counted at its whole budget
+    write_json(tmp_path / "results" / "efficiency.json",
+               {"mode": "full", "command": "c", "date": "d", "result": efficiency.summarize(done, quick=False)})
+    page = run.write_page(tmp_path / "results", tmp_path / "docs" / "benchmarks.md").read_text()
+    assert "Goal: <= 1/3 (0.333): **MISSED** (by 0.067: 1.20x the allowed compute)." in page
+    assert "Random search missed the target in 1 of 3 studies" in page  # so the ratio is an upper bound
+    assert "0.400 of random's trial-epochs (at most: random missed the target in 1 of 3 studies)" in page
+
 
 def test_efficiency_resume_keeps_only_studies_of_the_same_setup(monkeypatch, tmp_path):
     from bench import efficiency
@@ -135,7 +143,7 @@ def _tune_run(run_dir: Path, trials: dict[str, int], epoch_s: float = 10.0, star
 
 def test_overhead_reuses_the_saved_efficiency_studies(tmp_path):
     from bench import overhead
-    from bench.common import write_json
+    from bench.common import saved_result, write_json
 
     tpe = _tune_run(tmp_path / "tpe", {"a": 2, "b": 4})
     rnd = _tune_run(tmp_path / "random", {"a": 4, "b": 4})
@@ -148,4 +156,5 @@ def test_overhead_reuses_the_saved_efficiency_studies(tmp_path):
     assert out["startup_s_per_trial"]["median"] == pytest.approx(5.0)  # first report - epoch - between-epoch time
     other = out["without_early_stopping"]
     assert other["trial_epochs"] == 8 and other["share_of_study_time"] == pytest.approx(0.5)
-    assert overhead.saved_efficiency(tmp_path / "results", quick=True) is None  # another mode: not reused
+    assert saved_result(tmp_path / "results", "efficiency", quick=True) is None  # another mode: not reused
+    assert saved_result(tmp_path / "results", "efficiency")["quick"] is False  # the mode comes from the file
