@@ -92,6 +92,13 @@ def test_efficiency_summary_of_a_partial_run_defers_the_goal(tmp_path):
     assert "Random search missed the target in 1 of 3 studies" in page  # so the ratio is an upper bound
     assert "0.400 of random's trial-epochs (at most: random missed the target in 1 of 3 studies)" in page
 
+    done["random"] = [_study(s, [60, 65, 70, 75, 76, 77, 81]) for s in range(3)]  # ratio 2/7 <= 1/3, but ...
+    done["tpe_asha"][2] = _study(2, [70, 72])  # ... one TPE + ASHA study never reaches the target
+    write_json(tmp_path / "results" / "efficiency.json",
+               {"mode": "full", "command": "c", "date": "d", "result": efficiency.summarize(done, quick=False)})
+    page = run.write_page(tmp_path / "results", tmp_path / "docs" / "benchmarks.md").read_text()
+    assert "**MISSED** (TPE + ASHA reached the target in 2 of 3 studies)." in page
+
 
 def test_efficiency_resume_keeps_only_studies_of_the_same_setup(monkeypatch, tmp_path):
     from bench import efficiency
