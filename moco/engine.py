@@ -25,10 +25,8 @@ from moco.data import Dataset, eval_batches, train_batches
 from moco.evaluate import alignment, knn_accuracy, linear_probe, uniformity
 from moco.model import MoCo, build_model
 from moco.schedules import cosine_momentum, warmup_cosine_lr
+from moco.vocabulary import STEP_STATS
 
-# Step statistics averaged over an epoch and reported (see moco.model.MoCo.forward).
-STEP_STATS = ("pos_sim", "neg_sim_q10", "neg_sim_q50", "neg_sim_q90", "filtered_frac", "kept_negatives",
-              "false_neg_rate")
 
 
 class DivergedError(RuntimeError):

@@ -41,10 +41,9 @@ from moco.backbones import build_backbone
 from moco.losses import ContrastiveInfo, check_ratio, check_temperature, check_threshold, dual_view_loss
 from moco.queue import KeyQueue, gather_from_ranks
 
-__all__ = ["MoCo", "SplitBatchNorm", "build_model", "update_momentum", "BN_MODES", "STAT_NAMES"]
+__all__ = ["MoCo", "SplitBatchNorm", "build_model", "update_momentum", "BN_MODES"]
 
 BN_MODES = ("split", "shuffle", "sync", "none")
-STAT_NAMES = ("pos_sim", "neg_sim_q10", "neg_sim_q50", "neg_sim_q90", "filtered_frac", "kept_negatives")
 _QUANTILE_ROWS = 64  # stats over selected negatives use at most this many queries per term ...
 _QUANTILE_VALUES = 1 << 16  # ... and the quantiles at most this many of their similarities (strided subsample)
 
@@ -204,8 +203,8 @@ class MoCo(nn.Module):
                 threshold: float = 1.0, labels: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """One MoCo step on views [B, C, H, W] of images with ids [B] (labels [B] only for diagnostics).
 
-        Returns ``(loss, stats)``; ``stats`` maps :data:`STAT_NAMES` (and ``false_neg_rate`` when ``labels`` are
-        given) to detached 0-d tensors. The keys of the computed views are enqueued before returning.
+        Returns ``(loss, stats)``; ``stats`` maps :data:`moco.vocabulary.STEP_STATS` (``false_neg_rate`` only when
+        ``labels`` are given) to detached 0-d tensors. The keys of the computed views are enqueued before returning.
         """
         check_ratio(ratio)
         check_threshold(threshold)

@@ -25,15 +25,11 @@ from typing import Any
 
 import pandas as pd
 
+from moco.vocabulary import FINISHED, HISTORY_KEYS
 from study.space import Space
 
 STATUS_FILE = "trial_status.json"  # per trial: params, number, status, error
 RESULTS_FILE = "results.jsonl"  # one line per epoch report, appended as reports arrive
-HISTORY_KEYS = ("epoch", "loss", "lr", "momentum", "images_per_s", "epoch_s", "data_share", "val_knn_top1",
-                "pos_sim", "neg_sim_q10", "neg_sim_q50", "neg_sim_q90", "filtered_frac", "kept_negatives",
-                "false_neg_rate", "alignment", "uniformity", "images_seen", "ratio", "threshold",
-                "final_val_knn_top1", "test_knn_top1", "linear_top1", "time_total_s", "node_id", "world_size",
-                "diverged", "startup_ray_s", "startup_setup_s")
 
 
 def now() -> str:
@@ -116,7 +112,7 @@ def append_result(run_dir: Path, trial_id: str, result: dict[str, Any]) -> None:
 def finished_trials(run_dir: Path) -> dict[str, dict]:
     """Trials whose outcome is final (completed, pruned, diverged or errored)."""
     return {k: v for k, v in _read_json(run_dir / STATUS_FILE).items()
-            if v.get("status") in ("completed", "pruned", "diverged", "errored")}
+            if v.get("status") in FINISHED}
 
 
 def _read_results(run_dir: Path) -> dict[str, list[dict[str, Any]]]:

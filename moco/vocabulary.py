@@ -1,0 +1,50 @@
+"""The names that cross layers, defined once (no torch: the study driver and the analysis import this).
+
+Training reports these keys every epoch (``moco/train.py``), the study writes them to ``history.csv`` and
+``trials.csv`` (``study/results.py``), and the analysis reads them back (``analysis/``). A name used by more than one
+package lives here and is imported where it is used.
+"""
+
+from __future__ import annotations
+
+# --- budget -----------------------------------------------------------------------------------------------------------
+#: Cumulative compute of a run, in passes of the training split through the query encoder: a one-way epoch (lambda = 1)
+#: adds 1, a dual-view epoch (both views through both encoders) adds 2. For a fixed backbone and training split it is
+#: proportional to the FLOPs spent; it is the time attribute of ASHA and the x axis of best-so-far figures.
+COMPUTE = "compute"
+EPOCH = "epoch"
+
+# --- metrics ----------------------------------------------------------------------------------------------------------
+#: Per-epoch validation monitor (bounded bank and validation subset): weighted kNN and a closed-form linear probe.
+VAL_KNN = "val_knn_top1"
+VAL_PROBE = "val_probe_top1"
+MONITOR_METRICS = (VAL_KNN, VAL_PROBE)
+#: Prefix of the raw-pixel value of a monitor metric (same bank, same protocol), e.g. ``raw_val_knn_top1``.
+RAW_PREFIX = "raw_"
+#: End-of-run endpoints: full validation split (for selection) and test split (final tables only).
+FINAL_VAL_KNN = "final_val_knn_top1"
+FINAL_VAL_PROBE = "final_val_probe_top1"
+TEST_KNN = "test_knn_top1"
+TEST_LINEAR = "linear_top1"
+FINAL_METRICS = (FINAL_VAL_KNN, FINAL_VAL_PROBE, TEST_KNN, TEST_LINEAR)
+
+
+def raw_name(metric: str) -> str:
+    """The column holding the raw-pixel value of ``metric`` (``val_knn_top1`` -> ``raw_val_knn_top1``)."""
+    return RAW_PREFIX + metric
+
+
+# --- step statistics (averaged over an epoch; see moco.model.MoCo.forward) ----------------------------------------------
+STEP_STATS = ("pos_sim", "neg_sim_q10", "neg_sim_q50", "neg_sim_q90", "filtered_frac", "kept_negatives",
+              "false_neg_rate")
+
+# --- every key of an epoch report that the study keeps (history.csv columns, besides trial_id) ----------------------
+HISTORY_KEYS = (EPOCH, COMPUTE, "loss", "lr", "momentum", "images_per_s", "epoch_s", "data_share",
+                *MONITOR_METRICS, *(raw_name(m) for m in MONITOR_METRICS), *STEP_STATS,
+                "alignment", "uniformity", "images_seen", "ratio", "threshold", *FINAL_METRICS,
+                "time_total_s", "node_id", "world_size", "diverged", "startup_ray_s", "startup_setup_s")
+
+# --- trial statuses ----------------------------------------------------------------------------------------------------
+COMPLETED, PRUNED, DIVERGED, ERRORED, RUNNING, PENDING = "completed", "pruned", "diverged", "errored", "running", "pending"
+FINISHED = (COMPLETED, PRUNED, DIVERGED, ERRORED)  #: a trial's outcome is final
+STATUSES = (*FINISHED, RUNNING, PENDING)
