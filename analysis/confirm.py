@@ -171,11 +171,21 @@ def _ci(lo: float, hi: float) -> str:
     return f"[{_num(lo)}, {_num(hi)}]" if math.isfinite(lo) else "(no CI: fewer than 2 seeds)"
 
 
+def _params(text: str) -> str:
+    """confirm.csv's JSON params as ``name = value`` (numbers to 3 significant digits)."""
+    try:
+        params = json.loads(text)
+    except (TypeError, ValueError):
+        return str(text)
+    return ", ".join(f"{k} = {format(v, '.3g') if isinstance(v, float) else v}" for k, v in params.items())
+
+
 def budget_text(conf: Confirmation) -> str:
     """The compute of one confirmation run, and of one search trial, in words."""
     def words(b: dict[str, Any]) -> str:
         images = b.get("train_subset")
-        return f"{b.get('epochs')} epochs of {images if images else 'all'} training images"
+        epochs = b.get("epochs")
+        return f"{epochs} epoch{'s' if epochs != 1 else ''} of {images if images else 'all'} training images"
 
     text = words(conf.meta.get("budget") or {})
     compute = pd.to_numeric(conf.completed.get(COMPUTE, pd.Series(dtype=float)), errors="coerce").dropna()
@@ -221,7 +231,7 @@ def section(doc, name: str, run_dir: Path, prefix: str = "") -> None:
         than = " than the MoCo v2 baseline" if best["verdict"] in (BETTER, WORSE) else ""
         claims.append(f"Best configuration **{best['candidate']}** (search trial `{src['source_trial']}`, search rank "
                       f"{_num(src['search_rank'], '.0f')}, {meta.get('metric', 'metric')} = "
-                      f"{_num(src['search_value'])}; {src['params']}) vs the MoCo v2 baseline on {where}: "
+                      f"{_num(src['search_value'])}; {_params(src['params'])}) vs the MoCo v2 baseline on {where}: "
                       f"{_num(best['mean'])} {_ci(best['ci_low'], best['ci_high'])} against {_num(base['mean'])} "
                       f"{_ci(base['ci_low'], base['ci_high'])}; difference {_num(best['diff'], '+.2f')} "
                       f"{_ci(best['diff_ci_low'], best['diff_ci_high'])} points, Holm p = {_num(best['p_holm'], '.3g')}"
@@ -234,7 +244,9 @@ def section(doc, name: str, run_dir: Path, prefix: str = "") -> None:
                           + (" than raw pixels." if best["raw_verdict"] in (BETTER, WORSE) else "."))
         else:
             claims.append(f"Raw pixels: no raw-pixel value of {endpoint} in these runs, so no comparison.")
-    for r in val[(val["candidate"] != BASELINE)].itertuples():
+    for missing in [e for e in VAL_ENDPOINTS if not val.loc[val["endpoint"] == e, "n_seeds"].any()]:
+        claims.append(f"No completed run reported {missing}: no statistics on it.")
+    for r in val[(val["candidate"] != BASELINE) & (val["n_seeds"] > 0)].itertuples():
         if best is not None and r.candidate == best["candidate"] and r.endpoint == endpoint:
             continue
         claims.append(f"{r.candidate} vs baseline on {r.endpoint}: {_num(r.diff, '+.2f')} "

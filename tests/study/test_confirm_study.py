@@ -1,0 +1,53 @@
+"""A real mini search with a confirmation stage on digits (Ray Tune + Train): the search, then its best trial and the
+baseline re-trained with fresh seeds; confirm.csv, the report section, and a rerun of --confirm that repeats nothing."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pandas as pd
+import pytest
+
+from moco.vocabulary import BASELINE, FINAL_VAL_KNN, TEST_KNN, TEST_LINEAR
+from tests.conftest import ROOT, study_command
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+SPACE = ROOT / "tests" / "study" / "spaces" / "confirm.yaml"
+
+
+@pytest.fixture(scope="module")
+def confirmed(tmp_path_factory):
+    """One finished mini search (2 trials, 1 epoch) and its confirmation (2 configurations x seeds 1, 2; 2 epochs)."""
+    storage = tmp_path_factory.mktemp("studies")
+    cmd = study_command("--space", str(SPACE), "--storage", str(storage), "--name", "c")
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=800)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return storage / "c", cmd, proc.stdout
+
+
+def test_search_then_confirmation(confirmed):
+    run_dir, _, stdout = confirmed
+    trials = pd.read_csv(run_dir / "trials.csv", dtype={"trial_id": str})
+    table = pd.read_csv(run_dir / "confirm.csv", dtype={"source_trial": str})
+    assert list(zip(table.candidate, table.seed)) == [(BASELINE, 1), (BASELINE, 2), ("top1", 1), ("top1", 2)]
+    assert set(table.status) == {"completed"} and (table.epochs == 2).all()
+    assert not set(table.seed) & set(trials.seed)  # never the search's seed
+    for endpoint in (FINAL_VAL_KNN, TEST_KNN, TEST_LINEAR):
+        assert table[endpoint].between(0, 100).all(), endpoint
+    best = trials[~trials.is_baseline.astype(bool) & (trials.status == "completed")].iloc[0]
+    top1 = table[table.candidate == "top1"].iloc[0]
+    assert top1.source_trial == best.trial_id and top1.search_value == pytest.approx(best.val_knn_top1)
+    assert table[table.candidate == BASELINE].source_trial.iloc[0] == trials[trials.is_baseline].trial_id.iloc[0]
+    assert (run_dir / "confirm" / "train").is_dir() and (run_dir / "confirm.json").is_file()
+    report = (run_dir / "report" / "report.md").read_text()
+    assert "## Confirmation" in report and "seeds [1, 2]" in report and "2 epochs of all training images" in report
+
+
+def test_confirm_again_repeats_nothing(confirmed):
+    run_dir, cmd, _ = confirmed
+    before = pd.read_csv(run_dir / "confirm.csv")
+    proc = subprocess.run(cmd + ["--confirm", "--no-report"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "started" not in "".join(line for line in proc.stdout.splitlines() if line.startswith("[confirm]"))
+    after = pd.read_csv(run_dir / "confirm.csv")
+    pd.testing.assert_frame_equal(before, after)
