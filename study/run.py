@@ -259,7 +259,7 @@ def run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: st
         if mirror is not None:
             stack.callback(mirror.push)
         if args.confirm:
-            from study.confirm import stage
+            from study.confirm_run import stage
 
             return stage(space, args, run_dir, storage, None, mirror)
         return _run_study(space, args, run_dir, storage, mirror)
@@ -336,7 +336,7 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
         print(f"[study] interrupted; continue with:\n  {resume_command(args, run_dir.name)}", flush=True)
         return 130
     if space.confirm is not None:
-        from study.confirm import stage
+        from study.confirm_run import stage
 
         print(f"best config: {run_dir / 'best_config.yaml'}")
         return stage(space, args, run_dir, storage, resources, mirror)

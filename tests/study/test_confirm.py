@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from moco.vocabulary import BASELINE
-from study import confirm
+from study import confirm, confirm_run
 from study.run import main
 from study.space import SpaceError, load_space
 from study.trial import TrialPlan
@@ -171,9 +171,9 @@ def test_confirm_csv_has_a_row_per_candidate_and_seed(tmp_path):
     space = load_space(str(space_file(tmp_path, "confirm: {top: 1, seeds: [4, 5]}")))
     run_dir = finished_study(tmp_path / "s", space, TRIALS)
     job = confirm.plan(space, run_dir)
-    record_trial(run_dir / confirm.CONFIRM_DIR, "r1", params={"candidate": "top1", "seed": 5}, status="completed",
+    record_trial(run_dir / confirm_run.CONFIRM_DIR, "r1", params={"candidate": "top1", "seed": 5}, status="completed",
                  result={"final_val_knn_top1": 91.0, "raw_final_val_knn_top1": 88.0, "epoch": 2})
-    table = pd.read_csv(run_dir / confirm.CSV) if confirm.write_csv(run_dir, job) is not None else None
+    table = pd.read_csv(run_dir / confirm_run.CSV) if confirm_run.write_csv(run_dir, job) is not None else None
     assert list(zip(table.candidate, table.seed)) == job.runs
     row = table[(table.candidate == "top1") & (table.seed == 5)].iloc[0]
     assert row.final_val_knn_top1 == 91.0 and row.raw_final_val_knn_top1 == 88.0 and row.status == "completed"
