@@ -69,7 +69,8 @@ class TrainConfig:
     bn_splits: int = 8  #: number of splits for SplitBatchNorm
 
     # --- optimisation -----------------------------------------------------------------------------------------
-    epochs: int = 10
+    epochs: int = 10  #: training epochs; derived from compute_budget when that is set
+    compute_budget: int | None = None  #: passes of the training split through the query encoder (see .views)
     batch_size: int = 256  #: global batch, split across workers
     lr: float = 0.06  #: SGD learning rate at batch_size (not rescaled)
     weight_decay: float = 5e-4
@@ -82,7 +83,8 @@ class TrainConfig:
     knn_every: int = 1  #: run the validation kNN monitor every N epochs (and always at the last epoch)
     knn_bank_size: int = 10000  #: training images in the kNN memory bank during training (bounded; full at end)
     knn_val_size: int = 2000  #: validation images scored by the per-epoch monitor (full set at the end)
-    linear_probe: bool = False  #: train a linear probe on frozen features at the end
+    linear_probe: bool = False  #: train a linear probe on frozen features at the end (test_linear_top1)
+    raw_reference: bool = True  #: score raw pixels with the same protocols (first monitor and the final evaluation)
     probe_epochs: int = 20
 
     # --- run --------------------------------------------------------------------------------------------------
@@ -121,10 +123,16 @@ class TrainConfig:
         need(self.selection_warmup_epochs >= 0, "selection_warmup_epochs", "an integer >= 0")
         need(self.bn_mode in BN_MODES, "bn_mode", f"one of {', '.join(BN_MODES)}")
         need(self.bn_splits >= 1, "bn_splits", "an integer >= 1")
+        need(self.compute_budget is None or self.compute_budget >= 1, "compute_budget", "null or an integer >= 1")
+        if self.compute_budget is not None:
+            need(self.compute_budget % self.views == 0, "compute_budget",
+                 f"a multiple of {self.views}: with dual_view_weight = {self.dual_view_weight} each epoch costs "
+                 f"{self.views} passes, so the budget must hold whole epochs")
+            self.epochs = self.compute_budget // self.views
         need(self.epochs >= 1, "epochs", "an integer >= 1")
         need(self.batch_size >= 2, "batch_size", "an integer >= 2")
         # Every enqueue writes the keys of one global batch (both views with the dual-view loss).
-        keys_per_step = self.batch_size * (2 if self.dual_view_weight < 1.0 else 1)
+        keys_per_step = self.batch_size * self.views
         need(self.queue_size >= keys_per_step, "queue_size",
              f"at least one global batch of keys ({keys_per_step} = batch_size x views per step)")
         need(self.lr > 0, "lr", "a number > 0")
@@ -178,6 +186,20 @@ class TrainConfig:
     @property
     def grayscale(self) -> bool:
         return self.dataset in ("fashion_mnist", "digits")
+
+    @property
+    def views(self) -> int:
+        """Views through the query encoder per image and step: 2 for the dual-view loss (0 < lambda < 1), else 1.
+
+        One epoch costs ``views`` units of :data:`moco.vocabulary.COMPUTE` (both encoders run on every view), so a
+        run's compute is ``epochs * views``, and with ``compute_budget`` set, ``epochs = compute_budget / views``.
+        """
+        return int(self.dual_view_weight > 0.0) + int(self.dual_view_weight < 1.0)
+
+    @property
+    def compute(self) -> int:
+        """The compute of the whole run (``epochs * views``)."""
+        return self.epochs * self.views
 
 
 def field_names() -> list[str]:

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from moco.augment import build_augment, normalize
 from moco.config import TrainConfig
 from moco.data import Dataset, eval_batches, train_batches
-from moco.evaluate import alignment, knn_accuracy, linear_probe, uniformity
+from moco.evaluate import alignment, knn_accuracy, linear_probe, ridge_probe, uniformity
 from moco.model import MoCo, build_model
 from moco.schedules import cosine_momentum, warmup_cosine_lr
-from moco.vocabulary import STEP_STATS
+from moco.vocabulary import (COMPUTE, EPOCH, FINAL_VAL_KNN, FINAL_VAL_PROBE, STEP_STATS, TEST_KNN, TEST_LINEAR,
+                             VAL_KNN, VAL_PROBE, raw_name)
 
 
 
@@ -69,7 +70,8 @@ def seed_everything(seed: int) -> None:
 
 
 class Engine:
-    """One worker's share of a MoCo run: ``train_epoch`` then ``evaluate``, with ``state_dict`` for checkpoints."""
+    """One worker's share of a MoCo run: ``train_epoch``, ``monitor`` and ``final_evaluation``, with ``state_dict``
+    for checkpoints."""
 
     def __init__(self, cfg: TrainConfig, dataset: Dataset, device: torch.device, dist_info: DistInfo | None = None):
         self.cfg, self.dataset, self.device = cfg, dataset, device
@@ -98,9 +100,15 @@ class Engine:
         self.epoch = 0  # epochs completed
         self.last_metrics: dict[str, Any] = {}  # the latest epoch's report (kept in checkpoints)
         self.images_seen = 0  # images through the encoders (both passes of each view count)
+        self._raw_reported = not cfg.raw_reference  # raw-pixel monitor values are reported once per process
         gen = torch.Generator().manual_seed(cfg.seed + 7)
         self._bank_index = torch.randperm(len(dataset.labeled_train), generator=gen)[: cfg.knn_bank_size]
         self._val_index = torch.randperm(len(dataset.val), generator=gen)[: cfg.knn_val_size]
+
+    @property
+    def compute(self) -> int:
+        """Compute spent so far (:data:`moco.vocabulary.COMPUTE`): epochs completed x views per epoch."""
+        return self.epoch * self.cfg.views
 
     # --- training ---------------------------------------------------------------------------------------------
     def _generator(self, epoch: int) -> torch.Generator:
@@ -166,13 +174,13 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-        views = 2 if cfg.dual_view_weight < 1.0 else 1
         images_epoch = n_steps * cfg.batch_size
-        self.images_seen += images_epoch * 2 * views  # query and key pass of each view
+        self.images_seen += images_epoch * 2 * cfg.views  # query and key pass of each view
         self.epoch = epoch
         out = self._mean_over_ranks({key: sums[key] / counts[key] for key in sums})
-        out.update(epoch=epoch, lr=lr, momentum=m, epoch_s=seconds, images_per_s=images_epoch / seconds,
-                   data_share=data_s / seconds, images_seen=self.images_seen, ratio=ratio, threshold=threshold)
+        out.update({EPOCH: epoch, COMPUTE: self.compute}, lr=lr, momentum=m, epoch_s=seconds,
+                   images_per_s=images_epoch / seconds, data_share=data_s / seconds, images_seen=self.images_seen,
+                   ratio=ratio, threshold=threshold)
         return out
 
     def _mean_over_ranks(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -189,10 +197,18 @@ class Engine:
     def _embed(self, split, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
         """L2-normalised backbone features [N, F] and labels [N] of a split (in memory or streamed)."""
         self.model.eval()
+        return self._features(split, lambda x: F.normalize(self.model.features(x).float(), dim=1), batch)
+
+    @torch.no_grad()
+    def _pixels(self, split, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw pixels [N, C*H*W] (normalised with the dataset's mean and std, as the encoder sees them) and labels."""
+        return self._features(split, lambda x: x.flatten(1).float(), batch)
+
+    def _features(self, split, fn, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         mean, std, size = self.dataset.mean, self.dataset.std, self.dataset.image_size
         feats, labels = [], []
         for images, y in eval_batches(split, batch, self.device):
-            feats.append(F.normalize(self.model.features(normalize(images, mean, std, size)).float(), dim=1))
+            feats.append(fn(normalize(images, mean, std, size)))
             labels.append(y)
         return torch.cat(feats), torch.cat(labels)
 
@@ -201,11 +217,51 @@ class Engine:
         return knn_accuracy(bank[0], bank[1], queries[0], queries[1], self.dataset.num_classes,
                             k=self.cfg.knn_k, t=self.cfg.knn_t)
 
+    def _probe(self, bank: tuple[torch.Tensor, torch.Tensor], queries: tuple[torch.Tensor, torch.Tensor]) -> float:
+        """Closed-form ridge probe top-1 (percent): fitted on the ``bank``, scored on the ``queries``."""
+        return ridge_probe(bank[0], bank[1], queries[0], queries[1], self.dataset.num_classes)
+
+    def _scores(self, features, bank_split, queries: dict[tuple[str, str | None], Any],
+                linear: str | None = None) -> dict[str, float]:
+        """Score a representation ``features(split) -> (X [N, D], y [N])`` with ``bank_split`` as the labelled bank.
+
+        ``queries`` maps (kNN name, probe name) to a split: kNN and ridge probe of that split are returned under
+        those names; with ``linear``, the SGD linear probe of the last split under that name. Raw pixels
+        (``features = self._pixels``) are centred on the bank's mean first: cosine kNN on uncentred pixels mostly
+        measures brightness, and the centred value is the strong raw-pixel reference.
+        """
+        bank = features(bank_split)
+        centre = bank[0].mean(0) if features == self._pixels else 0.0
+        bank = (bank[0] - centre, bank[1])
+        out: dict[str, float] = {}
+        for (knn_name, probe_name), split in queries.items():
+            x, y = features(split)
+            x = x - centre
+            out[knn_name] = self._knn(bank, (x, y))
+            if probe_name:
+                out[probe_name] = self._probe(bank, (x, y))
+        if linear:
+            out[linear] = linear_probe(bank[0], bank[1], x, y, self.dataset.num_classes, epochs=self.cfg.probe_epochs)
+        return out
+
+    def _with_raw(self, bank_split, queries: dict[tuple[str, str | None], Any],
+                  linear: str | None = None) -> dict[str, float]:
+        """:meth:`_scores` of the encoder's features, and of raw pixels under ``raw_<name>`` with ``raw_reference``."""
+        out = self._scores(self._embed, bank_split, queries, linear)
+        if self.cfg.raw_reference:
+            out.update({raw_name(k): v for k, v in self._scores(self._pixels, bank_split, queries, linear).items()})
+        return out
+
     def monitor(self) -> dict[str, float]:
-        """The per-epoch validation monitor: kNN on a bounded bank and validation subset, alignment, uniformity."""
+        """The per-epoch validation monitor on a bounded bank and validation subset: kNN and ridge probe, alignment,
+        uniformity; with ``raw_reference``, at the first call, raw pixels scored the same way (``raw_<metric>``)."""
+        bank_split = self.dataset.labeled_train.subset(self._bank_index)
         val = self.dataset.val.subset(self._val_index)
-        out = {"val_knn_top1": self._knn(self._embed(self.dataset.labeled_train.subset(self._bank_index)),
-                                         self._embed(val))}
+        queries = {(VAL_KNN, VAL_PROBE): val}
+        if self._raw_reported:
+            out = self._scores(self._embed, bank_split, queries)
+        else:
+            out, self._raw_reported = self._with_raw(bank_split, queries), True
         with torch.no_grad():
             x = val.images[:512].to(self.device)
             gen = self._generator(-self.epoch)
@@ -216,16 +272,14 @@ class Engine:
         return out
 
     def final_evaluation(self) -> dict[str, float]:
-        """Full-set kNN on validation and test with all labeled training images as the bank; optional probe."""
-        bank = self._embed(self.dataset.labeled_train)
-        out = {"final_val_knn_top1": self._knn(bank, self._embed(self.dataset.val))}
+        """The endpoints, with all labeled training images as the bank: kNN and ridge probe on the full validation
+        split (for selection); kNN on test, and with ``linear_probe`` the SGD linear probe on test (final tables
+        only); with ``raw_reference`` the raw-pixel value of each."""
+        queries = {(FINAL_VAL_KNN, FINAL_VAL_PROBE): self.dataset.val}
         if len(self.dataset.test):
-            test = self._embed(self.dataset.test)
-            out["test_knn_top1"] = self._knn(bank, test)
-            if self.cfg.linear_probe:
-                out["linear_top1"] = linear_probe(bank[0], bank[1], test[0], test[1], self.dataset.num_classes,
-                                                  epochs=self.cfg.probe_epochs)
-        return out
+            queries[(TEST_KNN, None)] = self.dataset.test
+        linear = TEST_LINEAR if self.cfg.linear_probe and len(self.dataset.test) else None
+        return self._with_raw(self.dataset.labeled_train, queries, linear)
 
     # --- checkpoints ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from moco.config import ConfigError, TrainConfig, parse_overrides
 from moco.data import DatasetNotFoundError, check_dataset, load_dataset
 from moco.engine import DistInfo, DivergedError, Engine, resolve_device
 from moco.faults import FAULT_ENV, maybe_inject_fault, parse_fault
+from moco.vocabulary import COMPUTE, EPOCH, MONITOR_METRICS
 
 STATE_FILE = "state.pt"
 CHECKSUM_FILE = "state.sha256"
@@ -90,9 +91,9 @@ def load_latest_valid(checkpoint) -> dict[str, Any] | None:
 
 # --- the loop -----------------------------------------------------------------------------------------------------
 def progress_line(metrics: dict[str, Any], epochs: int) -> str:
-    knn = metrics.get("val_knn_top1")
-    knn_text = f" val_knn {knn:5.2f}%" if knn is not None else ""
-    return (f"epoch {metrics['epoch']:>3}/{epochs} loss {metrics['loss']:.4f}{knn_text} "
+    monitor = "".join(f" {name.removesuffix('_top1')} {metrics[name]:5.2f}%" for name in MONITOR_METRICS
+                      if metrics.get(name) is not None)
+    return (f"epoch {metrics[EPOCH]:>3}/{epochs} compute {metrics[COMPUTE]:>3} loss {metrics['loss']:.4f}{monitor} "
             f"lr {metrics['lr']:.4f} m {metrics['momentum']:.4f} {metrics['images_per_s']:.0f} img/s "
             f"{metrics['epoch_s']:.1f}s")
 
@@ -122,7 +123,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # runs: controller, placement group, worker start, process group) and ours (config, data, model, resume).
     startup = {"startup_ray_s": loop_start - loop_config["created_unix"] if loop_config.get("created_unix") else None,
                "startup_setup_s": time.time() - loop_start}
-    last_knn: float | None = engine.last_metrics.get("val_knn_top1")
+    last_monitor = {k: engine.last_metrics[k] for k in MONITOR_METRICS if k in engine.last_metrics}
     if engine.epoch >= cfg.epochs and engine.last_metrics:
         # Restarted after the final checkpoint (e.g. a study resumed after a crash): report the result again.
         ray.train.report(engine.last_metrics)
@@ -134,17 +135,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics = engine.train_epoch()
         except DivergedError as err:
             # Report the worst value of the metric so the searcher learns, then stop this run.
-            ray.train.report({"epoch": epoch, "diverged": 1, "val_knn_top1": 0.0, "loss": float("nan"),
-                              "error": str(err), "node_id": node_id, "world_size": dist_info.world_size})
+            ray.train.report({EPOCH: epoch, COMPUTE: engine.compute + cfg.views, "diverged": 1,
+                              **dict.fromkeys(MONITOR_METRICS, 0.0), "loss": float("nan"), "error": str(err),
+                              "node_id": node_id, "world_size": dist_info.world_size})
             print(f"run diverged: {err}", flush=True)
             return
         last = epoch == cfg.epochs
         if dist_info.rank == 0 and (epoch % cfg.knn_every == 0 or last):
             monitor = engine.monitor()
-            last_knn = monitor["val_knn_top1"]
+            last_monitor = {k: monitor[k] for k in MONITOR_METRICS}
             metrics.update(monitor)
-        if last_knn is not None:
-            metrics["val_knn_top1"] = last_knn
+        metrics.update(last_monitor)  # epochs between monitors carry the latest value (the searcher reads it)
         if dist_info.rank == 0 and last and cfg.final_eval:
             metrics.update(engine.final_evaluation())
         metrics.update(diverged=0, node_id=node_id, world_size=dist_info.world_size)

@@ -42,6 +42,7 @@ STEP_STATS = ("pos_sim", "neg_sim_q10", "neg_sim_q50", "neg_sim_q90", "filtered_
 HISTORY_KEYS = (EPOCH, COMPUTE, "loss", "lr", "momentum", "images_per_s", "epoch_s", "data_share",
                 *MONITOR_METRICS, *(raw_name(m) for m in MONITOR_METRICS), *STEP_STATS,
                 "alignment", "uniformity", "images_seen", "ratio", "threshold", *FINAL_METRICS,
+                *(raw_name(m) for m in FINAL_METRICS),
                 "time_total_s", "node_id", "world_size", "diverged", "startup_ray_s", "startup_setup_s")
 
 # --- trial statuses ----------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from moco.evaluate import alignment, extract_features, knn_accuracy, knn_predict, linear_probe, uniformity
+from moco.evaluate import (alignment, extract_features, knn_accuracy, knn_predict, linear_probe, ridge_probe,
+                           uniformity)
 
 
 def test_knn_matches_naive_weighted_vote():
@@ -29,6 +30,33 @@ def test_knn_accuracy_percent_on_clusters():
     acc = knn_accuracy(x[:150], y[:150], x[150:], y[150:], num_classes=4, k=10)
     assert acc == pytest.approx(100.0)
     assert 0 <= knn_accuracy(x[:150], y[:150], x[150:], y[150:].roll(1), 4, k=10) < 50
+
+
+def test_ridge_probe_separates_separable_features_and_is_at_chance_on_random_ones():
+    g = torch.Generator().manual_seed(3)
+    classes, dim = 10, 64
+    centers = torch.randn(classes, dim, generator=g) * 3
+    y = torch.arange(6000) % classes
+    x = centers[y] + torch.randn(6000, dim, generator=g)
+    assert ridge_probe(x[:5000], y[:5000], x[5000:], y[5000:], classes) >= 99.0
+    noise = torch.randn(6000, dim, generator=g)  # features that carry nothing about the labels
+    assert abs(ridge_probe(noise[:5000], y[:5000], noise[5000:], y[5000:], classes) - 100 / classes) < 5.0
+
+
+def test_ridge_probe_matches_the_normal_equations_in_float64():
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(300, 5, generator=g), torch.randint(0, 3, (300,), generator=g)
+    test = torch.randn(50, 5, generator=g)
+    xs = (x.double() - x.double().mean(0)) / x.double().std(0)
+    design = torch.cat([xs, torch.ones(300, 1, dtype=torch.float64)], 1)
+    gram = design.T @ design
+    w = torch.linalg.solve(gram + 0.1 * gram.trace() / 6 * torch.eye(6, dtype=torch.float64),
+                           design.T @ F.one_hot(y, 3).double())
+    ts = (test.double() - x.double().mean(0)) / x.double().std(0)
+    expected = (torch.cat([ts, torch.ones(50, 1, dtype=torch.float64)], 1) @ w).argmax(1)
+    assert ridge_probe(x, y, test, expected, 3) == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="ridge"):
+        ridge_probe(x, y, test, expected, 3, ridge=0.0)
 
 
 def test_linear_probe_learns_linear_labels():

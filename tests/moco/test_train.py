@@ -79,6 +79,24 @@ def test_non_finite_loss_stops_the_run():
         _run(engine, 3)
 
 
+def test_engine_reports_compute_probe_and_raw_pixels_once():
+    data = load_dataset(_cfg())
+    one_way = Engine(_cfg(epochs=2, linear_probe=True, probe_epochs=1), data, torch.device("cpu"))
+    first, second = _run(one_way, 2)
+    assert (first["compute"], second["compute"]) == (1, 2)
+    assert 0 <= first["val_probe_top1"] <= 100 and 0 <= second["val_probe_top1"] <= 100
+    # The raw-pixel reference is scored once, on the same bank and queries as the monitor: far above chance.
+    assert first["raw_val_knn_top1"] > 50 and first["raw_val_probe_top1"] > 50
+    assert "raw_val_knn_top1" not in second
+    final = one_way.final_evaluation()
+    assert set(final) == {"final_val_knn_top1", "final_val_probe_top1", "test_knn_top1", "linear_top1",
+                          "raw_final_val_knn_top1", "raw_final_val_probe_top1", "raw_test_knn_top1", "raw_linear_top1"}
+    dual = Engine(_cfg(epochs=1, dual_view_weight=0.5, queue_size=1024, raw_reference=False), data,
+                  torch.device("cpu"))
+    only = _run(dual, 1)[0]
+    assert only["compute"] == 2 and not any(key.startswith("raw_") for key in only)
+
+
 @pytest.mark.ray
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("workers", [1, 2])
