@@ -183,14 +183,16 @@ def _params(text: str) -> str:
 def budget_text(conf: Confirmation) -> str:
     """The compute of one confirmation run, and of one search trial, in words."""
     def words(b: dict[str, Any]) -> str:
-        images = b.get("train_subset")
-        epochs = b.get("epochs")
+        images, epochs = b.get("train_subset"), b.get("epochs")
+        if b.get("compute_budget"):  # epochs follow from the budget: compute_budget / views
+            return f"a compute budget of {b['compute_budget']} passes of {images if images else 'all'} training images"
         return f"{epochs} epoch{'s' if epochs != 1 else ''} of {images if images else 'all'} training images"
 
     text = words(conf.meta.get("budget") or {})
     compute = pd.to_numeric(conf.completed.get(COMPUTE, pd.Series(dtype=float)), errors="coerce").dropna()
     if len(compute):
-        text += f" ({COMPUTE} {_num(float(compute.mean()), '.0f')} per run)"
+        low, high = _num(float(compute.min()), ".0f"), _num(float(compute.max()), ".0f")
+        text += f" ({COMPUTE} {low if low == high else f'{low} to {high}'} per run)"
     if conf.meta.get("search_budget"):
         text += f"; the search trained {words(conf.meta['search_budget'])} per trial"
     return text

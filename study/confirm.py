@@ -137,6 +137,9 @@ def _check_overrides(overrides: Any, space: Space) -> None:
                              "the search chose; override only the budget and fixed keys")
         if key in FORCED and value != FORCED[key]:
             raise SpaceError(source, where, f"{value!r}: always {FORCED[key]} in a confirmation run")
+    if "epochs" in overrides and space.base.compute_budget is not None and "compute_budget" not in overrides:
+        raise SpaceError(source, "confirm.overrides.epochs", f"the base config sets compute_budget = "
+                         f"{space.base.compute_budget}, which decides the epochs: override compute_budget instead")
     probe = copy.copy(space)
     try:
         probe.base = space.base.replace(**overrides, **FORCED)
@@ -188,7 +191,8 @@ class Confirmation:
 
     def describe(self, space: Space) -> dict[str, Any]:
         """confirm.json: settings, candidates, the search's seeds and the budgets of the search and of the runs."""
-        budget = lambda c: {"epochs": c.epochs, "train_subset": c.train_subset, "dataset": c.dataset}  # noqa: E731
+        budget = lambda c: {"epochs": c.epochs, "compute": c.compute, "compute_budget": c.compute_budget,  # noqa: E731
+                            "train_subset": c.train_subset, "dataset": c.dataset}
         return {"top": self.top, "seeds": self.seeds, "overrides": self.overrides, "metric": self.metric,
                 "mode": self.mode, "decision_endpoint": self.decision_endpoint,
                 "candidates": [asdict(c) for c in self.candidates], "search_seeds": sorted(search_seeds(space)),

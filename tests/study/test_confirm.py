@@ -100,6 +100,16 @@ def test_bad_sections_name_the_key(tmp_path, section, key, words):
     assert err.key == key and words in str(err) and str(space_file(tmp_path, section)) in str(err)
 
 
+def test_epochs_cannot_override_a_compute_budget(tmp_path):
+    path = tmp_path / "budget.yaml"
+    path.write_text(SPACE.replace("{{epochs: 2, seed: {seed}}}", "{{compute_budget: 2, seed: {seed}}}").format(
+        seed=0, mode="max", confirm="confirm: {overrides: {epochs: 6}}"))
+    with pytest.raises(SpaceError, match="compute_budget = 2, which decides the epochs"):
+        load_space(str(path))
+    path.write_text(path.read_text().replace("{epochs: 6}", "{compute_budget: 6}"))
+    assert load_space(str(path)).confirm.overrides == {"compute_budget": 6}
+
+
 def test_section_defaults_and_overrides(tmp_path):
     space = load_space(str(space_file(tmp_path, "confirm:")))  # an empty section: every default
     assert space.confirm.top == 2 and space.confirm.seeds is None and space.confirm.overrides == {}

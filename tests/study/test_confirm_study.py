@@ -8,7 +8,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from moco.vocabulary import BASELINE, FINAL_VAL_KNN, TEST_KNN, TEST_LINEAR
+from moco.vocabulary import BASELINE, FINAL_METRICS, FINAL_VAL_KNN, FINAL_VAL_PROBE, TEST_KNN, raw_name
 from tests.conftest import ROOT, study_command
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
@@ -32,8 +32,11 @@ def test_search_then_confirmation(confirmed):
     assert list(zip(table.candidate, table.seed)) == [(BASELINE, 1), (BASELINE, 2), ("top1", 1), ("top1", 2)]
     assert set(table.status) == {"completed"} and (table.epochs == 2).all()
     assert not set(table.seed) & set(trials.seed)  # never the search's seed
-    for endpoint in (FINAL_VAL_KNN, TEST_KNN, TEST_LINEAR):
-        assert table[endpoint].between(0, 100).all(), endpoint
+    for endpoint in FINAL_METRICS:  # every endpoint, and its raw-pixel value
+        assert table[endpoint].between(0, 100).all() and table[raw_name(endpoint)].between(0, 100).all(), endpoint
+    for endpoint in (FINAL_VAL_KNN, FINAL_VAL_PROBE, TEST_KNN):  # deterministic on raw pixels: same in every run
+        assert table[raw_name(endpoint)].nunique() == 1, endpoint
+    assert (table.compute == 2).all()  # one-way runs of 2 epochs
     best = trials[~trials.is_baseline.astype(bool) & (trials.status == "completed")].iloc[0]
     top1 = table[table.candidate == "top1"].iloc[0]
     assert top1.source_trial == best.trial_id and top1.search_value == pytest.approx(best.val_knn_top1)
@@ -41,6 +44,7 @@ def test_search_then_confirmation(confirmed):
     assert (run_dir / "confirm" / "train").is_dir() and (run_dir / "confirm.json").is_file()
     report = (run_dir / "report" / "report.md").read_text()
     assert "## Confirmation" in report and "seeds [1, 2]" in report and "2 epochs of all training images" in report
+    assert "vs raw pixels on final_val_knn_top1" in report and "**undetermined**" in report
 
 
 def test_confirm_again_repeats_nothing(confirmed):
