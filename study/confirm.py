@@ -35,6 +35,8 @@ from moco.config import ConfigError, TrainConfig, field_names
 from moco.vocabulary import BASELINE, COMPLETED, FINAL_OF, FINAL_VAL_KNN, top_name
 from study.space import Space, SpaceError, _check_against_config, _closest
 
+CONFIRM_DIR = "confirm"  #: the Tune experiment (and its Train runs) under the study's folder
+CSV, JSON = "confirm.csv", "confirm.json"
 KEYS = ("top", "seeds", "overrides")
 DEFAULT_TOP, DEFAULT_SEEDS = 2, 3
 FORCED = {"final_eval": True, "linear_probe": True}  #: every confirmation run evaluates every endpoint
@@ -256,8 +258,26 @@ def plan(space: Space, run_dir: Path, settings: ConfirmSettings | None = None) -
         params = {**c.params, "seed": seeds[0]} if space.variants else c.params
         cfg = space.trial_config(params).replace(**settings.overrides, **FORCED)
         configs[c.name] = {k: v for k, v in cfg.to_dict().items() if k != "seed"}
-    return Confirmation(settings.top, seeds, dict(settings.overrides), space.settings.metric, space.settings.mode,
-                        candidates, configs)
+    job = Confirmation(settings.top, seeds, dict(settings.overrides), space.settings.metric, space.settings.mode,
+                       candidates, configs)
+    _check_continues(job, run_dir)
+    return job
+
+
+def _check_continues(job: Confirmation, run_dir: Path) -> None:
+    """A confirmation already under way continues only as planned (its Tune grid is fixed): same runs, same budget."""
+    path = run_dir / JSON
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    before = ([(c["name"], c["source_trial"]) for c in old.get("candidates", [])], old.get("seeds"),
+              old.get("overrides"))
+    now = ([(c.name, c.source_trial) for c in job.candidates], job.seeds, job.overrides)
+    if before != now:
+        raise ConfirmError(f"{path}: this study's confirmation was started with candidates {before[0]}, seeds "
+                           f"{before[1]}, overrides {before[2]}; now {now[0]}, {now[1]}, {now[2]}. Continue it with "
+                           f"the same confirm: section, or delete {path.parent / CONFIRM_DIR}, {path} and "
+                           f"{path.parent / CSV} to start it again")
 
 
 def preflight(space: Space, run_dir: Path) -> Confirmation:

@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from moco.vocabulary import BASELINE, COMPUTE, EPOCH, FINAL_METRICS, FINISHED, PENDING, raw_name
-from study.confirm import Confirmation, plan
+from study.confirm import CONFIRM_DIR, CSV, JSON, Confirmation, ConfirmError, plan
 from study.space import Space
 
-CONFIRM_DIR = "confirm"  #: the Tune experiment (and its Train runs) under the study's folder
-CSV, JSON = "confirm.csv", "confirm.json"
 ENDPOINTS = (*FINAL_METRICS, *(raw_name(m) for m in FINAL_METRICS))
 RUN_KEYS = (*ENDPOINTS, EPOCH, COMPUTE, "images_seen", "time_total_s", "world_size", "diverged", "error")
 
@@ -174,7 +173,8 @@ def run(space: Space, job: Confirmation, run_dir: Path, storage: str, resources:
 def stage(space: Space, args, run_dir: Path, storage: str, resources: dict[str, Any] | None, mirror=None) -> int:
     """The confirmation stage of ``study/run.py`` (after a search, or ``--confirm``), then the report.
 
-    Returns 0, or 130 when interrupted (with the command that continues it)."""
+    Returns 0; 130 when interrupted (with the command that continues it); 2 when it cannot start (the search's report
+    is still written)."""
     import ray
 
     from study.run import _report, plan_resources, resume_command
@@ -182,7 +182,14 @@ def stage(space: Space, args, run_dir: Path, storage: str, resources: dict[str, 
     if resources is None:
         cluster = ray.cluster_resources()
         resources = plan_resources(space, cluster.get("CPU", 0), cluster.get("GPU", 0))
-    if not run(space, plan(space, run_dir), run_dir, storage, resources, mirror):
+    try:
+        job = plan(space, run_dir)
+    except ConfirmError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        if not args.no_report:
+            _report(run_dir)
+        return 2
+    if not run(space, job, run_dir, storage, resources, mirror):
         print(f"[confirm] interrupted; continue with:\n  {resume_command(args, run_dir.name)}", flush=True)
         return 130
     if not args.no_report:

@@ -181,14 +181,25 @@ def test_confirm_csv_has_a_row_per_candidate_and_seed(tmp_path):
     space = load_space(str(space_file(tmp_path, "confirm: {top: 1, seeds: [4, 5]}")))
     run_dir = finished_study(tmp_path / "s", space, TRIALS)
     job = confirm.plan(space, run_dir)
-    record_trial(run_dir / confirm_run.CONFIRM_DIR, "r1", params={"candidate": "top1", "seed": 5}, status="completed",
+    record_trial(run_dir / confirm.CONFIRM_DIR, "r1", params={"candidate": "top1", "seed": 5}, status="completed",
                  result={"final_val_knn_top1": 91.0, "raw_final_val_knn_top1": 88.0, "epoch": 2})
-    table = pd.read_csv(run_dir / confirm_run.CSV) if confirm_run.write_csv(run_dir, job) is not None else None
+    table = pd.read_csv(run_dir / confirm.CSV) if confirm_run.write_csv(run_dir, job) is not None else None
     assert list(zip(table.candidate, table.seed)) == job.runs
     row = table[(table.candidate == "top1") & (table.seed == 5)].iloc[0]
     assert row.final_val_knn_top1 == 91.0 and row.raw_final_val_knn_top1 == 88.0 and row.status == "completed"
     assert row.source_trial == "x" and row.search_rank == 1 and json.loads(row.params)["queue_size"] == 1024
     assert set(table[table.trial_id.isna()].status) == {"pending"}
+
+
+def test_a_confirmation_under_way_continues_only_as_planned(tmp_path):
+    space = load_space(str(space_file(tmp_path, "confirm: {top: 1, seeds: [4, 5]}")))
+    run_dir = finished_study(tmp_path / "s", space, TRIALS)
+    job = confirm.plan(space, run_dir)
+    (run_dir / confirm.JSON).write_text(json.dumps(job.describe(space)))
+    assert confirm.plan(space, run_dir).runs == job.runs  # the same plan continues
+    space.confirm.top = 2
+    with pytest.raises(confirm.ConfirmError, match="started with candidates"):
+        confirm.plan(space, run_dir)
 
 
 # --- --confirm refusals (exit 2, before Ray) ------------------------------------------------------------------------
