@@ -157,6 +157,25 @@ def test_mode_min_and_fewer_trials_than_top(tmp_path):
     assert [c.source_trial for c in job.candidates] == ["b", "y", "z", "x"]
 
 
+def test_grid_variants_ranked_by_their_mean_over_seeds(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("base: {config: digits, overrides: {epochs: 2}}\nvariants: {baseline: {}, warm: {temperature: 0.1},"
+                    " cold: {temperature: 0.4}}\nseeds: [0, 1]\nconfirm: {top: 1, overrides: {epochs: 3}}\n")
+    space = load_space(str(grid))
+    values = {("baseline", 0): 60, ("baseline", 1): 62, ("warm", 0): 70, ("warm", 1): 50, ("cold", 0): 63,
+              ("cold", 1): 64}  # means: baseline 61, warm 60, cold 63.5
+    rows = [{"trial_id": f"{v}{s}", "trial_number": i, "is_baseline": v == "baseline", "status": "completed",
+             "variant": v, "seed": s, "val_knn_top1": x} for i, ((v, s), x) in enumerate(values.items())]
+    run_dir = tmp_path / "g"
+    run_dir.mkdir()
+    pd.DataFrame(rows).to_csv(run_dir / "trials.csv", index=False)
+    job = confirm.plan(space, run_dir)
+    assert [(c.name, c.params, c.search_rank, c.search_value, c.source_trial) for c in job.candidates] == [
+        (BASELINE, {"variant": "baseline"}, 2, 61.0, "baseline0;baseline1"),
+        ("top1", {"variant": "cold"}, 1, 63.5, "cold0;cold1")]
+    assert job.seeds == [2, 3, 4] and job.config("top1", 3).temperature == 0.4 and job.config("top1", 3).epochs == 3
+
+
 def test_run_configs_carry_the_budget_the_seed_and_every_endpoint(tmp_path):
     space = load_space(str(space_file(tmp_path, "confirm: {top: 1, seeds: [4, 5], overrides: {epochs: 5}}")))
     job = confirm.plan(space, finished_study(tmp_path / "s", space, TRIALS))
