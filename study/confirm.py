@@ -280,10 +280,10 @@ def _check_continues(job: Confirmation, run_dir: Path) -> None:
                            f"{path.parent / CSV} to start it again")
 
 
-def preflight(space: Space, run_dir: Path) -> Confirmation:
+def preflight(space: Space, run_dir: Path) -> None:
     """``--confirm`` checks before Ray starts: the study finished, with this base config, and has candidates."""
     check_same_base(space, run_dir)
-    return plan(space, run_dir)
+    plan(space, run_dir)
 
 
 def check_same_base(space: Space, run_dir: Path) -> None:

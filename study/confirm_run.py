@@ -22,9 +22,9 @@ from typing import Any
 
 import pandas as pd
 
-from moco.vocabulary import BASELINE, COMPUTE, EPOCH, FINAL_METRICS, FINISHED, PENDING, raw_name
+from moco.vocabulary import COMPUTE, EPOCH, FINAL_METRICS, FINISHED, PENDING, raw_name
 from study.confirm import CONFIRM_DIR, CSV, JSON, Confirmation, ConfirmError, plan
-from study.space import Space
+from study.space import Space, SpaceError
 
 ENDPOINTS = (*FINAL_METRICS, *(raw_name(m) for m in FINAL_METRICS))
 RUN_KEYS = (*ENDPOINTS, EPOCH, COMPUTE, "images_seen", "time_total_s", "world_size", "diverged", "error")
@@ -120,9 +120,10 @@ def run(space: Space, job: Confirmation, run_dir: Path, storage: str, resources:
     from study.trial import TrialPlan, run_trial
 
     experiment = f"{storage}/{run_dir.name}"
-    print(f"[confirm] {len(job.candidates)} configurations x seeds {job.seeds} = {len(job.runs)} runs of "
-          f"{job.configs[BASELINE]['epochs']} epochs, in {experiment}/{CONFIRM_DIR}: "
-          + ", ".join(f"{c.name} ({c.source_trial or 'not in the search'})" for c in job.candidates), flush=True)
+    print(f"[confirm] {len(job.candidates)} configurations x seeds {job.seeds} = {len(job.runs)} runs in "
+          f"{experiment}/{CONFIRM_DIR}: " + ", ".join(f"{c.name} (trial {c.source_trial or '-'}, "
+                                                       f"{job.configs[c.name]['epochs']} epochs)"
+                                                       for c in job.candidates), flush=True)
     _write_json(run_dir, job, space, "running")
     _write(run_dir, job, mirror)
     plan_ = TrialPlan(space=space, train_storage=f"{experiment}/{CONFIRM_DIR}/train",
@@ -167,6 +168,9 @@ def run(space: Space, job: Confirmation, run_dir: Path, storage: str, resources:
     counts = table["status"].value_counts().to_dict()
     print(f"[confirm] {sum(counts.get(s, 0) for s in FINISHED)}/{len(table)} runs finished ({counts}); "
           f"{run_dir / CSV}", flush=True)
+    if counts.get("errored"):
+        print(f"[confirm] {counts['errored']} run(s) errored and are left out of the statistics; running the "
+              "confirmation again (--confirm) retries them from their checkpoints", flush=True)
     return complete
 
 
@@ -184,7 +188,7 @@ def stage(space: Space, args, run_dir: Path, storage: str, resources: dict[str, 
         resources = plan_resources(space, cluster.get("CPU", 0), cluster.get("GPU", 0))
     try:
         job = plan(space, run_dir)
-    except ConfirmError as err:
+    except (ConfirmError, SpaceError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         if not args.no_report:
             _report(run_dir)

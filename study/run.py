@@ -86,6 +86,10 @@ def apply_cli(space: Space, args: argparse.Namespace) -> Space:
         space.base_overrides = {**space.base_overrides, **overrides}
     if s.gpus_per_worker:
         space.base = space.base.replace(device="cuda")
+    if space.confirm is not None:  # `--set seed=N` must not make a confirmation seed one the search trains with
+        from study.confirm import resolve_seeds
+
+        resolve_seeds(space, space.confirm)
     return space
 
 

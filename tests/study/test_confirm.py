@@ -239,3 +239,7 @@ def test_confirm_refusals(tmp_path, capsys):
     finished_study(run_dir, space, {"b": TRIALS["b"], "p": TRIALS["p"]})
     assert main(args + ["--name", "s"]) == 2
     assert "nothing to confirm" in capsys.readouterr().err
+    # a new study whose --set makes a confirmation seed a search seed is refused before it starts
+    seeded = space_file(tmp_path, "confirm: {seeds: [1, 2]}")
+    assert main(["--space", str(seeded), "--storage", str(tmp_path / "runs"), "--name", "new", "--set", "seed=2"]) == 2
+    assert "confirm.seeds" in capsys.readouterr().err and not (tmp_path / "runs" / "new").exists()
