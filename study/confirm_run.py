@@ -14,6 +14,7 @@ No torch here; Ray only inside the functions.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -194,7 +195,8 @@ def stage(space: Space, args, run_dir: Path, storage: str, resources: dict[str, 
             _report(run_dir)
         return 2
     if not run(space, job, run_dir, storage, resources, mirror):
-        print(f"[confirm] interrupted; continue with:\n  {resume_command(args, run_dir.name)}", flush=True)
+        finished_search = argparse.Namespace(**{**vars(args), "confirm": True})  # the search is done: --confirm
+        print(f"[confirm] interrupted; continue with:\n  {resume_command(finished_search, run_dir.name)}", flush=True)
         return 130
     if not args.no_report:
         _report(run_dir)

@@ -1,14 +1,20 @@
 """A real mini search with a confirmation stage on digits (Ray Tune + Train): the search, then its best trial and the
-baseline re-trained with fresh seeds; confirm.csv, the report section, and a rerun of --confirm that repeats nothing."""
+baseline re-trained with fresh seeds; confirm.csv, the report section, a rerun of --confirm that repeats nothing, and
+a confirmation stopped by SIGTERM that --confirm continues."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import time
 
 import pandas as pd
 import pytest
 
 from moco.vocabulary import BASELINE, FINAL_METRICS, FINAL_VAL_KNN, FINAL_VAL_PROBE, TEST_KNN, raw_name
+from study.confirm import CONFIRM_DIR
+from study.results import finished_trials
 from tests.conftest import ROOT, study_command
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
@@ -55,3 +61,38 @@ def test_confirm_again_repeats_nothing(confirmed):
     assert "started" not in "".join(line for line in proc.stdout.splitlines() if line.startswith("[confirm]"))
     after = pd.read_csv(run_dir / "confirm.csv")
     pd.testing.assert_frame_equal(before, after)
+
+
+def test_stopped_confirmation_continues(tmp_path):
+    run_dir = tmp_path / "k"
+    cmd = study_command("--space", str(SPACE), "--storage", str(tmp_path), "--name", "k", "--max-concurrent", "1",
+                        "--no-report")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and proc.poll() is None and not finished_trials(run_dir / CONFIRM_DIR):
+            time.sleep(1)
+        assert proc.poll() is None, "the study ended before it could be stopped"
+        os.kill(proc.pid, signal.SIGTERM)  # as a cluster scheduler stops a job
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, out[-3000:]
+    assert "--confirm" in out.split("[confirm] interrupted; continue with:")[1].splitlines()[1]
+    before = pd.read_csv(run_dir / "confirm.csv")
+    done = before[before.status == "completed"]
+    assert 1 <= len(done) < 4
+    again = subprocess.run(study_command("--space", str(SPACE), "--storage", str(tmp_path), "--name", "k",
+                                         "--confirm", "--no-report"),
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    after = pd.read_csv(run_dir / "confirm.csv")
+    assert set(after.status) == {"completed"}
+    started = [line for line in again.stdout.splitlines() if line.startswith("[confirm]") and "started" in line]
+    for row in done.itertuples():  # finished runs are kept as they were, never run again
+        assert not any(f"({row.trial_id})" in line for line in started)
+        kept = after[(after.candidate == row.candidate) & (after.seed == row.seed)].iloc[0]
+        assert kept.trial_id == row.trial_id and kept.final_val_knn_top1 == row.final_val_knn_top1
