@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from moco.safe_yaml import YamlError, load_file, load_value, short
+
 DATASETS = ("fashion_mnist", "digits", "cifar10", "cifar100", "stl10", "imagefolder")
 BACKBONES = ("convnet", "resnet18", "resnet50")
 BN_MODES = ("split", "shuffle", "sync", "none")
@@ -30,7 +32,7 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, value: Any, allowed: str, source: str | None = None):
         where = f"{source}: " if source else ""
-        super().__init__(f"{where}{key} = {value!r} is not allowed: {allowed}")
+        super().__init__(f"{where}{key} = {short(value)} is not allowed: {allowed}")
         self.key, self.value, self.allowed, self.source = key, value, allowed, source
 
 
@@ -207,17 +209,15 @@ def field_names() -> list[str]:
 
 
 def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file; syntax errors become ``ConfigError`` with the line number."""
+    """Read a YAML file through :mod:`moco.safe_yaml` (UTF-8, bounded, no duplicate keys); every refusal becomes a
+    ``ConfigError`` with the position and the reason."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError("<file>", str(path), "an existing YAML file")
     try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError("<yaml syntax>", line, f"valid YAML ({problem})", str(path)) from None
+        return load_file(path)
+    except YamlError as err:
+        raise ConfigError("<yaml syntax>", err.where or "the file", err.reason, str(path)) from None
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -227,7 +227,10 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError("--set", item, "key=value")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw)
+        try:
+            out[key.strip()] = load_value(raw, f"--set {key.strip()}")
+        except YamlError as err:
+            raise ConfigError(f"--set {key.strip()}", raw, err.reason) from None
     return out
 
 
