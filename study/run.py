@@ -76,6 +76,9 @@ def apply_cli(space: Space, args: argparse.Namespace) -> Space:
         from moco.config import parse_overrides
 
         overrides = parse_overrides(args.set)
+        if "epochs" in overrides and space.base.compute_budget is not None:
+            raise StudyError(f"--set epochs: the base sets compute_budget = {space.base.compute_budget}, from which "
+                             "every trial's epochs follow; use --set compute_budget=N")
         try:
             space.base = space.base.replace(**overrides)
         except ConfigError as err:
@@ -114,7 +117,8 @@ def describe_plan(space: Space, resources: dict[str, Any], run_dir: str) -> str:
     lines = [f"study      {run_dir}  ({space.kind}, {space.num_trials} trials, metric {s.metric} ({s.mode}))",
              f"space file {space.source}",
              f"base       {space.base_name} + {space.base_overrides or '{}'}: {space.base.dataset}, "
-             f"{space.base.backbone}, {space.base.epochs} epochs, batch {space.base.batch_size}"]
+             f"{space.base.backbone}, compute budget {space.budget} per trial (one-way: {space.budget} epochs, "
+             f"dual-view: {space.budget // 2}), batch {space.base.batch_size}"]
     if space.variants:
         for name, overrides in space.variants.items():
             lines.append(f"  variant {name:<12} {overrides or '(base)'}  x seeds {space.seeds}")
@@ -125,7 +129,7 @@ def describe_plan(space: Space, resources: dict[str, Any], run_dir: str) -> str:
     baseline = space.baseline_point()
     if baseline:
         lines.append(f"baseline   trial 0 = {baseline}")
-    sched = (f"ASHA on epochs (max_t {space.base.epochs}, grace {s.grace_period}, reduction {s.reduction_factor})"
+    sched = (f"ASHA on compute (max_t {space.max_budget}, grace {s.grace_period}, reduction {s.reduction_factor})"
              if s.scheduler == "asha" else "none (every trial runs all epochs)")
     lines += [f"searcher   {s.searcher if not space.variants else 'grid over variants x seeds'} (seed {s.seed})",
               f"scheduler  {sched}",
@@ -136,8 +140,8 @@ def describe_plan(space: Space, resources: dict[str, Any], run_dir: str) -> str:
                   f" (only {resources['fit_at_once']} fit(s) now: the others wait for resources)"
                   if resources.get("fit_at_once", resources["max_concurrent"]) < resources["max_concurrent"]
                   else ""),
-              f"budget     at most {space.num_trials * space.base.epochs} trial-epochs "
-              f"({space.num_trials} x {space.base.epochs})"]
+              f"budget     at most {space.num_trials * space.max_budget} compute "
+              f"({space.num_trials} trials x {space.max_budget}; one-way epochs, a dual-view epoch counts 2)"]
     return "\n".join(lines)
 
 

@@ -147,7 +147,7 @@ class StudySettings:
     grid_points: int = 2  #: values per continuous parameter with searcher = grid
     seed: int = 0
     scheduler: str = "asha"  #: asha or none
-    grace_period: int = 2  #: ASHA: epochs before a trial can be stopped
+    grace_period: int = 2  #: ASHA: compute (one-way epochs; a dual-view epoch counts 2) before a trial can stop
     reduction_factor: int = 2  #: ASHA: keep 1 / reduction_factor at each rung
     max_concurrent: int | None = None  #: trials at once (default: what the cluster holds)
     workers_per_trial: int = 1
@@ -178,13 +178,33 @@ class Space:
     def num_trials(self) -> int:
         return len(self.variants) * len(self.seeds) if self.variants else self.settings.num_samples
 
+    @property
+    def budget(self) -> int:
+        """Every trial's compute budget (:data:`moco.vocabulary.COMPUTE`): the base's ``compute_budget``, else the
+        base's own compute (``epochs * views``). Trials are compared at equal compute: a dual-view trial trains half
+        the epochs of a one-way trial (``TrainConfig.views``)."""
+        return self.base.compute_budget or self.base.compute
+
+    def config_with(self, overrides: dict[str, Any]) -> TrainConfig:
+        """The base config with ``overrides`` applied, at the study's compute budget (unless they set their own)."""
+        return self.base.replace(**{"compute_budget": self.budget, **overrides})
+
     def trial_config(self, params: dict[str, Any]) -> TrainConfig:
         """The training config of a trial: the base with the trial's parameters (or variant + seed) applied."""
         if self.variants:
             overrides = {**self.variants[params["variant"]], "seed": params["seed"]}
         else:
             overrides = {k: v for k, v in params.items() if k in field_names()}
-        return self.base.replace(**overrides)
+        return self.config_with(overrides)
+
+    @property
+    def max_budget(self) -> int:
+        """The largest compute any trial can have (ASHA's ``max_t``): the study's budget, or the top of a searched
+        ``compute_budget`` or a variant's own."""
+        budgets = [self.budget] + [p.high if p.type in ("int", "float") else max(p.extremes())
+                                   for p in self.params if p.name == "compute_budget"]
+        budgets += [int(v["compute_budget"]) for v in self.variants.values() if v.get("compute_budget")]
+        return int(max(budgets))
 
     def baseline_point(self) -> dict[str, Any] | None:
         """The MoCo v2 baseline as a point of the search space (lambda = rho = delta = 1, base tau and K)."""
@@ -242,7 +262,7 @@ def load_space(name_or_path: str) -> Space:
     try:
         raw = load_yaml(path)
     except ConfigError as err:
-        raise SpaceError(source, "yaml", f"invalid YAML at {err.value}: {err.allowed}") from None
+        raise SpaceError(source, "yaml", f"{err.value}: {err.allowed}") from None
     if not isinstance(raw, dict):
         raise SpaceError(source, "<top level>", "a mapping with sections " + ", ".join(TOP_KEYS))
     for key in raw:
@@ -408,23 +428,31 @@ def _load_variants(section: Any, seeds: Any, base: TrainConfig, source: str):
     return section, seeds
 
 
+_EPOCHS_FOLLOW = ("trials are budgeted in compute, and their epochs follow from it (compute_budget / views): "
+                  "set or search compute_budget instead of epochs")
+
+
 def _check_against_config(space: Space) -> None:
     """Every value a trial can take must be a valid training config (corners of the space, or every variant)."""
     if space.variants:
         for name, overrides in space.variants.items():
+            if "epochs" in overrides:
+                raise SpaceError(space.source, f"variants.{name}.epochs", _EPOCHS_FOLLOW)
             try:
-                space.base.replace(**overrides)
+                space.config_with(overrides)
             except ConfigError as err:
                 raise SpaceError(space.source, f"variants.{name}.{err.key}",
                                  f"{err.value!r} is not allowed: {err.allowed}") from None
         return
+    if any(p.name == "epochs" for p in space.params):
+        raise SpaceError(space.source, "search.epochs", _EPOCHS_FOLLOW)
     options = [p.extremes() for p in space.params]
     combos = itertools.product(*options) if math.prod(len(o) for o in options) <= 4096 else (
         [tuple(p.extremes()[0] if q is not p else v for q in space.params) for p in space.params for v in p.extremes()])
     for combo in combos:
         values = {p.name: v for p, v in zip(space.params, combo)}
         try:
-            space.base.replace(**values)
+            space.config_with(values)
         except ConfigError as err:
             key = f"search.{err.key}" if err.key in values else f"search (with {values})"
             raise SpaceError(space.source, key, f"the training config rejects {err.key} = {err.value!r} "
