@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -148,6 +149,8 @@ class TrainConfig:
         need(self.knn_val_size >= 1, "knn_val_size", "an integer >= 1")
         need(self.probe_epochs >= 1, "probe_epochs", "an integer >= 1")
         need(self.device in DEVICES, "device", f"one of {', '.join(DEVICES)}")
+        need(0 <= self.seed < 2**32, "seed", "an integer in [0, 2**32 - 1] (numpy's range)")
+        need(0 <= self.split_seed < 2**32, "split_seed", "an integer in [0, 2**32 - 1] (numpy's range)")
         need(self.checkpoint_every >= 1, "checkpoint_every", "an integer >= 1")
         need(self.keep_checkpoints >= 1, "keep_checkpoints", "an integer >= 1")
         return self
@@ -202,6 +205,17 @@ class TrainConfig:
     def compute(self) -> int:
         """The compute of the whole run (``epochs * views``)."""
         return self.epochs * self.views
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def plain_name(name: str, flag: str) -> str:
+    """A run or study name is one plain folder name (never a path, empty, '.' or '..'); returns it unchanged."""
+    if not _PLAIN_NAME.fullmatch(name):
+        raise ConfigError(flag, name, "a plain name of letters, digits, '.', '_' and '-', starting with a letter or "
+                          "digit, at most 100 characters (no paths: choose the folder with --storage)")
+    return name
 
 
 def field_names() -> list[str]:

@@ -19,6 +19,8 @@ EPOCH = "epoch"
 VAL_KNN = "val_knn_top1"
 VAL_PROBE = "val_probe_top1"
 MONITOR_METRICS = (VAL_KNN, VAL_PROBE)
+#: What a study can optimise: reported every epoch (the monitor's latest value is carried between monitor epochs).
+STUDY_METRICS = (*MONITOR_METRICS, "loss")
 #: Prefix of the raw-pixel value of a monitor metric (same bank, same protocol), e.g. ``raw_val_knn_top1``.
 RAW_PREFIX = "raw_"
 #: End-of-run endpoints: full validation split (for selection) and test split (final tables only).

@@ -25,9 +25,9 @@ from typing import Any
 if __package__ in (None, ""):  # `python study/run.py` puts study/ on sys.path, not the project root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from moco.config import ConfigError  # noqa: E402
+from moco.config import ConfigError, plain_name  # noqa: E402
 from moco.sources import DatasetNotFoundError, check_dataset  # noqa: E402
-from study.space import Space, SpaceError, load_space  # noqa: E402
+from study.space import Space, SpaceError, check_settings, check_study, load_space  # noqa: E402
 
 DRIVER_RESOURCE = "mocostudy_driver"
 LIVE_FILES = ("trial_status.json", "results.jsonl", "optuna.db")  # mirrored at every trial start and epoch report  # a custom resource that keeps trial drivers off the workers' CPUs
@@ -61,17 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
 # --- planning (no Ray) ----------------------------------------------------------------------------------------------
 def apply_cli(space: Space, args: argparse.Namespace) -> Space:
     s = space.settings
+    if space.variants and args.num_samples is not None:
+        raise StudyError(f"--num-samples: {space.source} is a grid of variants x seeds ({space.num_trials} trials); "
+                         "the number of trials follows from it")
     for attr, value in (("num_samples", args.num_samples), ("max_concurrent", args.max_concurrent),
                         ("workers_per_trial", args.workers_per_trial), ("gpus_per_worker", args.gpus_per_worker),
                         ("cpus_per_worker", args.cpus_per_worker), ("seed", args.seed)):
         if value is not None:
             setattr(s, attr, value)
-    if s.num_samples < 1:
-        raise StudyError(f"--num-samples = {s.num_samples}: must be >= 1")
-    if s.max_concurrent is not None and s.max_concurrent < 1:
-        raise StudyError(f"--max-concurrent = {s.max_concurrent}: must be >= 1")
-    if s.workers_per_trial < 0 or s.gpus_per_worker < 0:
-        raise StudyError("--workers-per-trial and --gpus-per-worker must be >= 0")
+    check_settings(s, "command line", cli=True)
     if args.set:
         from moco.config import parse_overrides
 
@@ -86,6 +84,7 @@ def apply_cli(space: Space, args: argparse.Namespace) -> Space:
         space.base_overrides = {**space.base_overrides, **overrides}
     if s.gpus_per_worker:
         space.base = space.base.replace(device="cuda")
+    check_study(space, cli=True)  # the same cross-section checks as loading, on the overridden space
     return space
 
 
@@ -377,8 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         space = apply_cli(load_space(args.space), args)
-        name = args.name or Path(space.source).stem
+        name = plain_name(args.name if args.name is not None else Path(space.source).stem, "--name")
+        if not args.storage.strip():
+            raise StudyError("--storage '': a folder or a URI (s3://, gs://, file://)")
         remote = "://" in args.storage
+        if not remote and Path(args.storage).exists() and not Path(args.storage).is_dir():
+            raise StudyError(f"--storage {args.storage}: a file, not a folder")
         storage = args.storage.rstrip("/") if remote else str(Path(args.storage).resolve())
         # With remote storage the study's own files are staged locally and mirrored (study/mirror.py).
         run_dir = Path("runs").resolve() / ".remote" / name if remote else Path(storage) / name
