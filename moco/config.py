@@ -109,7 +109,7 @@ class TrainConfig:
         need(self.dataset in DATASETS, "dataset", f"one of {', '.join(DATASETS)}")
         need(self.val_size >= 0, "val_size", "an integer >= 0")
         need(self.train_subset is None or self.train_subset > 0, "train_subset", "null or an integer > 0")
-        need(self.image_size is None or self.image_size >= 8, "image_size", "null or an integer >= 8")
+        need(self.image_size is None or 8 <= self.image_size <= 1024, "image_size", "null or an integer in [8, 1024]")
         need(self.loader_workers >= 0, "loader_workers", "an integer >= 0")
         need(self.backbone in BACKBONES, "backbone", f"one of {', '.join(BACKBONES)}")
         need(self.width >= 1, "width", "an integer >= 1")
@@ -126,6 +126,8 @@ class TrainConfig:
         need(self.selection_warmup_epochs >= 0, "selection_warmup_epochs", "an integer >= 0")
         need(self.bn_mode in BN_MODES, "bn_mode", f"one of {', '.join(BN_MODES)}")
         need(self.bn_splits >= 1, "bn_splits", "an integer >= 1")
+        need(self.bn_mode != "split" or self.batch_size % self.bn_splits == 0, "bn_splits",
+             f"a divisor of batch_size = {self.batch_size} (SplitBatchNorm splits every batch into bn_splits parts)")
         need(self.compute_budget is None or self.compute_budget >= 1, "compute_budget", "null or an integer >= 1")
         if self.compute_budget is not None:
             need(self.compute_budget % self.views == 0, "compute_budget",

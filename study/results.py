@@ -77,7 +77,7 @@ def write_study_json(run_dir: Path, space: Space, *, status: str, command: list[
         "variants": space.variants, "seeds": space.seeds, "base_config": space.base.to_dict(),
         "base": {"config": space.base_name, "overrides": space.base_overrides}, "space_file": space.source,
         "num_samples": space.num_trials, "searcher": s.searcher if not space.variants else "grid",
-        "scheduler": s.scheduler, "settings": {**space.describe()["study"], "time_attr": COMPUTE},
+        "scheduler": s.scheduler, "settings": {**space.describe()["study"], "time_attr": COMPUTE, "max_t": space.max_budget},
         "budget": {COMPUTE: space.budget, "max": space.max_budget}, "seed": s.seed,
         "command": previous.get("command") or " ".join(command or sys.argv), "resumes": previous.get("resumes", 0),
         "versions": previous.get("versions") or versions(), "git_commit": previous.get("git_commit") or git_commit(),

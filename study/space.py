@@ -32,6 +32,7 @@ from typing import Any
 
 from moco.config import ConfigError, TrainConfig, field_names, load_yaml
 from moco.safe_yaml import YamlError, load_value, short
+from moco.sources import check_sizes
 from moco.vocabulary import STUDY_METRICS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -294,6 +295,11 @@ def check_study(space: Space, cli: bool = False) -> None:
     """Checks across sections, before anything starts (also after command-line overrides, with ``cli``)."""
     s, source = space.settings, space.source
     check_settings(s, source, cli)
+    for overrides in space.variants.values() or [{}]:  # split sizes against the dataset (no worker would start)
+        try:
+            check_sizes(space.config_with(overrides))
+        except ConfigError as err:
+            raise SpaceError(source, f"base.overrides.{err.key}", f"{short(err.value)}: {err.allowed}") from None
     if s.scheduler == "asha" and s.grace_period > space.max_budget:
         raise SpaceError(source, "study.grace_period", f"{s.grace_period} is above the trials' compute budget "
                          f"({space.max_budget}): ASHA could never stop a trial; lower it or use scheduler: none")

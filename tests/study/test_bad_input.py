@@ -80,6 +80,12 @@ BAD = {
                         "search.epochs"),
     "seeds with a search": (SPACE + "seeds: [0, 1]\n", [], "seeds"),
     "num-samples with variants": (None, ["--num-samples", "3"], "--num-samples"),
+    # 7. training configs that passed validation and failed inside the worker
+    "val_size above the dataset": (SPACE.replace("config: digits", "config: digits\n  overrides: {val_size: 5000}"),
+                                   [], "val_size"),
+    "train_subset above the dataset": (SPACE, ["--set", "train_subset=100000"], "train_subset"),
+    "bn_splits not dividing the batch": (SPACE, ["--set", "bn_splits=7"], "bn_splits"),
+    "image_size without bound": (SPACE, ["--set", "image_size=100000"], "image_size"),
     # 8. names and paths
     "name with dots": (SPACE, ["--name", "../../x"], "--name"),
     "absolute name": (SPACE, ["--name", "/tmp/x"], "--name"),
