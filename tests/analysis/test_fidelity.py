@@ -16,7 +16,7 @@ from analysis.bounds import boundary_table, boundary_warnings
 from analysis.fidelity import ASHA, OBSERVED, at_rung, common_rung, rung_counts, time_attribute, values_at
 from analysis.importance import MIN_TRUSTED, compute_importance
 from analysis.load import load_study
-from analysis.report import build_report
+from analysis.report import build_report, main
 
 from .conftest import make_grid_study, make_rung_study, make_search_study
 
@@ -256,3 +256,11 @@ def test_report_compares_all_trials_at_one_rung(tmp_path):
     assert "Warning:" not in md
     svg = (out / "figures" / "metric_vs_params.svg").read_text()
     assert "compute ≥ 4 (ASHA rung)" in svg and "raw pixels" in svg
+    assert "### Search-range boundaries" in md
+
+
+def test_cli_sets_the_trials_a_rung_must_hold(tmp_path):
+    study = make_rung_study(tmp_path)
+    assert main([str(study), "--min-trials", "13", "--resamples", "0", "--format", "md"]) == 0
+    md = (study / "report" / "report.md").read_text()
+    assert "compared at **compute ≥ 2 (ASHA rung)" in md and "No intervals" in md
