@@ -276,7 +276,8 @@ def importance(table: pd.DataFrame, study_name: str, fidelity: str = "", warning
         fig.text(0.5, -0.02, warning, ha="center", va="top", color="tab:red", wrap=True)
     table = table.assign(view=fidelity) if fidelity else table
     return Plot("importance", fig, {"importance": table.reset_index(drop=True)},
-                f"Optuna importance evaluators over the study rebuilt from trials.csv ({fidelity or 'completed trials'})"
+                "Optuna importance evaluators over the study rebuilt from trials.csv "
+                f"({fidelity or 'completed trials'})"
                 + ("; whiskers: 95 % percentile interval over bootstrap resamples of the trials." if has_ci else "."))
 
 

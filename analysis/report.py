@@ -280,12 +280,12 @@ def _state_notes(s: Study) -> list[str]:
         n = int((t["status"] == st).sum())
         if n:
             notes.append(f"**{s.name}**: {n} {st} trial(s) ({', '.join(t.loc[t['status'] == st, 'trial_id'][:8])}"
-                         f"{', …' if n > 8 else ''}); excluded from best and ablation statistics (compared with the others "
-                         f"at the common rung only if they reached it).")
+                         f"{', …' if n > 8 else ''}); excluded from best and ablation statistics (compared "
+                         f"with the others at the common rung only if they reached it).")
     if (t["status"] == "pruned").any():
         notes.append(f"**{s.name}**: {int((t['status'] == 'pruned').sum())} trial(s) stopped early by the "
-                     f"scheduler (pruned); their final values are at the epoch they stopped and never count as best; the "
-                     f"figures that compare trials read every trial at one common rung instead.")
+                     f"scheduler (pruned); their final values are at the epoch they stopped and never count as best; "
+                     f"the figures that compare trials read every trial at one common rung instead.")
     return notes
 
 
