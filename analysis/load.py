@@ -244,7 +244,8 @@ def load_study(path: str | Path, metric: str | None = None) -> Study:
     metric = metric or str(meta.get("metric") or DEFAULT_METRIC)
     if metric not in trials.columns or metric in NON_METRIC_COLUMNS or metric.startswith("param_"):
         raise ReportError(
-            f"{path}: metric {metric!r} does not exist; available metrics: {', '.join(numeric_columns(trials)) or 'none'}"
+            f"{path}: metric {metric!r} does not exist; available metrics: "
+            f"{', '.join(numeric_columns(trials)) or 'none'}"
         )
     trials[metric] = pd.to_numeric(trials[metric], errors="coerce")
     if not trials[metric].notna().any() and metric != DEFAULT_METRIC:

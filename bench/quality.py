@@ -5,7 +5,8 @@
    ``moco.engine.Engine`` directly (no Ray), with seeds the search did not use (it trains with seed 0): the MoCo v2
    baseline (lambda = rho = delta = 1) and the best configuration of the default study
    (``runs/hardneg/best_config.yaml`` when it exists, else the best trial of this run's TPE study from
-   bench/efficiency.py; only its searched keys are taken). Validation and test weighted kNN top-1 (k = 200, t = 0.1, cosine) with the
+   bench/efficiency.py; only its searched keys are taken). Validation and test weighted kNN top-1 (k = 200, t = 0.1,
+   cosine) with the
    run's training images as the bank, and the linear-probe test accuracy (``moco.evaluate.linear_probe``) on the same
    frozen features; beside raw pixels with the same protocol (uncentred, and centred on the bank's mean), with the
    run's bank and with the full 55k training split as the bank.

@@ -20,7 +20,8 @@ ENV_VAR = "MOCO_DATA_DIR"
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
-FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte")
 #: sub-folders of a root that may hold each dataset (torchvision's layout included)
 _SUBDIRS = {
     "fashion_mnist": (".", "fashion_mnist", "fashion-mnist", "FashionMNIST/raw", "fashion_mnist/FashionMNIST/raw"),

@@ -36,7 +36,7 @@ def raw_name(metric: str) -> str:
     return RAW_PREFIX + metric
 
 
-# --- step statistics (averaged over an epoch; see moco.model.MoCo.forward) ----------------------------------------------
+# --- step statistics (averaged over an epoch; see moco.model.MoCo.forward) --------------------------------------
 STEP_STATS = ("pos_sim", "neg_sim_q10", "neg_sim_q50", "neg_sim_q90", "filtered_frac", "kept_negatives",
               "false_neg_rate")
 
@@ -47,7 +47,8 @@ HISTORY_KEYS = (EPOCH, COMPUTE, "loss", "lr", "momentum", "images_per_s", "epoch
                 *(raw_name(m) for m in FINAL_METRICS),
                 "time_total_s", "node_id", "world_size", "diverged", "startup_ray_s", "startup_setup_s")
 
-# --- trial statuses ----------------------------------------------------------------------------------------------------
-COMPLETED, PRUNED, DIVERGED, ERRORED, RUNNING, PENDING = "completed", "pruned", "diverged", "errored", "running", "pending"
+# --- trial statuses ----------------------------------------------------------------------------------------------
+COMPLETED, PRUNED, DIVERGED, ERRORED = "completed", "pruned", "diverged", "errored"
+RUNNING, PENDING = "running", "pending"
 FINISHED = (COMPLETED, PRUNED, DIVERGED, ERRORED)  #: a trial's outcome is final
 STATUSES = (*FINISHED, RUNNING, PENDING)

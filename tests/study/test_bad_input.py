@@ -39,16 +39,16 @@ def _study(argv: list[str], tmp_path, capsys, space: str | None = None) -> tuple
     return status, capsys.readouterr().err
 
 
+_QUEUE_WHEN = "  queue_size: {type: int, low: 512, high: 1024, when: '%s'}\n"
+
 # name -> (space text or None for the ablation file, extra argv, text the message must hold)
 BAD = {
     # 3. `when` conditions
-    "when with a word": (_space(search="  queue_size: {type: int, low: 512, high: 1024, when: 'hard_negative_ratio < abc'}\n"),
-                         [], "search.queue_size.when"),
-    "when unparsable": (_space(search="  queue_size: {type: int, low: 512, high: 1024, when: 'hard_negative_ratio == [1,'}\n"),
-                        [], "search.queue_size.when"),
+    "when with a word": (_space(search=_QUEUE_WHEN % "hard_negative_ratio < abc"), [], "search.queue_size.when"),
+    "when unparsable": (_space(search=_QUEUE_WHEN % "hard_negative_ratio == [1,"), [], "search.queue_size.when"),
     "when orders a string": (_space(**{"  hard_negative_ratio: {type: float, low: 0.05, high: 1.0}":
                                        "  norm: {type: categorical, choices: [batch, group]}"},
-                                    search="  queue_size: {type: int, low: 512, high: 1024, when: 'norm < 1'}\n"),
+                                    search=_QUEUE_WHEN % "norm < 1"),
                              [], "search.queue_size.when"),
     # 5. numbers that are not finite or out of range
     "cpus nan": (SPACE, ["--cpus-per-worker", "nan"], "--cpus-per-worker"),
@@ -122,11 +122,12 @@ GOOD = {
     "exponent written as 1e-4": SPACE.replace("low: 0.05, high: 0.5, log: true", "low: 1e-4, high: 1e-1, log: true"),
     "many categorical parameters (5 x 4^5 = 5,120 corners)": _space().replace("study:", "".join(
         f"  {k}: {{type: categorical, choices: {v}}}\n" for k, v in (
-            ("queue_size", "[512, 1024, 2048, 4096]"), ("width", "[4, 8, 16, 32]"), ("feature_dim", "[16, 32, 64, 128]"),
-            ("mlp_hidden", "[32, 64, 128, 256]"), ("knn_k", "[10, 20, 50, 100, 150]"), ("bn_splits", "[1, 2, 4, 8]")))
+            ("queue_size", "[512, 1024, 2048, 4096]"), ("width", "[4, 8, 16, 32]"),
+            ("feature_dim", "[16, 32, 64, 128]"), ("mlp_hidden", "[32, 64, 128, 256]"),
+            ("knn_k", "[10, 20, 50, 100, 150]"), ("bn_splits", "[1, 2, 4, 8]")))
         + "study:"),
-    "when on a categorical string": _space().replace("study:", "  norm: {type: categorical, choices: [batch, group]}\n"
-                                                           "  bn_splits: {type: int, low: 1, high: 4, when: 'norm == batch'}\nstudy:"),
+    "when on a categorical string": _space(search="  norm: {type: categorical, choices: [batch, group]}\n"
+                                                  "  bn_splits: {type: int, low: 1, high: 4, when: 'norm == batch'}\n"),
     "step dividing the range": _space(**{"low: 0.05, high: 1.0}": "low: 0.1, high: 1.0, step: 0.1}"}),
 }
 
