@@ -46,7 +46,8 @@ COLUMNS = ["endpoint", "candidate", "n_seeds", "mean", "ci_low", "ci_high", "n_p
 
 def holm(p_values) -> np.ndarray:
     """Holm's step-down adjusted p-values (family-wise error control). With the m finite p-values sorted,
-    p_(1) <= ... <= p_(m): adjusted p_(i) = max_{j <= i} min(1, (m - j + 1) * p_(j)). NaN stays NaN, not counted in m."""
+    p_(1) <= ... <= p_(m): adjusted p_(i) = max_{j <= i} min(1, (m - j + 1) * p_(j)). NaN stays NaN and is not
+    counted in m."""
     p = np.asarray(p_values, dtype=float)
     out = np.full(p.shape, np.nan)
     finite = np.flatnonzero(np.isfinite(p))
@@ -161,7 +162,7 @@ def best_candidate(table: pd.DataFrame, endpoint: str) -> pd.Series | None:
     return rows.loc[rows["mean"].idxmax()] if len(rows) else None
 
 
-# --- the report section ------------------------------------------------------------------------------------------------
+# --- the report section -----------------------------------------------------------------------------------------
 def _num(x: float, fmt: str = ".2f") -> str:
     ok = isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and math.isfinite(x)
     return format(x, fmt) if ok else "n/a"
@@ -219,8 +220,9 @@ def section(doc, name: str, run_dir: Path, prefix: str = "") -> None:
              f"Holm-corrected. Verdicts: **{BETTER}** / **{WORSE}** when the corrected p < {abl.ALPHA}, otherwise "
              f"**{NOT_DISTINGUISHABLE}**; with fewer than {abl.MIN_SEEDS} paired seeds, **{TOO_FEW}**.")
     if done < len(t):
-        doc.para(f"*{len(t) - done} run(s) did not complete ({', '.join(sorted(set(t.loc[t['status'] != COMPLETED, 'status'])))});"
-                 " they are left out of every statistic, so some comparisons pair fewer seeds.*")
+        statuses = ", ".join(sorted(set(t.loc[t["status"] != COMPLETED, "status"])))
+        doc.para(f"*{len(t) - done} run(s) did not complete ({statuses}); they are left out of every statistic, so "
+                 "some comparisons pair fewer seeds.*")
     val = endpoint_table(conf, VAL_ENDPOINTS)
     claims = []
     best = best_candidate(val, endpoint)
@@ -255,10 +257,9 @@ def section(doc, name: str, run_dir: Path, prefix: str = "") -> None:
                       f"{_ci(r.diff_ci_low, r.diff_ci_high)} points, Holm p = {_num(r.p_holm, '.3g')}, "
                       f"n = {r.n_paired}: {r.verdict}.")
     ranks = rank_agreement(conf)
-    claims.append(f"Does the cheap search rank configurations the way longer runs do? Spearman's ρ between search rank "
-                  f"and confirmed rank (by {ranks['endpoint']}), n = {ranks['n']} configurations: "
-                  + (f"ρ = {ranks['rho']:+.2f} (p = {_num(ranks['p'], '.3g')}; with n = {ranks['n']} only a perfect "
-                     f"agreement can be significant)." if math.isfinite(ranks["rho"]) else
+    claims.append(f"Does the cheap search rank configurations the way longer runs do? Spearman's ρ between search "
+                  f"rank and confirmed rank (by {ranks['endpoint']}), n = {ranks['n']} configurations: "
+                  + (f"ρ = {ranks['rho']:+.2f} (p = {_num(ranks['p'], '.3g')})." if math.isfinite(ranks["rho"]) else
                      f"**{UNDETERMINED}** (needs at least {MIN_RANKED} configurations)."))
     doc.bullets(claims)
     doc.table(val, f"{prefix}confirm_validation",
@@ -268,5 +269,5 @@ def section(doc, name: str, run_dir: Path, prefix: str = "") -> None:
         doc.table(ranks["ranks"], f"{prefix}confirm_ranks", "Search rank against confirmed rank.")
     final = endpoint_table(conf, TEST_ENDPOINTS)[["endpoint", "candidate", "n_seeds", "mean", "ci_low", "ci_high",
                                                   "diff", "diff_ci_low", "diff_ci_high", "raw"]]
-    doc.table(final, f"{prefix}confirm_final", "Final table, test endpoints (shown, never used to choose): mean [95 % CI] "
-              "over seeds, paired difference from the baseline, raw pixels.")
+    doc.table(final, f"{prefix}confirm_final", "Final table, test endpoints (shown, never used to choose): mean "
+              "[95 % CI] over seeds, paired difference from the baseline, raw pixels.")

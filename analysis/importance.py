@@ -1,9 +1,18 @@
-"""Parameter importance with Optuna's evaluators over an Optuna study rebuilt from ``trials.csv``.
+"""Parameter importance with Optuna's evaluators over an Optuna study rebuilt from ``trials.csv``, with bootstrap
+intervals.
 
 The study is rebuilt in memory with :func:`optuna.trial.create_trial` (``optuna.db`` is never needed): completed
 trials become ``COMPLETE`` with their final metric, pruned trials ``PRUNED`` with their last intermediate values
 from ``history.csv``; other trials (diverged, errored, running, pending) are left out. Distributions come from
-``study.json``'s space, widened where a trial (typically the baseline) lies outside the searched range.
+``study.json``'s space, widened where a trial (typically the baseline) lies outside the searched range. Pass a view
+of the study at one fidelity (``analysis.fidelity.at_rung``) to compare every trial that reached a rung at its value
+there: in the view they are all ``completed``.
+
+Uncertainty: the n COMPLETE trials are resampled with replacement B times (seeded); each resample is rebuilt as a
+study and scored by the same evaluator (fANOVA with ``RESAMPLE_TREES`` trees instead of 64 to keep B = 200 cheap:
+the extra tree noise only widens the intervals). The interval per parameter is the percentile interval
+[q_2.5, q_97.5] of its normalised importance over the resamples the evaluator could score; the point estimate is
+the evaluator on all n trials. Importance over fewer than ``MIN_TRUSTED`` trials carries a plain warning.
 """
 
 from __future__ import annotations
@@ -22,22 +31,37 @@ from optuna.trial import TrialState
 
 from analysis.load import Param, Study
 
-#: evaluator name (shown on figures and in the report) -> factory
+#: evaluator name (shown on figures and in the report) -> factory(seed, number of fANOVA trees)
 EVALUATORS = {
-    "fANOVA": lambda: FanovaImportanceEvaluator(seed=0),
-    "PED-ANOVA": lambda: PedAnovaImportanceEvaluator(),
+    "fANOVA": lambda seed, trees: FanovaImportanceEvaluator(n_trees=trees, seed=seed),
+    "PED-ANOVA": lambda seed, trees: PedAnovaImportanceEvaluator(),
 }
 MIN_COMPLETED = 2
+MIN_TRUSTED = 10  #: below this many trials, importance comes with a warning
+RESAMPLES = 200  #: bootstrap resamples per evaluator
+POINT_TREES, RESAMPLE_TREES = 64, 16
+CONFIDENCE = 0.95
 
 
 @dataclass
 class ImportanceResult:
     """Importances per (parameter, method) in ``table``; ``skipped`` says why a method (or all) produced nothing."""
 
-    table: pd.DataFrame  #: columns param, method, importance (normalised to sum 1 per method)
-    n_complete: int = 0
+    #: columns param, method, importance (normalised to sum 1 per method), ci_low, ci_high (bootstrap percentile
+    #: interval), resamples (how many resamples the evaluator scored)
+    table: pd.DataFrame
+    n_complete: int = 0  #: the trials importance rests on
     n_pruned: int = 0
     skipped: dict[str, str] = field(default_factory=dict)  #: method (or "all") -> reason
+    fidelity: str = "final values"  #: which values were compared (the study's ``fidelity_label``)
+
+    @property
+    def warning(self) -> str:
+        """A plain warning when importance rests on fewer than ``MIN_TRUSTED`` trials; empty otherwise."""
+        if self.skipped.get("all") or self.n_complete >= MIN_TRUSTED:
+            return ""
+        return (f"Importance rests on {self.n_complete} trials (fewer than {MIN_TRUSTED}): the ranking cannot be "
+                f"trusted; read the intervals, not the order.")
 
 
 def _match_choice(value: Any, choices: list[Any]) -> Any:
@@ -115,21 +139,64 @@ def rebuild_optuna_study(study: Study, metric: str | None = None) -> optuna.Stud
     return ostudy
 
 
-def compute_importance(study: Study, metric: str | None = None) -> ImportanceResult:
-    """fANOVA and PED-ANOVA importances of the searched parameters; skips (with a reason) when they cannot run.
+def _evaluate(ostudy: optuna.Study, method: str, params: list[str], seed: int, trees: int) -> dict[str, float]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return optuna.importance.get_param_importances(ostudy, evaluator=EVALUATORS[method](seed, trees),
+                                                       params=params)
+
+
+def _resampled(trials: list[optuna.trial.FrozenTrial], idx: np.ndarray, direction: str) -> optuna.Study:
+    ostudy = optuna.create_study(direction=direction)
+    ostudy.add_trials([trials[i] for i in idx])
+    return ostudy
+
+
+def bootstrap_intervals(ostudy: optuna.Study, method: str, params: list[str], resamples: int = RESAMPLES,
+                        seed: int = 0) -> tuple[pd.DataFrame, int]:
+    """Percentile intervals of ``method``'s importances over ``resamples`` resamples (with replacement) of the
+    COMPLETE trials; returns (frame with param, ci_low, ci_high; number of resamples scored). Deterministic given
+    ``seed``. A resample the evaluator cannot score (e.g. every value equal) is dropped."""
+    complete = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    direction = "maximize" if ostudy.direction == optuna.study.StudyDirection.MAXIMIZE else "minimize"
+    rng = np.random.default_rng(seed)
+    draws = []
+    for b in range(resamples):
+        idx = rng.integers(0, len(complete), size=len(complete))
+        if len({complete[i].value for i in idx}) < 2:
+            continue
+        try:
+            imp = _evaluate(_resampled(complete, idx, direction), method, params, seed + 1 + b, RESAMPLE_TREES)
+        except Exception:  # noqa: BLE001 - an unscorable resample is dropped and counted
+            continue
+        if imp and all(np.isfinite(v) for v in imp.values()):
+            draws.append([float(imp.get(p, 0.0)) for p in params])
+    if not draws:
+        return pd.DataFrame({"param": params, "ci_low": np.nan, "ci_high": np.nan}), 0
+    a = np.asarray(draws)
+    tail = 100 * (1 - CONFIDENCE) / 2
+    return pd.DataFrame({"param": params, "ci_low": np.percentile(a, tail, axis=0),
+                         "ci_high": np.percentile(a, 100 - tail, axis=0)}), len(draws)
+
+
+def compute_importance(study: Study, metric: str | None = None, resamples: int = RESAMPLES,
+                       seed: int = 0) -> ImportanceResult:
+    """fANOVA and PED-ANOVA importances of the searched parameters with bootstrap intervals (see the module
+    docstring); skips (with a reason) when they cannot run. ``resamples = 0`` gives point estimates only.
 
     Needs at least ``MIN_COMPLETED`` completed trials whose metric and parameters vary.
     """
-    empty = pd.DataFrame(columns=["param", "method", "importance"])
+    empty = pd.DataFrame(columns=["param", "method", "importance", "ci_low", "ci_high", "resamples"])
+    label = study.fidelity_label
     if not study.params:
-        return ImportanceResult(empty, skipped={"all": "no parameters were searched"})
+        return ImportanceResult(empty, skipped={"all": "no parameters were searched"}, fidelity=label)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         ostudy = rebuild_optuna_study(study, metric)
     complete = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     n_pruned = len(ostudy.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
-    result = ImportanceResult(empty, n_complete=len(complete), n_pruned=n_pruned)
+    result = ImportanceResult(empty, n_complete=len(complete), n_pruned=n_pruned, fidelity=label)
     if len(complete) < MIN_COMPLETED:
         result.skipped["all"] = f"needs at least {MIN_COMPLETED} completed trials, found {len(complete)}"
         return result
@@ -142,19 +209,23 @@ def compute_importance(study: Study, metric: str | None = None) -> ImportanceRes
     if not varying:
         result.skipped["all"] = "no searched parameter varies across the completed trials"
         return result
-    rows = []
-    for method, make in EVALUATORS.items():
+    frames = []
+    for method in EVALUATORS:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                imp = optuna.importance.get_param_importances(ostudy, evaluator=make(), params=varying)
+            imp = _evaluate(ostudy, method, varying, seed, POINT_TREES)
         except Exception as e:  # noqa: BLE001 - reported, not hidden
             result.skipped[method] = f"{type(e).__name__}: {e}"
             continue
         if not imp or not any(np.isfinite(v) and v > 0 for v in imp.values()):
             result.skipped[method] = "the evaluator found no importance signal (too few or too similar trials)"
             continue
-        rows += [{"param": k, "method": method, "importance": float(v)} for k, v in imp.items()]
-    if rows:
-        result.table = pd.DataFrame(rows)
+        point = pd.DataFrame({"param": list(imp), "method": method, "importance": [float(v) for v in imp.values()]})
+        if resamples > 0:
+            ci, scored = bootstrap_intervals(ostudy, method, varying, resamples, seed)
+            point = point.merge(ci, on="param", how="left").assign(resamples=scored)
+        else:
+            point = point.assign(ci_low=np.nan, ci_high=np.nan, resamples=0)
+        frames.append(point)
+    if frames:
+        result.table = pd.concat(frames, ignore_index=True)
     return result

@@ -13,13 +13,17 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import pandas as pd
 
-DEFAULT_METRIC = "val_knn_top1"
-STATUSES = ("completed", "pruned", "diverged", "errored", "running", "pending")
+from moco.vocabulary import VAL_KNN, raw_name
+
+if TYPE_CHECKING:
+    from analysis.fidelity import Rung
+
+DEFAULT_METRIC = VAL_KNN
 #: trial columns that are bookkeeping, never offered as a metric
 NON_METRIC_COLUMNS = {"trial_id", "trial_number", "is_baseline", "status", "variant", "seed", "node_id", "error"}
 #: numeric trial columns coerced to float when present
@@ -61,6 +65,10 @@ class Study:
     metric: str
     mode: str = "max"
     params: list[Param] = field(default_factory=list)
+    #: None for the study as recorded (each trial at its final value); a :class:`analysis.fidelity.Rung` for a view
+    #: of the study at one fidelity (``analysis.fidelity.at_rung``), in which every trial observed at the rung is
+    #: ``completed`` with its value there
+    fidelity: Rung | None = None
 
     @property
     def name(self) -> str:
@@ -99,6 +107,23 @@ class Study:
             return None
         values = done[self.metric].to_numpy(dtype=float)
         return done.iloc[int(np.argmax(values) if self.maximize else np.argmin(values))]
+
+    @property
+    def fidelity_label(self) -> str:
+        """Which values the trials are compared at: the rung (``compute ≥ 4 (ASHA rung), 9 of 16 trials``) or
+        ``final values``."""
+        return self.fidelity.label if self.fidelity is not None else "final values"
+
+    def raw_pixel_value(self, metric: str | None = None) -> float:
+        """The raw-pixel value of ``metric`` (default: the study's) on the same bank and protocol: the median over
+        trials of each trial's first finite value in ``history.csv`` column ``raw_name(metric)`` (reported with
+        epoch 1); NaN when the column is absent or empty (older studies)."""
+        col = raw_name(metric or self.metric)
+        if col not in self.history.columns:
+            return math.nan
+        h = self.history[["trial_id", col]].dropna()
+        h = h[np.isfinite(h[col].astype(float))]
+        return float(h.groupby("trial_id")[col].first().median()) if len(h) else math.nan
 
     def baseline_value(self) -> float:
         """Mean metric of the completed baseline trial(s); NaN when there is none."""
@@ -219,7 +244,8 @@ def load_study(path: str | Path, metric: str | None = None) -> Study:
     metric = metric or str(meta.get("metric") or DEFAULT_METRIC)
     if metric not in trials.columns or metric in NON_METRIC_COLUMNS or metric.startswith("param_"):
         raise ReportError(
-            f"{path}: metric {metric!r} does not exist; available metrics: {', '.join(numeric_columns(trials)) or 'none'}"
+            f"{path}: metric {metric!r} does not exist; available metrics: "
+            f"{', '.join(numeric_columns(trials)) or 'none'}"
         )
     trials[metric] = pd.to_numeric(trials[metric], errors="coerce")
     if not trials[metric].notna().any() and metric != DEFAULT_METRIC:

@@ -1,17 +1,16 @@
-"""Figures of a study report: one function per figure, all drawn in one shared style (:func:`styled`).
+"""Figures of a study report: one function per figure, all drawn in one shared style (``analysis/style.py``).
 
 Every figure function returns a :class:`Plot` (the figure plus the table(s) behind it) or raises :class:`Skip`
 with a one-line reason the report prints instead. Nothing here writes files except :func:`save_figure`.
-Parameters searched on a log scale (``study.json`` space, ``"log": true``) get log axes.
+Parameters searched on a log scale (``study.json`` space, ``"log": true``) get log axes with plain-number ticks.
+Figures that compare trials take a study *at one fidelity* when given one (``analysis/fidelity.py``: every trial
+at the same ASHA rung) and say which in their title; metric figures draw the raw-pixel value of the metric as a
+reference line when the study recorded it.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
 
 import matplotlib
 
@@ -23,114 +22,12 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from analysis.load import Param, Study  # noqa: E402
+from analysis.style import (  # noqa: E402,F401 - Plot, Skip, label, save_figure are used through this module too
+    BASELINE_MARK, CMAP, PANEL, RAW_LABEL, RAW_STYLE, STATUS_STYLE, STUDY_COLORS, Plot, Skip, categorical_positions,
+    label, log_axis, new_figure, param_axis, param_range, raw_line, save_figure, styled,
+)
 
-#: one style for every figure: readable at slide size
-STYLE = {
-    "figure.dpi": 100, "savefig.dpi": 150, "savefig.bbox": "tight", "font.size": 12, "axes.titlesize": 13,
-    "axes.labelsize": 12, "xtick.labelsize": 11, "ytick.labelsize": 11, "legend.fontsize": 10,
-    "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
-    "lines.linewidth": 1.6, "svg.fonttype": "none", "figure.constrained_layout.use": True,
-}
-PANEL = (5.4, 4.0)  #: inches per panel
-CMAP = "viridis"
-STATUS_STYLE = {  # learning-curve style per trial status
-    "completed": dict(color="tab:blue", ls="-", alpha=0.55, lw=1.4),
-    "pruned": dict(color="0.55", ls="--", alpha=0.8, lw=1.2),
-    "diverged": dict(color="tab:red", ls=":", alpha=0.9, lw=1.4),
-    "errored": dict(color="tab:red", ls=":", alpha=0.9, lw=1.4),
-    "running": dict(color="tab:purple", ls="-.", alpha=0.8, lw=1.2),
-    "pending": dict(color="tab:purple", ls="-.", alpha=0.8, lw=1.2),
-}
-BASELINE_MARK = dict(marker="*", s=260, color="tab:red", edgecolor="black", linewidth=0.8, zorder=5)
 TOO_FEW_SHORT = ("too few seeds to conclude", "too few seeds")
-STUDY_COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-
-LABELS = {
-    "temperature": "temperature τ", "hard_negative_ratio": "hard-negative ratio ρ (fraction kept)",
-    "false_negative_threshold": "false-negative threshold δ (cosine)", "queue_size": "queue size K (keys)",
-    "dual_view_weight": "dual-view weight λ", "lr": "learning rate", "momentum": "key-encoder momentum m",
-    "batch_size": "batch size (images)", "weight_decay": "weight decay", "epochs": "epochs",
-    "val_knn_top1": "val kNN top-1 (%)", "best_val_knn_top1": "best val kNN top-1 (%)",
-    "test_knn_top1": "test kNN top-1 (%)", "linear_top1": "linear-probe top-1 (%)", "loss": "loss",
-    "cpu_hours": "CPU-hours", "gpu_hours": "GPU-hours", "images_seen": "images seen",
-    "wall_s": "wall time (s)",
-}
-
-
-class Skip(Exception):
-    """A figure cannot be drawn for this study; the message says why (shown in the report)."""
-
-
-@dataclass
-class Plot:
-    """A drawn figure, the data behind it (one CSV per entry of ``tables``) and a caption."""
-
-    name: str
-    fig: plt.Figure
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    caption: str = ""
-
-
-def label(name: str) -> str:
-    """Axis label with units for a parameter or metric name."""
-    return LABELS.get(name, name.replace("_", " "))
-
-
-def styled(func: Callable[..., Plot]) -> Callable[..., Plot]:
-    """Draw inside the shared style (rcParams) so every figure looks the same."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs) -> Plot:
-        with plt.rc_context(STYLE):
-            return func(*args, **kwargs)
-
-    return wrapper
-
-
-def new_figure(n_panels: int = 1, ncols: int | None = None) -> tuple[plt.Figure, list[plt.Axes]]:
-    """A figure with ``n_panels`` panels of the shared size, returned as a flat list (unused panels removed)."""
-    ncols = ncols or min(n_panels, 3)
-    nrows = math.ceil(n_panels / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(PANEL[0] * ncols, PANEL[1] * nrows), squeeze=False)
-    flat = list(axes.ravel())
-    for ax in flat[n_panels:]:
-        ax.remove()
-    return fig, flat[:n_panels]
-
-
-def save_figure(fig: plt.Figure, directory: Path, name: str) -> list[Path]:
-    """Write ``name.png`` and ``name.svg`` into ``directory`` and close the figure."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = [directory / f"{name}.png", directory / f"{name}.svg"]
-    with plt.rc_context(STYLE):
-        for p in paths:
-            fig.savefig(p)
-    plt.close(fig)
-    return paths
-
-
-def _categorical_positions(p: Param, values: pd.Series) -> tuple[np.ndarray, list[str]]:
-    """Positions 0..n-1 of categorical values (declared order, then unseen ones) and their tick labels."""
-    choices = [str(c) for c in (p.choices or [])]
-    for v in pd.unique(values.dropna().astype(str)):
-        if v not in choices:
-            choices.append(v)
-    norm = values.astype(object).map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
-    pos = norm.map({c: i for i, c in enumerate(choices)}).astype(float)
-    return pos.to_numpy(), choices
-
-
-def _param_axis(ax: plt.Axes, p: Param, values: pd.Series, axis: str = "x") -> np.ndarray:
-    """Set up ``ax``'s axis for parameter ``p`` (log scale, categorical ticks); return plotting coordinates."""
-    set_label = ax.set_xlabel if axis == "x" else ax.set_ylabel
-    set_label(label(p.name))
-    if p.type == "categorical":
-        pos, choices = _categorical_positions(p, values)
-        (ax.set_xticks if axis == "x" else ax.set_yticks)(range(len(choices)), choices)
-        return pos
-    if p.log:
-        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
-    return values.to_numpy(dtype=float)
 
 
 def _best_so_far(values: np.ndarray, maximize: bool) -> np.ndarray:
@@ -140,41 +37,77 @@ def _best_so_far(values: np.ndarray, maximize: bool) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------------------
+def _view_title(study: Study) -> str:
+    return (f"at {study.fidelity.label}" if study.fidelity is not None
+            else "final values (each trial at its last report: fidelities mixed)")
+
+
+def _legend_handles(raw: bool) -> list[Line2D]:
+    handles = [Line2D([], [], ls="", marker="*", ms=14, color="tab:red", mec="black", label="baseline")]
+    return handles + ([Line2D([], [], label=RAW_LABEL, **RAW_STYLE)] if raw else [])
+
+
 @styled
-def metric_vs_params(study: Study) -> Plot:
-    """Metric against each searched parameter; points coloured by epochs reached, the baseline starred."""
+def metric_vs_params(study: Study, final: Study | None = None) -> Plot:
+    """Metric against each searched parameter, one panel per parameter, for the trials of ``study`` (a view at one
+    fidelity when it has one, see ``analysis.fidelity``) and, when ``final`` is given, a second block of panels with
+    every trial at its final value (fidelities mixed). Both blocks share the metric axis; points coloured by epochs
+    reached, the baseline starred, the raw-pixel value of the metric as a reference line."""
     if not study.params:
         raise Skip("no parameters were searched")
-    t = study.trials[np.isfinite(study.trials[study.metric])]
-    if t.empty:
+    views = [v for v in (study, final) if v is not None]
+    frames = [v.trials[np.isfinite(v.trials[v.metric])] for v in views]
+    if frames[0].empty:
         raise Skip(f"no trial has a value of {study.metric}")
-    fig, axes = new_figure(len(study.params))
+    raw = study.raw_pixel_value()
+    ys = np.concatenate([f[study.metric].to_numpy(dtype=float) for f in frames] + [[raw] if math.isfinite(raw) else []])
+    pad = (ys.max() - ys.min()) * 0.06 or 1.0
+    ncols = min(len(study.params), 3)
+    nrows = math.ceil(len(study.params) / ncols)
+    fig = plt.figure(figsize=(PANEL[0] * ncols, PANEL[1] * nrows * len(views)))
     vmax = float(np.nanmax(study.trials["max_epochs"])) if study.trials["max_epochs"].notna().any() else None
-    sc = None
-    for ax, p in zip(axes, study.params):
-        x = _param_axis(ax, p, t[p.column])
-        if p.type == "categorical":
-            x = x + np.random.default_rng(0).uniform(-0.12, 0.12, size=len(x))
-        sc = ax.scatter(x, t[study.metric], c=t["epochs"], cmap=CMAP, vmin=0, vmax=vmax, s=36,
-                        edgecolor="black", linewidth=0.3)
-        base = t["is_baseline"].to_numpy()
-        if base.any():
-            ax.scatter(x[base], t.loc[t["is_baseline"], study.metric], label="baseline", **BASELINE_MARK)
-        ax.set_ylabel(label(study.metric))
-    axes[0].legend(handles=[Line2D([], [], ls="", marker="*", ms=14, color="tab:red", mec="black",
-                                   label="baseline")], loc="best")
-    fig.colorbar(sc, ax=axes, label="epochs reached", shrink=0.8)
-    fig.suptitle(f"{study.name}: {label(study.metric)} vs searched parameters")
     cols = ["trial_id", "trial_number", "status", "is_baseline", "epochs", study.metric] + [p.column for p in
                                                                                            study.params]
-    return Plot("metric_vs_params", fig, {"metric_vs_params": t[cols].reset_index(drop=True)},
-                "Each point is a trial (pruned trials at their last reported value); colour = epochs reached.")
+    tables = []
+    for sub, v, t in zip(fig.subfigures(len(views), 1, squeeze=False).ravel(), views, frames):
+        axes = list(sub.subplots(nrows, ncols, squeeze=False).ravel())
+        for ax in axes[len(study.params):]:
+            ax.remove()
+        sc = None
+        for ax, p in zip(axes, study.params):
+            x = param_axis(ax, p, t[p.column])
+            if p.type == "categorical":
+                x = x + np.random.default_rng(0).uniform(-0.12, 0.12, size=len(x))
+            sc = ax.scatter(x, t[study.metric], c=t["epochs"], cmap=CMAP, vmin=0, vmax=vmax, s=36,
+                            edgecolor="black", linewidth=0.3)
+            base = t["is_baseline"].to_numpy()
+            if base.any():
+                ax.scatter(x[base], t.loc[t["is_baseline"], study.metric], label="baseline", **BASELINE_MARK)
+            raw_line(ax, raw)
+            ax.set_ylim(ys.min() - pad, ys.max() + pad)
+            ax.set_ylabel(label(study.metric))
+        axes[0].legend(handles=_legend_handles(math.isfinite(raw)), loc="best")
+        if sc is not None:
+            sub.colorbar(sc, ax=axes[:len(study.params)], label="epochs reached", shrink=0.8)
+        sub.suptitle(_view_title(v) + (f" ({len(t)} trials)" if v.fidelity is None else ""))
+        tables.append(t[cols].assign(view=v.fidelity_label))
+    fig.suptitle(f"{study.name}: {label(study.metric)} vs searched parameters", fontsize=14, fontweight="bold")
+    if study.fidelity is not None:
+        caption = (f"Top: every trial that reached {study.fidelity.time_attr} {study.fidelity.level:g}, at its value "
+                   f"there ({study.fidelity.label}); " + ("bottom: each trial at its last reported value (pruned "
+                                                          "trials stopped early, so heights mix fidelities); "
+                                                          if final is not None else ""))
+    else:
+        caption = "Each point is a trial (pruned trials at their last reported value); "
+    caption += "colour = epochs reached" + ("; dash-dot line = raw pixels (median over trials)." if math.isfinite(raw)
+                                            else ".")
+    return Plot("metric_vs_params", fig, {"metric_vs_params": pd.concat(tables, ignore_index=True)}, caption)
 
 
 def _bins(p: Param, values: pd.Series, n: int) -> tuple[pd.Series, list[str]]:
     """Bin a parameter's values: categories as-is, numbers into ``n`` equal (log-)width bins over the range."""
     if p.type == "categorical":
-        pos, choices = _categorical_positions(p, values)
+        pos, choices = categorical_positions(p, values)
         return pd.Series(pos, index=values.index), choices
     v = values.astype(float)
     lo, hi = float(np.nanmin(v)), float(np.nanmax(v))
@@ -189,14 +122,15 @@ def _bins(p: Param, values: pd.Series, n: int) -> tuple[pd.Series, list[str]]:
 
 @styled
 def interaction_heatmap(study: Study, x: str, y: str, bins: int = 4) -> Plot:
-    """Mean metric of completed trials in bins of two parameters (cell text: mean and trial count)."""
+    """Mean metric of completed trials (of every trial at the rung, for a view at one fidelity) in bins of two
+    parameters (cell text: mean and trial count)."""
     px, py = study.param(x), study.param(y)
     missing = [n for n, p in ((x, px), (y, py)) if p is None]
     if missing:
         raise Skip(f"{' and '.join(missing)} not searched")
     t = study.completed
     if len(t) < 2:
-        raise Skip(f"needs at least 2 completed trials, found {len(t)}")
+        raise Skip(f"needs at least 2 trials ({study.fidelity_label}), found {len(t)}")
     bx, lx = _bins(px, t[px.column], bins)
     by, ly = _bins(py, t[py.column], bins)
     cells = pd.DataFrame({"x_bin": bx, "y_bin": by, "value": t[study.metric]}).dropna()
@@ -216,11 +150,12 @@ def interaction_heatmap(study: Study, x: str, y: str, bins: int = 4) -> Plot:
     ax.set_ylabel(label(y) + (" (log bins)" if py.log else ""))
     ax.grid(False)
     fig.colorbar(im, ax=ax, label=f"mean {label(study.metric)}")
-    ax.set_title(f"{study.name}: {x} × {y}")
-    table = agg.assign(x_param=x, x_range=[lx[int(i)] for i in agg["x_bin"]], y_param=y,
+    ax.set_title(f"{study.name}: {x} × {y}\n{_view_title(study)}", fontsize=11)
+    table = agg.assign(view=study.fidelity_label, x_param=x, x_range=[lx[int(i)] for i in agg["x_bin"]], y_param=y,
                        y_range=[ly[int(i)] for i in agg["y_bin"]])
     return Plot(f"heatmap_{x}_x_{y}", fig, {f"heatmap_{x}_x_{y}": table},
-                "Completed trials only; empty cells had no trial.")
+                (f"Trials at {study.fidelity.label}" if study.fidelity is not None else "Completed trials only")
+                + "; empty cells had no trial.")
 
 
 def _curve_metric(study: Study) -> str:
@@ -262,12 +197,15 @@ def learning_curves(study: Study) -> Plot:
     handles += [Line2D([], [], color="black", lw=2.4, label="baseline")]
     if best_id is not None:
         handles += [Line2D([], [], color="tab:orange", lw=2.4, label=f"best ({best_id})")]
+    if raw_line(ax, study.raw_pixel_value(metric)):
+        handles += [Line2D([], [], label=RAW_LABEL, **RAW_STYLE)]
     ax.legend(handles=handles, loc="lower right")
     ax.set_xlabel("epoch")
     ax.set_ylabel(label(metric))
     ax.set_title(f"{study.name}: learning curves ({h['trial_id'].nunique()} trials)")
     table = h[["trial_id", "status", "is_baseline", "epoch", metric]].reset_index(drop=True)
-    return Plot("learning_curves", fig, {"learning_curves": table}, "Epochs without a validation monitor omitted.")
+    return Plot("learning_curves", fig, {"learning_curves": table}, "Epochs without a validation monitor omitted; "
+                "dash-dot line (when recorded) = the same metric on raw pixels.")
 
 
 @styled
@@ -291,6 +229,8 @@ def optimization_history(studies: list[Study]) -> Plot:
             ax.step(x, best, where="post", color=color, lw=2.2, label=f"{s.name}: best so far")
             if math.isfinite(s.baseline_value()):
                 ax.axhline(s.baseline_value(), color=color, ls="--", lw=1.4, label=f"{s.name}: baseline")
+            raw_line(ax, s.raw_pixel_value(), RAW_LABEL if len(studies) == 1 else f"{s.name}: {RAW_LABEL}",
+                     None if len(studies) == 1 else color)
         rows.append(pd.DataFrame({"study": s.name, "trial_number": t["trial_number"], "trial_id": t["trial_id"],
                                   "status": t["status"], "value": values, "best_so_far": best,
                                   f"cumulative_{hours}": cum}))
@@ -303,12 +243,14 @@ def optimization_history(studies: list[Study]) -> Plot:
     names = ", ".join(s.name for s in studies)
     fig.suptitle(f"Optimisation history: {names}")
     return Plot("optimization_history", fig, {"optimization_history": pd.concat(rows, ignore_index=True)},
-                "Dots: completed trials; line: best so far; dashed: baseline.")
+                "Dots: completed trials; line: best so far; dashed: baseline; dash-dot (when recorded): raw pixels.")
 
 
 @styled
-def importance(table: pd.DataFrame, study_name: str) -> Plot:
-    """Horizontal bars of parameter importance, one bar per evaluator (method named in the legend and title)."""
+def importance(table: pd.DataFrame, study_name: str, fidelity: str = "", warning: str = "") -> Plot:
+    """Horizontal bars of parameter importance, one bar per evaluator (method named in the legend and title), each
+    with its bootstrap interval (``ci_low``..``ci_high``) when the table has one; the title names the fidelity the
+    trials were compared at, and ``warning`` (too few trials) is printed under the axes."""
     if table.empty:
         raise Skip("no importances were computed")
     methods = list(pd.unique(table["method"]))
@@ -316,16 +258,27 @@ def importance(table: pd.DataFrame, study_name: str) -> Plot:
     fig, (ax,) = new_figure(1)
     fig.set_size_inches(PANEL[0] * 1.4, max(PANEL[1], 0.6 * len(order) * len(methods) + 1.5))
     height = 0.8 / len(methods)
+    has_ci = {"ci_low", "ci_high"} <= set(table.columns) and table[["ci_low", "ci_high"]].notna().any().any()
     for j, m in enumerate(methods):
-        vals = table[table["method"] == m].set_index("param")["importance"].reindex(order).fillna(0)
-        ax.barh(np.arange(len(order)) + (j - (len(methods) - 1) / 2) * height, vals, height=height,
-                label=f"{m} (Optuna)", color=STUDY_COLORS[j % len(STUDY_COLORS)])
+        rows = table[table["method"] == m].set_index("param").reindex(order)
+        vals = rows["importance"].fillna(0)
+        err = None
+        if has_ci:
+            err = np.nan_to_num(np.vstack([vals - rows["ci_low"], rows["ci_high"] - vals]).clip(min=0))
+        ax.barh(np.arange(len(order)) + (j - (len(methods) - 1) / 2) * height, vals, height=height, xerr=err,
+                capsize=3, error_kw=dict(lw=1.2, ecolor="0.2"), label=f"{m} (Optuna)",
+                color=STUDY_COLORS[j % len(STUDY_COLORS)])
     ax.set_yticks(range(len(order)), [label(p) for p in order])
-    ax.set_xlabel("importance (normalised, sum = 1 per method)")
+    ax.set_xlabel("importance (normalised, sum = 1 per method)" + (", 95 % bootstrap interval" if has_ci else ""))
     ax.legend(loc="lower right")
-    ax.set_title(f"{study_name}: parameter importance ({', '.join(methods)})")
+    ax.set_title(f"{study_name}: parameter importance ({', '.join(methods)})" + (f"\n{fidelity}" if fidelity else ""))
+    if warning:
+        fig.text(0.5, -0.02, warning, ha="center", va="top", color="tab:red", wrap=True)
+    table = table.assign(view=fidelity) if fidelity else table
     return Plot("importance", fig, {"importance": table.reset_index(drop=True)},
-                "Optuna importance evaluators over the study rebuilt from trials.csv (completed trials).")
+                "Optuna importance evaluators over the study rebuilt from trials.csv "
+                f"({fidelity or 'completed trials'})"
+                + ("; whiskers: 95 % percentile interval over bootstrap resamples of the trials." if has_ci else "."))
 
 
 @styled
@@ -336,7 +289,7 @@ def parallel_coordinates(study: Study, top: int = 10) -> Plot:
         raise Skip("no parameters were searched")
     done = study.completed
     if len(done) < 2:
-        raise Skip(f"needs at least 2 completed trials, found {len(done)}")
+        raise Skip(f"needs at least 2 trials ({study.fidelity_label}), found {len(done)}")
     ranked = done.sort_values(study.metric, ascending=not study.maximize).head(top)
     base = study.baseline[study.baseline["status"] == "completed"].head(1)
     rows = pd.concat([ranked, base[~base["trial_id"].isin(ranked["trial_id"])]])
@@ -345,7 +298,7 @@ def parallel_coordinates(study: Study, top: int = 10) -> Plot:
     for p in study.params:
         col = rows[p.column]
         if p.type == "categorical":
-            pos, choices = _categorical_positions(p, col)
+            pos, choices = categorical_positions(p, col)
             span = max(len(choices) - 1, 1)
             coords[p.column] = pos / span
             ticks[p.column] = (choices[0], choices[-1])
@@ -378,10 +331,11 @@ def parallel_coordinates(study: Study, top: int = 10) -> Plot:
     ax.set_yticks([])
     ax.set_ylim(-0.15, 1.15)
     ax.grid(False)
-    ax.set_title(f"{study.name}: top {len(ranked)} trials (colour = {label(study.metric)}; baseline dashed)",
-                 pad=18)
+    ax.set_title(f"{study.name}: top {len(ranked)} trials (colour = {label(study.metric)}; baseline dashed)\n"
+                 f"{_view_title(study)}", pad=18)
     cols = ["trial_id", "trial_number", "is_baseline", study.metric] + [p.column for p in study.params]
-    return Plot("parallel_coordinates", fig, {"parallel_coordinates": rows[cols].reset_index(drop=True)},
+    table = rows[cols].assign(view=study.fidelity_label).reset_index(drop=True)
+    return Plot("parallel_coordinates", fig, {"parallel_coordinates": table},
                 "Each axis spans the searched range (min at the bottom, max at the top).")
 
 
@@ -425,7 +379,8 @@ def hard_negative_diagnostics(study: Study, max_curves: int = 4) -> Plot:
             b = ok[ok["is_baseline"]]
             ax.scatter(b[col], 100 * b["false_neg_rate"], **BASELINE_MARK)
             if p is not None and p.log:
-                ax.set_xscale("log")
+                lo, hi = param_range(p, ok[col].to_numpy(dtype=float))
+                log_axis(ax, lo, hi)
         ax.set_xlabel(label(name))
         ax.set_ylabel("false negatives among selected (%)")
     axes[0].set_title("last epoch, per trial")

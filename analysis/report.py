@@ -41,7 +41,9 @@ import pandas as pd  # noqa: E402
 from analysis import ablation as abl  # noqa: E402
 from analysis import confirm  # noqa: E402
 from analysis import plots  # noqa: E402
-from analysis.importance import EVALUATORS, compute_importance  # noqa: E402
+from analysis.comparison import boundary_section, fidelity_paragraph, importance_section  # noqa: E402
+from analysis.fidelity import MIN_TRIALS, at_rung, common_rung  # noqa: E402
+from analysis.importance import RESAMPLES  # noqa: E402
 from analysis.load import ReportError, Study, load_studies  # noqa: E402
 
 __all__ = ["ReportError", "build_report", "main"]
@@ -279,10 +281,12 @@ def _state_notes(s: Study) -> list[str]:
         n = int((t["status"] == st).sum())
         if n:
             notes.append(f"**{s.name}**: {n} {st} trial(s) ({', '.join(t.loc[t['status'] == st, 'trial_id'][:8])}"
-                         f"{', …' if n > 8 else ''}); excluded from best, importance and ablation statistics.")
+                         f"{', …' if n > 8 else ''}); excluded from best and ablation statistics (compared "
+                         f"with the others at the common rung only if they reached it).")
     if (t["status"] == "pruned").any():
         notes.append(f"**{s.name}**: {int((t['status'] == 'pruned').sum())} trial(s) stopped early by the "
-                     f"scheduler (pruned); their values are at the epoch they stopped and never count as best.")
+                     f"scheduler (pruned); their final values are at the epoch they stopped and never count as best; "
+                     f"the figures that compare trials read every trial at one common rung instead.")
     return notes
 
 
@@ -317,7 +321,8 @@ def _ablation_section(doc: Doc, studies: Sequence[Study], metric: str) -> None:
     doc.figure(lambda: plots.ablation(table, metric), "", "Ablation: means and paired differences")
 
 
-def _study_section(doc: Doc, s: Study, prefix: str) -> None:
+def _study_section(doc: Doc, s: Study, prefix: str, min_trials: int = MIN_TRIALS,
+                   resamples: int = RESAMPLES) -> None:
     doc.heading(f"Study: {s.name}")
     meta = s.meta
     doc.para(f"Path `{s.path}`; kind {s.kind}; searcher {meta.get('searcher', '?')}; scheduler "
@@ -325,32 +330,22 @@ def _study_section(doc: Doc, s: Study, prefix: str) -> None:
              f"{meta.get('git_commit', '?')}; started {meta.get('started', '?')}, ended {meta.get('ended') or '—'}.")
     if meta.get("command"):
         doc.para(f"Command: `{meta['command']}`")
+    rung = common_rung(s, min_trials)
+    view = at_rung(s, rung) if rung is not None else s
+    doc.para(fidelity_paragraph(s, view))
     doc.heading("Metric vs searched parameters", 3)
-    doc.figure(lambda: plots.metric_vs_params(s), prefix, "Metric vs each searched parameter")
+    doc.figure(lambda: plots.metric_vs_params(view, s if rung is not None else None), prefix,
+               "Metric vs each searched parameter")
     doc.heading("Interactions", 3)
     for x, y in HEATMAP_PAIRS:
-        doc.figure(lambda x=x, y=y: plots.interaction_heatmap(s, x, y), prefix, f"Heatmap {x} × {y}")
+        doc.figure(lambda x=x, y=y: plots.interaction_heatmap(view, x, y), prefix, f"Heatmap {x} × {y}")
     doc.heading("Learning curves", 3)
     doc.figure(lambda: plots.learning_curves(s), prefix, "Learning curves")
     doc.heading("Parameter importance", 3)
-    imp = compute_importance(s)
-    if imp.skipped.get("all"):
-        doc.para(f"*Parameter importance: skipped ({imp.skipped['all']}).*")
-    else:
-        doc.para(f"Optuna importance evaluators ({', '.join(EVALUATORS)}) over a study rebuilt from "
-                 f"trials.csv: {imp.n_complete} completed trials (COMPLETE) and {imp.n_pruned} pruned (PRUNED, "
-                 f"with their intermediate values); evaluators use the completed ones.")
-        for method, why in imp.skipped.items():
-            doc.para(f"*{method}: skipped ({why}).*")
-        if not imp.table.empty:
-            wide = imp.table.pivot_table(index="param", columns="method", values="importance", sort=False)
-            wide = wide.reindex(columns=[m for m in EVALUATORS if m in wide.columns])
-            wide = wide.sort_values(wide.columns[0], ascending=False).reset_index()
-            wide.columns.name = None
-            doc.table(wide, f"{prefix}importance_table", "Normalised importances (sum = 1 per method).")
-            doc.figure(lambda: plots.importance(imp.table, s.name), prefix, "Parameter importance")
+    importance_section(doc, s, view, prefix, resamples)
     doc.heading("Top trials", 3)
-    doc.figure(lambda: plots.parallel_coordinates(s), prefix, "Parallel coordinates of the top trials")
+    doc.figure(lambda: plots.parallel_coordinates(view), prefix, "Parallel coordinates of the top trials")
+    boundary_section(doc, view, prefix)
     doc.heading("Hard-negative diagnostics", 3)
     doc.figure(lambda: plots.hard_negative_diagnostics(s), prefix, "Hard-negative diagnostics")
     failed = s.trials[s.trials["status"].isin(FAILED + UNFINISHED)]
@@ -360,7 +355,8 @@ def _study_section(doc: Doc, s: Study, prefix: str) -> None:
         doc.table(failed[cols].reset_index(drop=True), f"{prefix}unfinished_trials")
 
 
-def _write(root: Path, studies: list[Study], formats: Sequence[str]) -> None:
+def _write(root: Path, studies: list[Study], formats: Sequence[str], min_trials: int = MIN_TRIALS,
+           resamples: int = RESAMPLES) -> None:
     metric = studies[0].metric
     doc = Doc(root)
     title = f"Study report: {', '.join(s.name for s in studies)}"
@@ -383,7 +379,7 @@ def _write(root: Path, studies: list[Study], formats: Sequence[str]) -> None:
     doc.figure(lambda: plots.optimization_history(studies), "", "Best so far vs trial number and compute")
     many = len(studies) > 1
     for s in studies:
-        _study_section(doc, s, f"{_slug(s.name)}__" if many else "")
+        _study_section(doc, s, f"{_slug(s.name)}__" if many else "", min_trials, resamples)
     if "md" in formats:
         (root / "report.md").write_text(doc.markdown(), encoding="utf-8")
     if "html" in formats:
@@ -400,13 +396,15 @@ def _parse_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
 
 
 def build_report(run_dirs: str | Path | Iterable[str | Path], out: str | Path | None = None,
-                 metric: str | None = None, formats: str | Iterable[str] = FORMATS) -> Path:
+                 metric: str | None = None, formats: str | Iterable[str] = FORMATS, min_trials: int = MIN_TRIALS,
+                 resamples: int = RESAMPLES) -> Path:
     """Write the report of one or more studies and return the report directory.
 
     ``out`` defaults to ``<first run dir>/report``; an existing report there is replaced atomically (the new one
     is built in a temporary sibling directory and renamed into place). Raises :class:`ReportError` for bad input
     (not a study, empty study, unknown metric, studies with different metrics, unknown format) before anything is
-    written.
+    written. Trials are compared at the common rung that at least ``min_trials`` trials reached
+    (``analysis/fidelity.py``); importance intervals use ``resamples`` bootstrap resamples (0: none).
     """
     if isinstance(run_dirs, (str, Path)):
         run_dirs = [run_dirs]
@@ -418,7 +416,7 @@ def build_report(run_dirs: str | Path | Iterable[str | Path], out: str | Path | 
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
-        _write(tmp, studies, formats)
+        _write(tmp, studies, formats, min_trials, resamples)
         old = None
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
@@ -440,12 +438,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="report directory (default: RUN_DIR/report of the first study)")
     parser.add_argument("--metric", help="metric column of trials.csv (default: the study's metric)")
     parser.add_argument("--format", default="md,html", help="comma-separated: md, html (default: md,html)")
+    parser.add_argument("--min-trials", type=int, default=MIN_TRIALS,
+                        help="compare trials at the highest rung at least this many reached (default: %(default)s)")
+    parser.add_argument("--resamples", type=int, default=RESAMPLES,
+                        help="bootstrap resamples for importance intervals, 0 for none (default: %(default)s)")
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
     try:
-        path = build_report(args.run_dirs, out=args.out, metric=args.metric, formats=args.format)
+        path = build_report(args.run_dirs, out=args.out, metric=args.metric, formats=args.format,
+                            min_trials=args.min_trials, resamples=args.resamples)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

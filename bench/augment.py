@@ -117,7 +117,7 @@ def _batched_rate(images: torch.Tensor, repeats: int) -> list[float]:
         perm = torch.randperm(len(images), generator=g)
         for i in range(0, len(images) - BATCH + 1, BATCH):
             x = images[perm[i:i + BATCH]]
-            q, k = aug(x, g), aug(x, g)
+            aug(x, g), aug(x, g)  # the two views of a step
             n += x.shape[0]
         rates.append(n / (time.perf_counter() - start))
     return rates
@@ -221,7 +221,8 @@ def run(quick: bool = False) -> dict[str, Any]:
                      "per_sample_workers": WORKERS, "settings": {k: list(v) if isinstance(v, tuple) else v
                                                                  for k, v in GRAY_DEFAULTS.items()}},
         "repeats": repeats,
-        "images_per_s": {"batched": _stats(batched), "batched_1_thread": _stats(batched_1t), "per_sample_pil": _stats(pil),
+        "images_per_s": {"batched": _stats(batched), "batched_1_thread": _stats(batched_1t),
+                         "per_sample_pil": _stats(pil),
                          "per_sample_tensor": _stats(tensor)},
         "speedup_vs_best_per_sample": speedup,
         "speedup_1_thread_vs_best_per_sample": statistics.median(batched_1t) / best_per_sample,

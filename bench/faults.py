@@ -69,8 +69,9 @@ def _snapshot(run_dir: Path, space) -> dict[str, tuple]:
     """Results of the trials finished so far: trial id -> (status, epochs, metric)."""
     done = finished_trials(run_dir)
     trials, _ = collect(run_dir, space)
-    return {str(r.trial_id): (r.status, int(r.epochs), round(float(r.val_knn_top1), 6) if r.val_knn_top1 == r.val_knn_top1
-                              else None) for r in trials.itertuples() if str(r.trial_id) in done}
+    return {str(r.trial_id): (r.status, int(r.epochs),
+                              round(float(r.val_knn_top1), 6) if r.val_knn_top1 == r.val_knn_top1 else None)
+            for r in trials.itertuples() if str(r.trial_id) in done}
 
 
 def run_scenario(name: str, work: Path) -> dict:
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[faults] {name} ...", flush=True)
         rows.append(run_scenario(name, work))
         print(f"[faults] {json.dumps(rows[-1])}", flush=True)
-    totals = {"faults_injected": sum(r["injected"] > 0 for r in rows), "faults_survived": sum(r["survived"] for r in rows),
+    totals = {"faults_injected": sum(r["injected"] > 0 for r in rows),
+              "faults_survived": sum(r["survived"] for r in rows),
               "trials_planned": sum(r["trials_planned"] for r in rows),
               "trials_completed": sum(r["trials_completed"] for r in rows),
               "results_lost": sum(r["results_lost"] for r in rows)}

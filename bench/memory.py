@@ -35,7 +35,7 @@ def kib(key):
         if line.startswith(key + ':'):
             return int(line.split()[1])
 before = kib('VmHWM')
-cfg = load_space(%(space)r).base.replace(epochs=1, train_subset=%(subset)d, final_eval=False)
+cfg = load_space(%(space)r).base.replace(compute_budget=1, train_subset=%(subset)d, final_eval=False)
 data = load_dataset(cfg)
 loaded = kib('VmHWM')
 engine = Engine(cfg, data, torch.device('cpu'))

@@ -1,10 +1,12 @@
 """Benchmark: representation quality on Fashion-MNIST, and throughput of the default training config.
 
-1. At equal compute (same base config, epochs and training subset: the default study's base, ``configs/hardneg.yaml``;
-   scaled down in quick mode), trained with ``moco.engine.Engine`` directly (no Ray): the MoCo v2 baseline
-   (lambda = rho = delta = 1) and the best configuration of the default study (``runs/hardneg/best_config.yaml`` when
-   it exists, else the best trial of this run's TPE study from bench/efficiency.py; only its searched keys are taken,
-   so both runs have the same compute). Validation and test weighted kNN top-1 (k = 200, t = 0.1, cosine) with the
+1. At equal compute (the default study's base, ``configs/hardneg.yaml``, with its ``compute_budget``: a dual-view
+   configuration trains half the epochs of the one-way baseline; scaled down in quick mode), trained with
+   ``moco.engine.Engine`` directly (no Ray), with seeds the search did not use (it trains with seed 0): the MoCo v2
+   baseline (lambda = rho = delta = 1) and the best configuration of the default study
+   (``runs/hardneg/best_config.yaml`` when it exists, else the best trial of this run's TPE study from
+   bench/efficiency.py; only its searched keys are taken). Validation and test weighted kNN top-1 (k = 200, t = 0.1,
+   cosine) with the
    run's training images as the bank, and the linear-probe test accuracy (``moco.evaluate.linear_probe``) on the same
    frozen features; beside raw pixels with the same protocol (uncentred, and centred on the bank's mean), with the
    run's bank and with the full 55k training split as the bank.
@@ -31,9 +33,9 @@ GOAL_DATA_SHARE = 0.15
 def _study_base(quick: bool):
     from study.space import load_space
 
-    base = load_space(str(ROOT / "configs" / "hardneg.yaml")).base
+    base = load_space(str(ROOT / "configs" / "hardneg.yaml")).base.replace(raw_reference=False)  # raw: below
     if quick:
-        base = base.replace(epochs=2, train_subset=4096, knn_bank_size=4096)
+        base = base.replace(compute_budget=2, train_subset=4096, knn_bank_size=4096)
     return base
 
 
@@ -143,7 +145,7 @@ def run(quick: bool, workdir: Path | None = None, context: dict[str, Any] | None
     dataset = load_dataset(base)
     full_train = load_dataset(base.replace(train_subset=None)).train  # same seeded validation split, all 55k
     probe_epochs = 5 if quick else 20
-    seeds = [0] if quick else [0, 1, 2]
+    seeds = [1] if quick else [1, 2, 3]  # never the search's seed 0
     runs: dict[str, list[dict[str, Any]]] = {"MoCo v2 baseline": [], "best of the study": []}
     for seed in seeds:  # alternate so load drift hits both alike
         runs["MoCo v2 baseline"].append(train_and_evaluate(baseline_cfg.replace(seed=seed), dataset, full_train,
@@ -154,8 +156,10 @@ def run(quick: bool, workdir: Path | None = None, context: dict[str, Any] | None
     models = {name: {k: stats(r[k] for r in rs) for k in keys} for name, rs in runs.items()}
     raw = raw_pixels(dataset, full_train, base, probe_epochs)
     same = all(getattr(best_cfg, k) == getattr(baseline_cfg, k) for k in params)
-    keys = ("epochs", "train_subset", "width", "batch_size", "knn_k", "knn_t")
+    keys = ("compute_budget", "train_subset", "width", "batch_size", "knn_k", "knn_t")
     out = {"best_is_baseline": same, "base": {k: getattr(base, k) for k in keys},
+           "epochs": {"MoCo v2 baseline": baseline_cfg.epochs, "best of the study": best_cfg.epochs},
+           "compute": {"MoCo v2 baseline": baseline_cfg.compute, "best of the study": best_cfg.compute},
            "best_params": params, "best_source": source, "seeds": seeds, "probe_epochs": probe_epochs,
            "models": models, "runs": runs, "raw_pixels": raw, "throughput": throughput(quick)}
     return out

@@ -338,7 +338,12 @@ def _quality(r: dict, figs: Path) -> list[str]:
 
     fig = figure(r, figs / "quality.png")
     b = r["base"]
-    out = [f"Engine runs without Ray, equal compute: {b['epochs']} epochs on {b['train_subset']} training images "
+    if "compute_budget" in b:  # compute budgets (a dual-view configuration trains half the epochs)
+        budget = (f"compute budget {b['compute_budget']} (epochs: "
+                  + ", ".join(f"{name} {e}" for name, e in r["epochs"].items()) + ")")
+    else:  # results saved before compute budgets: equal epochs, which is not equal compute for a dual-view best
+        budget = f"{b['epochs']} epochs each (equal epochs, not equal compute for a dual-view configuration)"
+    out = [f"Engine runs without Ray, {budget} on {b['train_subset']} training images "
            f"(width {b['width']}, batch {b['batch_size']}), seeds {r['seeds']}; best configuration from "
            f"{r['best_source']}: `{r['best_params']}`. kNN: weighted, k = {b['knn_k']}, t = {b['knn_t']}, cosine; "
            f"linear probe: {r['probe_epochs']} epochs on frozen features, test accuracy (%).", "",

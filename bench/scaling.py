@@ -28,7 +28,7 @@ def _base_config(quick: bool):
 
     base = load_space(str(SPACE)).base
     epochs = 3 if quick else 5
-    return base.replace(epochs=epochs, train_subset=4096 if quick else 12288, final_eval=False, knn_every=100,
+    return base.replace(compute_budget=epochs, train_subset=4096 if quick else 12288, final_eval=False, knn_every=100,
                         keep_checkpoints=epochs, checkpoint_every=1)
 
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from moco.safe_yaml import YamlError, load_file, load_value, short
 
 DATASETS = ("fashion_mnist", "digits", "cifar10", "cifar100", "stl10", "imagefolder")
 BACKBONES = ("convnet", "resnet18", "resnet50")
@@ -30,7 +33,7 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, value: Any, allowed: str, source: str | None = None):
         where = f"{source}: " if source else ""
-        super().__init__(f"{where}{key} = {value!r} is not allowed: {allowed}")
+        super().__init__(f"{where}{key} = {short(value)} is not allowed: {allowed}")
         self.key, self.value, self.allowed, self.source = key, value, allowed, source
 
 
@@ -106,7 +109,7 @@ class TrainConfig:
         need(self.dataset in DATASETS, "dataset", f"one of {', '.join(DATASETS)}")
         need(self.val_size >= 0, "val_size", "an integer >= 0")
         need(self.train_subset is None or self.train_subset > 0, "train_subset", "null or an integer > 0")
-        need(self.image_size is None or self.image_size >= 8, "image_size", "null or an integer >= 8")
+        need(self.image_size is None or 8 <= self.image_size <= 1024, "image_size", "null or an integer in [8, 1024]")
         need(self.loader_workers >= 0, "loader_workers", "an integer >= 0")
         need(self.backbone in BACKBONES, "backbone", f"one of {', '.join(BACKBONES)}")
         need(self.width >= 1, "width", "an integer >= 1")
@@ -123,6 +126,8 @@ class TrainConfig:
         need(self.selection_warmup_epochs >= 0, "selection_warmup_epochs", "an integer >= 0")
         need(self.bn_mode in BN_MODES, "bn_mode", f"one of {', '.join(BN_MODES)}")
         need(self.bn_splits >= 1, "bn_splits", "an integer >= 1")
+        need(self.bn_mode != "split" or self.batch_size % self.bn_splits == 0, "bn_splits",
+             f"a divisor of batch_size = {self.batch_size} (SplitBatchNorm splits every batch into bn_splits parts)")
         need(self.compute_budget is None or self.compute_budget >= 1, "compute_budget", "null or an integer >= 1")
         if self.compute_budget is not None:
             need(self.compute_budget % self.views == 0, "compute_budget",
@@ -146,6 +151,8 @@ class TrainConfig:
         need(self.knn_val_size >= 1, "knn_val_size", "an integer >= 1")
         need(self.probe_epochs >= 1, "probe_epochs", "an integer >= 1")
         need(self.device in DEVICES, "device", f"one of {', '.join(DEVICES)}")
+        need(0 <= self.seed < 2**32, "seed", "an integer in [0, 2**32 - 1] (numpy's range)")
+        need(0 <= self.split_seed < 2**32, "split_seed", "an integer in [0, 2**32 - 1] (numpy's range)")
         need(self.checkpoint_every >= 1, "checkpoint_every", "an integer >= 1")
         need(self.keep_checkpoints >= 1, "keep_checkpoints", "an integer >= 1")
         return self
@@ -202,22 +209,31 @@ class TrainConfig:
         return self.epochs * self.views
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def plain_name(name: str, flag: str) -> str:
+    """A run or study name is one plain folder name (never a path, empty, '.' or '..'); returns it unchanged."""
+    if not _PLAIN_NAME.fullmatch(name):
+        raise ConfigError(flag, name, "a plain name of letters, digits, '.', '_' and '-', starting with a letter or "
+                          "digit, at most 100 characters (no paths: choose the folder with --storage)")
+    return name
+
+
 def field_names() -> list[str]:
     return [f.name for f in fields(TrainConfig)]
 
 
 def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file; syntax errors become ``ConfigError`` with the line number."""
+    """Read a YAML file through :mod:`moco.safe_yaml` (UTF-8, bounded, no duplicate keys); every refusal becomes a
+    ``ConfigError`` with the position and the reason."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError("<file>", str(path), "an existing YAML file")
     try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError("<yaml syntax>", line, f"valid YAML ({problem})", str(path)) from None
+        return load_file(path)
+    except YamlError as err:
+        raise ConfigError("<yaml syntax>", err.where or "the file", err.reason, str(path)) from None
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -227,7 +243,10 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError("--set", item, "key=value")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw)
+        try:
+            out[key.strip()] = load_value(raw, f"--set {key.strip()}")
+        except YamlError as err:
+            raise ConfigError(f"--set {key.strip()}", raw, err.reason) from None
     return out
 
 

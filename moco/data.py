@@ -388,7 +388,8 @@ def _load_streaming(cfg: TrainConfig, place: Path) -> Dataset:
         offset = len(src) - len(y_lab)
         idx = torch.cat([torch.arange(offset), tr + offset])
         if cfg.train_subset is not None:
-            keep = torch.randperm(len(idx), generator=torch.Generator().manual_seed(cfg.split_seed + 1))[:cfg.train_subset]
+            gen = torch.Generator().manual_seed(cfg.split_seed + 1)
+            keep = torch.randperm(len(idx), generator=gen)[:cfg.train_subset]
             idx = idx[keep.sort().values]
         train = StreamingSplit(src, idx, torch.from_numpy(src.labels)[idx], 3, size, workers)
         return Dataset(name, 10, 3, size, mean, std, train, val, test, labeled_train=labeled)

@@ -172,7 +172,8 @@ def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, 
 
 
 def alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> Tensor:
-    """Wang & Isola alignment E ||z1_i - z2_i||^alpha over positive pairs z1, z2 [N, D] (normalised); lower is better."""
+    """Wang & Isola alignment E ||z1_i - z2_i||^alpha over positive pairs z1, z2 [N, D] (normalised); lower is
+    better."""
     return (z1 - z2).norm(dim=1).pow(alpha).mean()
 
 

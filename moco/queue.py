@@ -23,7 +23,8 @@ def _distributed() -> bool:
 
 @torch.no_grad()
 def gather_from_ranks(x: Tensor) -> Tensor:
-    """Concatenate ``x`` [N, ...] from all ranks in rank order -> [world * N, ...] (no gradient); ``x`` alone otherwise."""
+    """Concatenate ``x`` [N, ...] from all ranks in rank order -> [world * N, ...] (no gradient); ``x`` alone
+    otherwise."""
     if not _distributed():
         return x
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from moco.config import TrainConfig
+from moco.config import ConfigError, TrainConfig
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DOWNLOAD_CACHE = Path.home() / ".cache" / "mocostudy" / "data"
@@ -20,7 +20,8 @@ ENV_VAR = "MOCO_DATA_DIR"
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
-FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte")
 #: sub-folders of a root that may hold each dataset (torchvision's layout included)
 _SUBDIRS = {
     "fashion_mnist": (".", "fashion_mnist", "fashion-mnist", "FashionMNIST/raw", "fashion_mnist/FashionMNIST/raw"),
@@ -107,9 +108,32 @@ def locate(cfg: TrainConfig) -> Path | None:
         f"To provide it: {_how_to_provide(cfg)}.")
 
 
+#: training images of the datasets whose size is fixed (digits: scikit-learn's 1,797 less the last fifth for test)
+TRAIN_SIZES = {"fashion_mnist": 60_000, "digits": 1_438, "cifar10": 50_000, "cifar100": 50_000}
+
+
+def check_sizes(cfg: TrainConfig, source: str | None = None) -> None:
+    """The split sizes against the dataset's own (where it is fixed): a ``ConfigError`` naming the key, before any
+    worker starts, instead of a failure inside the worker."""
+    n = TRAIN_SIZES.get(cfg.dataset)
+    if n is None:
+        return
+    if cfg.val_size >= n:
+        raise ConfigError("val_size", cfg.val_size, f"fewer than the {n:,} training images of {cfg.dataset}", source)
+    left = n - cfg.val_size
+    if cfg.train_subset is not None and cfg.train_subset > left:
+        raise ConfigError("train_subset", cfg.train_subset, f"at most the {left:,} training images of {cfg.dataset} "
+                          f"left after val_size = {cfg.val_size}", source)
+    if cfg.batch_size > (cfg.train_subset or left):
+        raise ConfigError("batch_size", cfg.batch_size, f"at most the {cfg.train_subset or left:,} training images "
+                          "of one epoch", source)
+
+
 def check_dataset(cfg: TrainConfig) -> None:
-    """Cheap existence checks only; raises :class:`DatasetNotFoundError` (with ``download: true`` a missing
-    torchvision dataset is accepted: it will be downloaded by :func:`load_dataset`)."""
+    """Cheap checks only: the split sizes (:func:`check_sizes`, a ``ConfigError``) and the files' existence
+    (:class:`DatasetNotFoundError`; with ``download: true`` a missing torchvision dataset is accepted: it will be
+    downloaded by :func:`load_dataset`)."""
+    check_sizes(cfg)
     locate(cfg)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from moco.config import ConfigError, TrainConfig, parse_overrides
+from moco.config import ConfigError, TrainConfig, parse_overrides, plain_name
 from moco.data import DatasetNotFoundError, check_dataset, load_dataset
 from moco.engine import DistInfo, DivergedError, Engine, resolve_device
 from moco.faults import FAULT_ENV, maybe_inject_fault, parse_fault
@@ -246,10 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.gpus and args.address is None and not torch.cuda.is_available():
             raise ConfigError("--gpus", True, "a machine with a CUDA GPU (none found here)")
         check_dataset(cfg)
+        name = plain_name(args.name if args.name is not None else f"train-{Path(args.config).stem}", "--name")
     except (ConfigError, DatasetNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    name = args.name or f"train-{Path(args.config).stem}"
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
     if "://" not in storage:
         Path(storage, name).mkdir(parents=True, exist_ok=True)

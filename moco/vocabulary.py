@@ -19,6 +19,8 @@ EPOCH = "epoch"
 VAL_KNN = "val_knn_top1"
 VAL_PROBE = "val_probe_top1"
 MONITOR_METRICS = (VAL_KNN, VAL_PROBE)
+#: What a study can optimise: reported every epoch (the monitor's latest value is carried between monitor epochs).
+STUDY_METRICS = (*MONITOR_METRICS, "loss")
 #: Prefix of the raw-pixel value of a monitor metric (same bank, same protocol), e.g. ``raw_val_knn_top1``.
 RAW_PREFIX = "raw_"
 #: End-of-run endpoints: full validation split (for selection) and test split (final tables only).
@@ -34,7 +36,7 @@ def raw_name(metric: str) -> str:
     return RAW_PREFIX + metric
 
 
-# --- step statistics (averaged over an epoch; see moco.model.MoCo.forward) ----------------------------------------------
+# --- step statistics (averaged over an epoch; see moco.model.MoCo.forward) --------------------------------------
 STEP_STATS = ("pos_sim", "neg_sim_q10", "neg_sim_q50", "neg_sim_q90", "filtered_frac", "kept_negatives",
               "false_neg_rate")
 
@@ -45,8 +47,9 @@ HISTORY_KEYS = (EPOCH, COMPUTE, "loss", "lr", "momentum", "images_per_s", "epoch
                 *(raw_name(m) for m in FINAL_METRICS),
                 "time_total_s", "node_id", "world_size", "diverged", "startup_ray_s", "startup_setup_s")
 
-# --- trial statuses ----------------------------------------------------------------------------------------------------
-COMPLETED, PRUNED, DIVERGED, ERRORED, RUNNING, PENDING = "completed", "pruned", "diverged", "errored", "running", "pending"
+# --- trial statuses ----------------------------------------------------------------------------------------------
+COMPLETED, PRUNED, DIVERGED, ERRORED = "completed", "pruned", "diverged", "errored"
+RUNNING, PENDING = "running", "pending"
 FINISHED = (COMPLETED, PRUNED, DIVERGED, ERRORED)  #: a trial's outcome is final
 STATUSES = (*FINISHED, RUNNING, PENDING)
 

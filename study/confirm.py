@@ -9,7 +9,7 @@ section::
     confirm:
       top: 2                    # N best completed trials, named top1 .. topN (default 2)
       seeds: [1, 2, 3]          # S distinct non-negative seeds, disjoint from the search's (default: 3 unused ones)
-      overrides: {epochs: 12}   # TrainConfig keys of the longer budget (not a searched key, not seed)
+      overrides: {compute_budget: 12}  # TrainConfig keys of the longer budget (not searched, not seed)
 
 Candidates: ``baseline`` (the space's baseline point, or the ``baseline`` variant of a grid) and ``top1 .. topN``.
 Every candidate runs once per seed with ``final_eval`` and ``linear_probe`` on: a Tune grid over candidates x seeds
@@ -33,7 +33,7 @@ import pandas as pd
 
 from moco.config import ConfigError, TrainConfig, field_names
 from moco.vocabulary import BASELINE, COMPLETED, FINAL_OF, FINAL_VAL_KNN, top_name
-from study.space import Space, SpaceError, _check_against_config, _closest
+from study.space import _EPOCHS_FOLLOW, Space, SpaceError, _check_against_config, _closest
 
 CONFIRM_DIR = "confirm"  #: the Tune experiment (and its Train runs) under the study's folder
 CSV, JSON = "confirm.csv", "confirm.json"
@@ -134,14 +134,13 @@ def _check_overrides(overrides: Any, space: Space) -> None:
             raise SpaceError(source, where, "not a training config key" + _closest(key, field_names()))
         if key == "seed":
             raise SpaceError(source, where, "the confirmation's seeds are confirm.seeds")
+        if key == "epochs":
+            raise SpaceError(source, where, _EPOCHS_FOLLOW)
         if key in searched:
             raise SpaceError(source, where, "a searched (or variant) key: the confirmation re-trains the values "
                              "the search chose; override only the budget and fixed keys")
         if key in FORCED and value != FORCED[key]:
             raise SpaceError(source, where, f"{value!r}: always {FORCED[key]} in a confirmation run")
-    if "epochs" in overrides and space.base.compute_budget is not None and "compute_budget" not in overrides:
-        raise SpaceError(source, "confirm.overrides.epochs", f"the base config sets compute_budget = "
-                         f"{space.base.compute_budget}, which decides the epochs: override compute_budget instead")
     probe = copy.copy(space)
     try:
         probe.base = space.base.replace(**overrides, **FORCED)
@@ -159,11 +158,11 @@ def describe_section(space: Space) -> str:
     """The plan's line for the confirmation (``--dry-run``)."""
     settings = space.confirm
     seeds = resolve_seeds(space, settings)
-    epochs = space.base.replace(**settings.overrides).epochs
+    budget = settings.overrides.get("compute_budget", space.budget)
     runs = (settings.top + 1) * len(seeds)
     return (f"confirm    then the top {settings.top} trial(s) and the baseline x seeds {seeds} (the search's: "
-            f"{sorted(search_seeds(space))}) with {settings.overrides or 'the base budget'}: at most {runs} runs, "
-            f"{runs * epochs} run-epochs")
+            f"{sorted(search_seeds(space))}) at compute {budget} (the search's: {space.budget}) with "
+            f"{settings.overrides or 'no overrides'}: {runs} runs, {runs * budget} compute")
 
 
 # --- what to run ------------------------------------------------------------------------------------------------------
@@ -198,7 +197,7 @@ class Confirmation:
         return {"top": self.top, "seeds": self.seeds, "overrides": self.overrides, "metric": self.metric,
                 "mode": self.mode, "decision_endpoint": self.decision_endpoint,
                 "candidates": [asdict(c) for c in self.candidates], "search_seeds": sorted(search_seeds(space)),
-                "budget": budget(self.config(BASELINE, self.seeds[0])), "search_budget": budget(space.base)}
+                "budget": budget(self.config(BASELINE, self.seeds[0])), "search_budget": budget(space.config_with({}))}
 
 
 def select_candidates(trials: pd.DataFrame, space: Space, top: int) -> list[Candidate]:

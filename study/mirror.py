@@ -2,7 +2,8 @@
 
 Ray Tune and Train write their files to the storage URI themselves. The study's own files (``study.json``,
 ``trials.csv``, ``history.csv``, ``best_config.yaml``, the trial record, the Optuna database and the report) are
-written to a local staging folder, ``runs/.remote/<name>`` under the working directory, and copied to ``<storage>/<name>/``
+written to a local staging folder, ``runs/.remote/<name>`` under the working directory, and copied to
+``<storage>/<name>/``
 after every update; ``--resume`` first copies them back, so a study can be resumed from another machine.
 """
 

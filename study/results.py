@@ -5,7 +5,8 @@ epoch report) plus the status this module records as trials end, so the files ca
 the study, at its end, after a crash) and never disagree with what Tune persisted:
 
 - ``study.json``: the resolved space, base config, command, seed, versions, git commit, start/end times, status;
-- ``trials.csv``: one row per trial (parameters, status, final and best metric, epochs, wall time, resources);
+- ``trials.csv``: one row per trial (parameters, status, final and best metric, epochs, compute and budget, wall
+  time, resources);
 - ``history.csv``: one row per trial-epoch with every reported metric;
 - ``best_config.yaml``: the best trial's training config, runnable with ``python -m moco.train --config``.
 """
@@ -25,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from moco.vocabulary import FINISHED, HISTORY_KEYS
+from moco.vocabulary import COMPUTE, FINISHED, HISTORY_KEYS
 from study.space import Space
 
 STATUS_FILE = "trial_status.json"  # per trial: params, number, status, error
@@ -76,7 +77,9 @@ def write_study_json(run_dir: Path, space: Space, *, status: str, command: list[
         "variants": space.variants, "seeds": space.seeds, "base_config": space.base.to_dict(),
         "base": {"config": space.base_name, "overrides": space.base_overrides}, "space_file": space.source,
         "num_samples": space.num_trials, "searcher": s.searcher if not space.variants else "grid",
-        "scheduler": s.scheduler, "settings": space.describe()["study"], "seed": s.seed,
+        "scheduler": s.scheduler,
+        "settings": {**space.describe()["study"], "time_attr": COMPUTE, "max_t": space.max_budget},
+        "budget": {COMPUTE: space.budget, "max": space.max_budget}, "seed": s.seed,
         "command": previous.get("command") or " ".join(command or sys.argv), "resumes": previous.get("resumes", 0),
         "versions": previous.get("versions") or versions(), "git_commit": previous.get("git_commit") or git_commit(),
         "started": previous.get("started") or now(), "ended": now() if status != "running" else None,
@@ -164,7 +167,8 @@ def collect(run_dir: Path, space: Space) -> tuple[pd.DataFrame, pd.DataFrame]:
             f"best_{s.metric}": best,
             "final_val_knn_top1": last.get("final_val_knn_top1"), "test_knn_top1": last.get("test_knn_top1"),
             "linear_top1": last.get("linear_top1"), "epochs": int(last.get("epoch", 0) or 0),
-            "max_epochs": cfg.epochs, "images_seen": last.get("images_seen"), "wall_s": wall,
+            "max_epochs": cfg.epochs, COMPUTE: last.get(COMPUTE), "budget": cfg.compute,
+            "images_seen": last.get("images_seen"), "wall_s": wall,
             "cpus": cpus, "gpus": gpus, "cpu_hours": wall * cpus / 3600, "gpu_hours": wall * gpus / 3600,
             "node_id": last.get("node_id"),
             "nodes": ";".join(sorted({str(r.get("node_id")) for r in by_epoch.values() if r.get("node_id")})),

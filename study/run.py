@@ -25,10 +25,10 @@ from typing import Any
 if __package__ in (None, ""):  # `python study/run.py` puts study/ on sys.path, not the project root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from moco.config import ConfigError  # noqa: E402
+from moco.config import ConfigError, plain_name  # noqa: E402
 from moco.sources import DatasetNotFoundError, check_dataset  # noqa: E402
 from study.confirm import ConfirmError  # noqa: E402
-from study.space import Space, SpaceError, load_space  # noqa: E402
+from study.space import Space, SpaceError, check_settings, check_study, load_space  # noqa: E402
 
 DRIVER_RESOURCE = "mocostudy_driver"
 LIVE_FILES = ("trial_status.json", "results.jsonl", "optuna.db")  # mirrored at every trial start and epoch report  # a custom resource that keeps trial drivers off the workers' CPUs
@@ -64,21 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
 # --- planning (no Ray) ----------------------------------------------------------------------------------------------
 def apply_cli(space: Space, args: argparse.Namespace) -> Space:
     s = space.settings
+    if space.variants and args.num_samples is not None:
+        raise StudyError(f"--num-samples: {space.source} is a grid of variants x seeds ({space.num_trials} trials); "
+                         "the number of trials follows from it")
     for attr, value in (("num_samples", args.num_samples), ("max_concurrent", args.max_concurrent),
                         ("workers_per_trial", args.workers_per_trial), ("gpus_per_worker", args.gpus_per_worker),
                         ("cpus_per_worker", args.cpus_per_worker), ("seed", args.seed)):
         if value is not None:
             setattr(s, attr, value)
-    if s.num_samples < 1:
-        raise StudyError(f"--num-samples = {s.num_samples}: must be >= 1")
-    if s.max_concurrent is not None and s.max_concurrent < 1:
-        raise StudyError(f"--max-concurrent = {s.max_concurrent}: must be >= 1")
-    if s.workers_per_trial < 0 or s.gpus_per_worker < 0:
-        raise StudyError("--workers-per-trial and --gpus-per-worker must be >= 0")
+    check_settings(s, "command line", cli=True)
     if args.set:
         from moco.config import parse_overrides
 
         overrides = parse_overrides(args.set)
+        if "epochs" in overrides and space.base.compute_budget is not None:
+            raise StudyError(f"--set epochs: the base sets compute_budget = {space.base.compute_budget}, from which "
+                             "every trial's epochs follow; use --set compute_budget=N")
         try:
             space.base = space.base.replace(**overrides)
         except ConfigError as err:
@@ -86,6 +87,7 @@ def apply_cli(space: Space, args: argparse.Namespace) -> Space:
         space.base_overrides = {**space.base_overrides, **overrides}
     if s.gpus_per_worker:
         space.base = space.base.replace(device="cuda")
+    check_study(space, cli=True)  # the same cross-section checks as loading, on the overridden space
     if space.confirm is not None:  # `--set seed=N` must not make a confirmation seed one the search trains with
         from study.confirm import resolve_seeds
 
@@ -121,7 +123,8 @@ def describe_plan(space: Space, resources: dict[str, Any], run_dir: str) -> str:
     lines = [f"study      {run_dir}  ({space.kind}, {space.num_trials} trials, metric {s.metric} ({s.mode}))",
              f"space file {space.source}",
              f"base       {space.base_name} + {space.base_overrides or '{}'}: {space.base.dataset}, "
-             f"{space.base.backbone}, {space.base.epochs} epochs, batch {space.base.batch_size}"]
+             f"{space.base.backbone}, compute budget {space.budget} per trial (one-way: {space.budget} epochs, "
+             f"dual-view: {space.budget // 2}), batch {space.base.batch_size}"]
     if space.variants:
         for name, overrides in space.variants.items():
             lines.append(f"  variant {name:<12} {overrides or '(base)'}  x seeds {space.seeds}")
@@ -132,7 +135,7 @@ def describe_plan(space: Space, resources: dict[str, Any], run_dir: str) -> str:
     baseline = space.baseline_point()
     if baseline:
         lines.append(f"baseline   trial 0 = {baseline}")
-    sched = (f"ASHA on epochs (max_t {space.base.epochs}, grace {s.grace_period}, reduction {s.reduction_factor})"
+    sched = (f"ASHA on compute (max_t {space.max_budget}, grace {s.grace_period}, reduction {s.reduction_factor})"
              if s.scheduler == "asha" else "none (every trial runs all epochs)")
     lines += [f"searcher   {s.searcher if not space.variants else 'grid over variants x seeds'} (seed {s.seed})",
               f"scheduler  {sched}",
@@ -143,8 +146,8 @@ def describe_plan(space: Space, resources: dict[str, Any], run_dir: str) -> str:
                   f" (only {resources['fit_at_once']} fit(s) now: the others wait for resources)"
                   if resources.get("fit_at_once", resources["max_concurrent"]) < resources["max_concurrent"]
                   else ""),
-              f"budget     at most {space.num_trials * space.base.epochs} trial-epochs "
-              f"({space.num_trials} x {space.base.epochs})"]
+              f"budget     at most {space.num_trials * space.max_budget} compute "
+              f"({space.num_trials} trials x {space.max_budget}; one-way epochs, a dual-view epoch counts 2)"]
     if space.confirm is not None:
         from study.confirm import describe_section
 
@@ -393,8 +396,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         space = apply_cli(load_space(args.space), args)
-        name = args.name or Path(space.source).stem
+        name = plain_name(args.name if args.name is not None else Path(space.source).stem, "--name")
+        if not args.storage.strip():
+            raise StudyError("--storage '': a folder or a URI (s3://, gs://, file://)")
         remote = "://" in args.storage
+        if not remote and Path(args.storage).exists() and not Path(args.storage).is_dir():
+            raise StudyError(f"--storage {args.storage}: a file, not a folder")
         storage = args.storage.rstrip("/") if remote else str(Path(args.storage).resolve())
         # With remote storage the study's own files are staged locally and mirrored (study/mirror.py).
         run_dir = Path("runs").resolve() / ".remote" / name if remote else Path(storage) / name
@@ -409,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
             if exists and not (args.resume or args.confirm):
                 raise StudyError(f"study {where} already exists: continue it with --resume, "
                                  "or choose another --name")
-            if (args.resume or args.confirm) and not (mirror.exists() if mirror else (run_dir / "study.json").is_file()):
+            found = mirror.exists() if mirror else (run_dir / "study.json").is_file()
+            if (args.resume or args.confirm) and not found:
                 flag = "--confirm" if args.confirm else "--resume"
                 raise StudyError(f"{flag}: no study named {name!r} under {storage} (no {where}/study.json)")
         if args.dry_run:

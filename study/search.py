@@ -1,20 +1,26 @@
-"""Searcher and scheduler set-up: Optuna (TPE, random or grid) behind Ray Tune, and ASHA on epochs.
+"""Searcher and scheduler set-up: Optuna (TPE, random or grid) behind Ray Tune, and ASHA on compute.
 
 Ray's ``OptunaSearch`` tells Optuna that a trial stopped early by ASHA is COMPLETE with its early, low-fidelity
 value, which skews TPE and parameter importances. :class:`EpochAwareOptunaSearch` records such trials as PRUNED at
-the epoch they reached (their per-epoch values stay as intermediate values), and diverged trials as COMPLETE with
-the worst value of the metric so the searcher learns to avoid them.
+the epoch they reached (their per-epoch values stay as intermediate values, the epoch on which ASHA stopped them
+included), and diverged trials as COMPLETE with the worst value of the metric so the searcher learns to avoid them.
+
+ASHA's time attribute is :data:`moco.vocabulary.COMPUTE`, not epochs: a dual-view epoch costs two one-way epochs, so
+a dual-view trial meets each rung at half the epochs of a one-way trial, and every rung compares trials at equal
+compute.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from moco.vocabulary import COMPLETED, COMPUTE, DIVERGED, EPOCH, ERRORED, PRUNED
 from study.space import Space
 
 logger = logging.getLogger(__name__)
@@ -25,18 +31,18 @@ WORST = {"max": 0.0, "min": float("inf")}
 def trial_outcome(result: dict[str, Any] | None, max_epochs: int, error: bool) -> str:
     """completed, pruned (stopped before ``max_epochs``), diverged or errored, from a trial's last result."""
     if error:
-        return "errored"
+        return ERRORED
     if not result:
-        return "pruned"
+        return PRUNED
     if result.get("diverged"):
-        return "diverged"
-    return "completed" if int(result.get("epoch", 0)) >= max_epochs else "pruned"
+        return DIVERGED
+    return COMPLETED if int(result.get(EPOCH, 0)) >= max_epochs else PRUNED
 
 
 class EpochAwareOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that reports at the trial's own epoch and tells Optuna the truth about early stops."""
 
-    def __init__(self, *args, max_epochs: dict[str, int] | int, **kwargs):
+    def __init__(self, *args, max_epochs: Callable[[dict[str, Any]], int] | int, **kwargs):
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
         self.outcomes: dict[str, str] = {}
@@ -64,15 +70,19 @@ class EpochAwareOptunaSearch(OptunaSearch):
 
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        if result and not error:
+            # Tune does not pass the searcher the result on which the scheduler said STOP: record it here, so a
+            # pruned trial holds its values up to and including the epoch ASHA stopped it at.
+            self.on_trial_result(trial_id, result)
         ot_trial = self._ot_trials[trial_id]
         outcome = trial_outcome(result, self._epochs_of(trial_id), error)
         self.outcomes[trial_id] = outcome
         state, value = optuna.trial.TrialState.COMPLETE, None
-        if outcome == "completed":
+        if outcome == COMPLETED:
             value = float(result[self.metric])
-        elif outcome == "diverged":
+        elif outcome == DIVERGED:
             value = WORST[self.mode]
-        elif outcome == "pruned":
+        elif outcome == PRUNED:
             state = optuna.trial.TrialState.PRUNED
         else:
             state = optuna.trial.TrialState.FAIL
@@ -81,6 +91,11 @@ class EpochAwareOptunaSearch(OptunaSearch):
         except Exception as exc:  # noqa: BLE001 - e.g. a trial already told before a resume
             logger.warning("could not record trial %s in Optuna: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
+
+
+def trial_epochs(space: Space, params: dict[str, Any]) -> int:
+    """A trial's epochs, which follow from its compute budget and views (``TrainConfig.views``)."""
+    return space.trial_config(params).epochs
 
 
 def make_sampler(space: Space):
@@ -103,9 +118,7 @@ def make_searcher(space: Space, run_dir: Path):
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}")
     baseline = space.baseline_point()
-    base_epochs = space.base.epochs
-    epochs_param = next((p for p in space.params if p.name == "epochs"), None)
-    max_epochs = (lambda params: int(params.get("epochs", base_epochs))) if epochs_param else base_epochs
+    max_epochs = functools.partial(trial_epochs, space)  # picklable: Tune saves the searcher with the study
     return EpochAwareOptunaSearch(
         space=space.define_by_run, metric=space.settings.metric, mode=space.settings.mode,
         points_to_evaluate=[baseline] if baseline else None, sampler=make_sampler(space),
@@ -113,7 +126,7 @@ def make_searcher(space: Space, run_dir: Path):
 
 
 class BaselineProtectedASHA(ASHAScheduler):
-    """ASHA on epochs that never stops the baseline: it is the reference every trial is compared with, so it runs to
+    """ASHA that never stops the baseline: it is the reference every trial is compared with, so it runs to
     the end (its results still count in ASHA's rungs)."""
 
     def __init__(self, baseline: dict[str, Any] | None, **kwargs):
@@ -131,5 +144,5 @@ def make_scheduler(space: Space) -> BaselineProtectedASHA | None:
     settings = space.settings
     if settings.scheduler == "none":
         return None
-    return BaselineProtectedASHA(space.baseline_point(), time_attr="epoch", max_t=space.base.epochs,
+    return BaselineProtectedASHA(space.baseline_point(), time_attr=COMPUTE, max_t=space.max_budget,
                                  grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)

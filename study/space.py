@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from moco.config import ConfigError, TrainConfig, field_names, load_yaml
+from moco.safe_yaml import YamlError, load_value, short
+from moco.sources import check_sizes
+from moco.vocabulary import STUDY_METRICS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 TOP_KEYS = ("base", "search", "variants", "seeds", "study", "confirm")
@@ -73,12 +76,11 @@ class Param:
     when: str | None = None
 
     def condition(self) -> tuple[str, str, Any] | None:
+        """``(parameter, operator, value)`` of ``when``; the value is a plain YAML scalar (checked at load)."""
         if self.when is None:
             return None
         name, op, raw = _CONDITION.match(self.when).groups()
-        import yaml
-
-        return name, op, yaml.safe_load(raw)
+        return name, op, load_value(raw, f"when {self.when!r}")
 
     def active(self, params: dict[str, Any]) -> bool:
         """Whether a conditional parameter exists given the values drawn so far."""
@@ -148,7 +150,7 @@ class StudySettings:
     grid_points: int = 2  #: values per continuous parameter with searcher = grid
     seed: int = 0
     scheduler: str = "asha"  #: asha or none
-    grace_period: int = 2  #: ASHA: epochs before a trial can be stopped
+    grace_period: int = 2  #: ASHA: compute (one-way epochs; a dual-view epoch counts 2) before a trial can stop
     reduction_factor: int = 2  #: ASHA: keep 1 / reduction_factor at each rung
     max_concurrent: int | None = None  #: trials at once (default: what the cluster holds)
     workers_per_trial: int = 1
@@ -180,13 +182,33 @@ class Space:
     def num_trials(self) -> int:
         return len(self.variants) * len(self.seeds) if self.variants else self.settings.num_samples
 
+    @property
+    def budget(self) -> int:
+        """Every trial's compute budget (:data:`moco.vocabulary.COMPUTE`): the base's ``compute_budget``, else the
+        base's own compute (``epochs * views``). Trials are compared at equal compute: a dual-view trial trains half
+        the epochs of a one-way trial (``TrainConfig.views``)."""
+        return self.base.compute_budget or self.base.compute
+
+    def config_with(self, overrides: dict[str, Any]) -> TrainConfig:
+        """The base config with ``overrides`` applied, at the study's compute budget (unless they set their own)."""
+        return self.base.replace(**{"compute_budget": self.budget, **overrides})
+
     def trial_config(self, params: dict[str, Any]) -> TrainConfig:
         """The training config of a trial: the base with the trial's parameters (or variant + seed) applied."""
         if self.variants:
             overrides = {**self.variants[params["variant"]], "seed": params["seed"]}
         else:
             overrides = {k: v for k, v in params.items() if k in field_names()}
-        return self.base.replace(**overrides)
+        return self.config_with(overrides)
+
+    @property
+    def max_budget(self) -> int:
+        """The largest compute any trial can have (ASHA's ``max_t``): the study's budget, or the top of a searched
+        ``compute_budget`` or a variant's own."""
+        budgets = [self.budget] + [p.high if p.type in ("int", "float") else max(p.extremes())
+                                   for p in self.params if p.name == "compute_budget"]
+        budgets += [int(v["compute_budget"]) for v in self.variants.values() if v.get("compute_budget")]
+        return int(max(budgets))
 
     def baseline_point(self) -> dict[str, Any] | None:
         """The MoCo v2 baseline as a point of the search space (lambda = rho = delta = 1, base tau and K)."""
@@ -244,7 +266,7 @@ def load_space(name_or_path: str) -> Space:
     try:
         raw = load_yaml(path)
     except ConfigError as err:
-        raise SpaceError(source, "yaml", f"invalid YAML at {err.value}: {err.allowed}") from None
+        raise SpaceError(source, "yaml", f"{err.value}: {err.allowed}") from None
     if not isinstance(raw, dict):
         raise SpaceError(source, "<top level>", "a mapping with sections " + ", ".join(TOP_KEYS))
     for key in raw:
@@ -260,15 +282,47 @@ def load_space(name_or_path: str) -> Space:
         if settings.searcher != "grid":
             space.settings.searcher = "grid"
     else:
+        if raw.get("seeds") is not None:
+            raise SpaceError(source, "seeds", "seeds apply to variants (each variant runs once per seed); a search "
+                             "trains every trial with the base's seed and draws with study.seed")
         space.params = _load_params(raw.get("search"), base, source)
         if settings.num_samples < 1:
             raise SpaceError(source, "study.num_samples", f"{settings.num_samples!r}: an integer >= 1")
     _check_against_config(space)
+    check_study(space)
     if "confirm" in raw:
         from study.confirm import load_confirm  # the confirmation stage owns its section's schema
 
         space.confirm = load_confirm(raw["confirm"], space)
     return space
+
+
+def check_study(space: Space, cli: bool = False) -> None:
+    """Checks across sections, before anything starts (also after command-line overrides, with ``cli``)."""
+    s, source = space.settings, space.source
+    check_settings(s, source, cli)
+    for overrides in space.variants.values() or [{}]:  # split sizes against the dataset (no worker would start)
+        try:
+            check_sizes(space.config_with(overrides))
+        except ConfigError as err:
+            raise SpaceError(source, f"base.overrides.{err.key}", f"{short(err.value)}: {err.allowed}") from None
+    if s.scheduler == "asha" and s.grace_period > space.max_budget:
+        raise SpaceError(source, "study.grace_period", f"{s.grace_period} is above the trials' compute budget "
+                         f"({space.max_budget}): ASHA could never stop a trial; lower it or use scheduler: none")
+    if space.variants:
+        if len(space.variants) * len(space.seeds) > MAX_TRIALS:
+            raise SpaceError(source, "variants", f"{len(space.variants)} variants x {len(space.seeds)} seeds: at most "
+                             f"{MAX_TRIALS:,} trials")
+        return
+    if s.searcher == "grid":
+        conditional = [p.name for p in space.params if p.when is not None]
+        if conditional:
+            raise SpaceError(source, f"search.{conditional[0]}.when", "the grid searcher cannot search conditional "
+                             "parameters; use optuna-tpe or random, or drop the condition")
+        points = math.prod(len(p.grid_values(s.grid_points)) for p in space.params)
+        if points > MAX_GRID:
+            raise SpaceError(source, "study.grid_points", f"{s.grid_points} points per parameter make a grid of "
+                             f"{points:,} points: at most {MAX_GRID:,}")
 
 
 def _load_base(section: Any, source: str) -> tuple[TrainConfig, str, dict]:
@@ -296,6 +350,15 @@ def _load_base(section: Any, source: str) -> tuple[TrainConfig, str, dict]:
     return config, name, overrides
 
 
+MAX_TRIALS = 10_000  #: trials in one study (num_samples, or variants x seeds)
+MAX_GRID = 100_000  #: points of a grid search
+MAX_SEED = 2**32 - 1  #: numpy's largest seed (torch accepts more)
+#: how a setting is spelled on the command line, for refusals of command-line values
+CLI_FLAGS = {"num_samples": "--num-samples", "max_concurrent": "--max-concurrent", "seed": "--seed",
+             "workers_per_trial": "--workers-per-trial", "gpus_per_worker": "--gpus-per-worker",
+             "cpus_per_worker": "--cpus-per-worker"}
+
+
 def _load_settings(section: Any, source: str) -> StudySettings:
     if not isinstance(section, dict):
         raise SpaceError(source, "study", "a mapping of study settings")
@@ -304,34 +367,49 @@ def _load_settings(section: Any, source: str) -> StudySettings:
         if key not in known:
             raise SpaceError(source, f"study.{key}", "unknown key" + _closest(key, known))
     settings = StudySettings(**section)
+    check_settings(settings, source)
+    return settings
+
+
+def check_settings(settings: StudySettings, source: str, cli: bool = False) -> None:
+    """Every study setting's type and range; with ``cli``, refusals name the command-line flag."""
+
+    def name(key: str) -> str:
+        return CLI_FLAGS.get(key, f"study.{key}") if cli else f"study.{key}"
+
     types = {"metric": str, "mode": str, "num_samples": int, "searcher": str, "grid_points": int, "seed": int,
              "scheduler": str, "grace_period": int, "reduction_factor": int, "workers_per_trial": int,
              "gpus_per_worker": int, "max_failures": int, "baseline": bool}
     for key, kind in types.items():
         value = getattr(settings, key)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise SpaceError(source, f"study.{key}", f"{value!r}: must be {kind.__name__}")
+            raise SpaceError(source, name(key),
+                             f"{short(value)}: must be {'an integer' if kind is int else kind.__name__}")
     checks = [
+        ("metric", settings.metric in STUDY_METRICS, "one the training reports every epoch: "
+         + ", ".join(STUDY_METRICS)),
         ("mode", settings.mode in ("max", "min"), "max or min"),
+        ("num_samples", 1 <= settings.num_samples <= MAX_TRIALS, f"an integer in [1, {MAX_TRIALS:,}]"),
         ("searcher", settings.searcher in SEARCHERS, "one of " + ", ".join(SEARCHERS)),
         ("scheduler", settings.scheduler in SCHEDULERS, "one of " + ", ".join(SCHEDULERS)),
-        ("grid_points", settings.grid_points >= 1, "an integer >= 1"),
+        ("seed", 0 <= settings.seed <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
+        ("grid_points", 1 <= settings.grid_points <= 100, "an integer in [1, 100]"),
         ("grace_period", settings.grace_period >= 1, "an integer >= 1"),
         ("reduction_factor", settings.reduction_factor >= 2, "an integer >= 2"),
-        ("workers_per_trial", settings.workers_per_trial >= 0, "an integer >= 0 (0 = in-process)"),
-        ("gpus_per_worker", settings.gpus_per_worker >= 0, "an integer >= 0"),
+        ("workers_per_trial", 0 <= settings.workers_per_trial <= 1024, "an integer in [0, 1024] (0 = in-process)"),
+        ("gpus_per_worker", settings.gpus_per_worker in (0, 1), "0 or 1"),
         ("max_failures", settings.max_failures >= 0, "an integer >= 0"),
         ("max_concurrent", settings.max_concurrent is None or (isinstance(settings.max_concurrent, int)
-                                                                and settings.max_concurrent >= 1),
-         "null or an integer >= 1"),
-        ("cpus_per_worker", settings.cpus_per_worker is None or (isinstance(settings.cpus_per_worker, (int, float))
+                                                                and not isinstance(settings.max_concurrent, bool)
+                                                                and 1 <= settings.max_concurrent <= MAX_TRIALS),
+         f"null or an integer in [1, {MAX_TRIALS:,}]"),
+        ("cpus_per_worker", settings.cpus_per_worker is None or (_is_number(settings.cpus_per_worker)
                                                                   and settings.cpus_per_worker > 0),
-         "null or a number > 0"),
+         "null or a finite number > 0"),
     ]
     for key, ok, allowed in checks:
         if not ok:
-            raise SpaceError(source, f"study.{key}", f"{getattr(settings, key)!r}: {allowed}")
-    return settings
+            raise SpaceError(source, name(key), f"{short(getattr(settings, key))}: {allowed}")
 
 
 def _load_params(section: Any, base: TrainConfig, source: str) -> list[Param]:
@@ -360,6 +438,11 @@ def _load_params(section: Any, base: TrainConfig, source: str) -> list[Param]:
         if cond and cond[0] not in names[:i]:
             raise SpaceError(source, f"search.{p.name}.when", f"{p.when!r} refers to {cond[0]!r}, which must be a "
                              "searched parameter listed before it")
+        if cond and cond[1] in ("<", "<=", ">", ">="):
+            ref = params[names.index(cond[0])]
+            if not all(_is_number(v) for v in ref.extremes()):
+                raise SpaceError(source, f"search.{p.name}.when", f"{p.when!r}: {cond[0]} takes non-numeric "
+                                 "values; compare it with == or !=")
     return params
 
 
@@ -367,35 +450,76 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; accept it as the number it spells, as training keys do."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _check_param(p: Param, key: str, source: str) -> None:
     if p.type in ("float", "int"):
+        for bound in ("low", "high", "step"):
+            setattr(p, bound, _number(getattr(p, bound)))
+            if p.type == "int" and isinstance(getattr(p, bound), float) and getattr(p, bound).is_integer():
+                setattr(p, bound, int(getattr(p, bound)))
         for bound in ("low", "high"):
             value = getattr(p, bound)
             if value is None:
                 raise SpaceError(source, f"{key}.{bound}", f"missing: a {p.type} parameter needs low and high")
             if not _is_number(value) or (p.type == "int" and not isinstance(value, int)):
-                raise SpaceError(source, f"{key}.{bound}", f"{value!r}: must be a{'n integer' if p.type == 'int' else ' number'}")
+                raise SpaceError(source, f"{key}.{bound}", f"{short(value)}: must be a"
+                                 f"{'n integer' if p.type == 'int' else ' finite number'}")
         if p.low > p.high:
             raise SpaceError(source, key, f"inverted range: low = {p.low} > high = {p.high}")
         if p.low == p.high:
             raise SpaceError(source, key, f"empty range: low = high = {p.low} (use type: fixed for a constant)")
         if not isinstance(p.log, bool):
-            raise SpaceError(source, f"{key}.log", f"{p.log!r}: true or false")
+            raise SpaceError(source, f"{key}.log", f"{short(p.log)}: true or false")
         if p.log and p.low <= 0:
             raise SpaceError(source, f"{key}.low", f"{p.low}: a log-scaled range must be > 0")
-        if p.step is not None and (not _is_number(p.step) or p.step <= 0 or p.log):
-            raise SpaceError(source, f"{key}.step", f"{p.step!r}: a number > 0, and not with log: true")
+        if p.step is not None:
+            if not _is_number(p.step) or p.step <= 0 or p.log:
+                raise SpaceError(source, f"{key}.step", f"{short(p.step)}: a number > 0, and not with log: true")
+            if p.type == "int" and not isinstance(p.step, int):
+                raise SpaceError(source, f"{key}.step", f"{p.step!r}: an int parameter needs an integer step")
+            steps = (p.high - p.low) / p.step
+            if abs(steps - round(steps)) > 1e-9 * max(1.0, abs(steps)):
+                raise SpaceError(source, f"{key}.step", f"{p.step!r} does not divide the range [{p.low}, {p.high}] "
+                                 "(Optuna would silently lower the upper bound): choose a step that does")
         if p.type == "float":
             p.low, p.high = float(p.low), float(p.high)
     elif p.type == "categorical":
         if not isinstance(p.choices, list) or not p.choices:
-            raise SpaceError(source, f"{key}.choices", f"{p.choices!r}: a non-empty list")
+            raise SpaceError(source, f"{key}.choices", f"{short(p.choices)}: a non-empty list")
         if len(set(map(repr, p.choices))) != len(p.choices):
-            raise SpaceError(source, f"{key}.choices", f"{p.choices!r}: duplicate choices")
-    elif "value" not in asdict(p) or p.value is None:
-        raise SpaceError(source, f"{key}.value", "missing: a fixed parameter needs a value")
-    if p.when is not None and (not isinstance(p.when, str) or not _CONDITION.match(p.when)):
-        raise SpaceError(source, f"{key}.when", f"{p.when!r}: a condition such as 'hard_negative_ratio < 1'")
+            raise SpaceError(source, f"{key}.choices", f"{short(p.choices)}: duplicate choices")
+        if not all(c is None or isinstance(c, (bool, int, float, str)) for c in p.choices):
+            raise SpaceError(source, f"{key}.choices", f"{short(p.choices)}: plain values (numbers, strings, "
+                             "true/false, null), not lists or mappings")
+    elif p.value is None:
+        raise SpaceError(source, f"{key}.value", "missing or null: a fixed parameter needs a value (to leave a key at "
+                         "its base value, do not search it)")
+    if p.when is not None:
+        _check_condition(p, key, source)
+
+
+def _check_condition(p: Param, key: str, source: str) -> None:
+    if not isinstance(p.when, str) or not _CONDITION.match(p.when):
+        raise SpaceError(source, f"{key}.when", f"{short(p.when)}: a condition such as 'hard_negative_ratio < 1' "
+                         "or 'negatives == hcl'")
+    try:
+        _, op, value = p.condition()
+    except YamlError as err:
+        raise SpaceError(source, f"{key}.when", f"{short(p.when)}: the value is not plain YAML ({err.reason})") from None
+    ordered = op in ("<", "<=", ">", ">=")
+    if ordered and not _is_number(value):
+        raise SpaceError(source, f"{key}.when", f"{short(p.when)}: {op} needs a finite number on its right")
+    if not ordered and not (value is None or isinstance(value, (bool, str)) or _is_number(value)):
+        raise SpaceError(source, f"{key}.when", f"{short(p.when)}: {op} needs a number, a string, true/false or null")
 
 
 def _load_variants(section: Any, seeds: Any, base: TrainConfig, source: str):
@@ -414,23 +538,32 @@ def _load_variants(section: Any, seeds: Any, base: TrainConfig, source: str):
     return section, seeds
 
 
+_EPOCHS_FOLLOW = ("trials are budgeted in compute, and their epochs follow from it (compute_budget / views): "
+                  "set or search compute_budget instead of epochs")
+
+
 def _check_against_config(space: Space) -> None:
     """Every value a trial can take must be a valid training config (corners of the space, or every variant)."""
     if space.variants:
         for name, overrides in space.variants.items():
+            if "epochs" in overrides:
+                raise SpaceError(space.source, f"variants.{name}.epochs", _EPOCHS_FOLLOW)
             try:
-                space.base.replace(**overrides)
+                space.config_with(overrides)
             except ConfigError as err:
                 raise SpaceError(space.source, f"variants.{name}.{err.key}",
                                  f"{err.value!r} is not allowed: {err.allowed}") from None
         return
+    if any(p.name == "epochs" for p in space.params):
+        raise SpaceError(space.source, "search.epochs", _EPOCHS_FOLLOW)
     options = [p.extremes() for p in space.params]
+    # Every corner when there are few; else each parameter's values with the others at their first value.
     combos = itertools.product(*options) if math.prod(len(o) for o in options) <= 4096 else (
-        [tuple(p.extremes()[0] if q is not p else v for q in space.params) for p in space.params for v in p.extremes()])
+        [tuple(q.extremes()[0] if q is not p else v for q in space.params) for p in space.params for v in p.extremes()])
     for combo in combos:
         values = {p.name: v for p, v in zip(space.params, combo)}
         try:
-            space.base.replace(**values)
+            space.config_with(values)
         except ConfigError as err:
             key = f"search.{err.key}" if err.key in values else f"search (with {values})"
             raise SpaceError(space.source, key, f"the training config rejects {err.key} = {err.value!r} "

@@ -181,3 +181,65 @@ def search_study(tmp_path: Path) -> Path:
 def grid_study(tmp_path: Path) -> Path:
     """A finished seeded ablation grid with planted component effects."""
     return make_grid_study(tmp_path)
+
+
+RUNG_SETTINGS = {"grace_period": 1, "reduction_factor": 2, "time_attr": "compute", "max_t": 8}
+
+
+def _unit(name: str, value: float) -> float:
+    """Position of ``value`` in ``name``'s searched range, on the parameter's own scale (0 = low, 1 = high)."""
+    spec = SPACE[name]
+    if spec.get("log"):
+        return math.log(value / spec["low"]) / math.log(spec["high"] / spec["low"])
+    return (value - spec["low"]) / (spec["high"] - spec["low"])
+
+
+def make_rung_study(root: Path, name: str = "rungs", n: int = 48, seed: int = 0, planted: str = "temperature",
+                    raw: bool = True, time_attr: bool = True) -> Path:
+    """An ASHA study on compute (rungs 1, 2, 4, then max_t = 8) whose metric, up to compute 4, depends only on the
+    ``planted`` parameter (``50 + 20·u + 2·log2(compute)``, u its position in the range, plus 0.05 noise); the trials
+    promoted at each rung are chosen at random (half of them; the baseline always continues), and a completed
+    trial's final value adds a random gain (sd 8), so the completed trials alone carry no planted signal.
+    A one-way trial (λ = 1, the baseline and about a third of the others) adds 1 compute per epoch, a dual-view
+    trial 2. With ``raw``, epoch 1 reports ``raw_val_knn_top1`` (about 55)."""
+    rng = np.random.default_rng(seed)
+    rungs, max_t = [1, 2, 4], 8
+    params = [dict(BASE)]
+    for _ in range(n - 1):
+        p = {"temperature": float(np.exp(rng.uniform(math.log(0.05), math.log(0.5)))),
+             "hard_negative_ratio": float(rng.uniform(0.05, 1.0)),
+             "queue_size": int(rng.choice([1024, 4096, 16384])),
+             "false_negative_threshold": float(rng.uniform(0.5, 1.0)),
+             "dual_view_weight": 1.0 if rng.random() < 0.3 else float(rng.uniform(0.0, 0.99))}
+        params.append(p)
+    budget = np.full(n, max_t, dtype=float)  # the compute each trial ran to
+    alive = list(range(n))
+    for r in rungs:  # at rung r, a random half continues (the baseline always does)
+        others = [i for i in alive if i != 0]
+        keep = set(rng.choice(others, size=len(alive) // 2 - 1, replace=False).tolist()) | {0}
+        for i in alive:
+            if i not in keep:
+                budget[i] = r
+        alive = sorted(keep)
+    trials, history = [], []
+    for i, p in enumerate(params):
+        tid = f"r{i:03d}"
+        per_epoch = 1 if p["dual_view_weight"] == 1.0 else 2
+        u = _unit(planted, p[planted])
+        gain = rng.normal(0, 8)
+        epochs = int(math.ceil(budget[i] / per_epoch))
+        value = math.nan
+        for e in range(1, epochs + 1):
+            c = e * per_epoch
+            value = 50 + 20 * u + 2 * math.log2(min(c, 4)) + rng.normal(0, 0.05) + (gain if c >= max_t else 0.0)
+            row = {"trial_id": tid, "epoch": e, "compute": float(c), "val_knn_top1": value, "loss": 6.0 - 0.2 * e}
+            if raw and e == 1:
+                row["raw_val_knn_top1"] = 55.0 + 0.01 * i
+            history.append(row)
+        status = "completed" if budget[i] >= max_t else "pruned"
+        trials.append(_trial_row(tid, i, status, p, value, epochs))
+    meta = _meta(name, "search", SPACE)
+    meta["settings"] = {**RUNG_SETTINGS, "scheduler": "asha"}
+    if not time_attr:
+        del meta["settings"]["time_attr"]
+    return write_study(root / name, meta, trials, history)

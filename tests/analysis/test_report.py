@@ -25,10 +25,11 @@ def reports(tmp_path_factory) -> dict[str, Path]:
     broken = make_search_study(root, "broken", n=20, seed=3, broken=True, status="interrupted")
     grid = make_grid_study(root, "ablation")
     grid2 = make_grid_study(root, "ablation_b", seed=7)
+    few = 30  # bootstrap resamples: intervals are checked in test_fidelity.py; keep these reports fast
     return {
-        "search": build_report([search]),
-        "broken": build_report(broken),
-        "grid": build_report([grid, grid2], out=root / "grid_report"),
+        "search": build_report([search], resamples=few),
+        "broken": build_report(broken, resamples=few),
+        "grid": build_report([grid, grid2], out=root / "grid_report", resamples=few),
     }
 
 
@@ -121,9 +122,9 @@ def test_incomplete_study_still_reports(reports):
 
 def test_rerun_replaces_report_atomically(tmp_path):
     study = make_search_study(tmp_path, n=6)
-    out = build_report(study, formats="md")
+    out = build_report(study, formats="md", resamples=0)
     (out / "stale.txt").write_text("old")
-    assert build_report(study, formats=("md",)) == out
+    assert build_report(study, formats=("md",), resamples=0) == out
     assert not (out / "stale.txt").exists() and (out / "report.md").exists() and not (out / "report.html").exists()
     assert [p.name for p in study.iterdir() if p.name.startswith(".")] == []
 
@@ -133,14 +134,16 @@ def test_tiny_study_skips_importance_with_reason(tmp_path):
     trials = pd.read_csv(study / "trials.csv")
     trials.loc[1, "status"] = "errored"
     trials.to_csv(study / "trials.csv", index=False)
-    md = _read(build_report(study, formats="md") / "report.md")
+    history = pd.read_csv(study / "history.csv")  # errored before its first report: no value at any rung
+    history[history["trial_id"] != trials.loc[1, "trial_id"]].to_csv(study / "history.csv", index=False)
+    md = _read(build_report(study, formats="md", resamples=0) / "report.md")
     assert "Parameter importance: skipped (needs at least 2 completed trials, found 1)" in md
     assert "best trial `t000`" in md
 
 
 def test_seed_count_too_small(tmp_path):
     study = make_grid_study(tmp_path, seeds=2)
-    md = _read(build_report(study, formats="md") / "report.md")
+    md = _read(build_report(study, formats="md", resamples=0) / "report.md")
     assert "too few seeds to conclude" in md and "seed count is too small to conclude" in md
 
 
@@ -172,7 +175,7 @@ def test_unknown_metric_lists_available(tmp_path, capsys):
     code, err = _cli([study, "--metric", "val_top5"], capsys)
     assert code == 2 and "'val_top5' does not exist" in err and "test_knn_top1" in err and "cpu_hours" in err
     assert not (study / "report").exists()
-    assert main([str(study), "--metric", "test_knn_top1", "--format", "md"]) == 0
+    assert main([str(study), "--metric", "test_knn_top1", "--format", "md", "--resamples", "0"]) == 0
 
 
 def test_different_metrics(tmp_path, capsys):

@@ -103,7 +103,7 @@ def test_importance_skipped_without_variation(tmp_path):
     t = pd.read_csv(path / "trials.csv")
     t["status"], t["val_knn_top1"] = "completed", 50.0
     t.to_csv(path / "trials.csv", index=False)
-    result = compute_importance(load_study(path))
+    result = compute_importance(load_study(path), resamples=0)
     assert result.table.empty and "same value" in result.skipped["all"]
 
 
@@ -132,7 +132,7 @@ def test_heatmap_skips_unsearched_parameter(study):
 
 
 def test_importance_figure_names_methods(study):
-    imp = compute_importance(study)
+    imp = compute_importance(study, resamples=0)
     p = plots.importance(imp.table, study.name)
     title = p.fig.axes[0].get_title()
     assert "fANOVA" in title and "PED-ANOVA" in title

@@ -73,7 +73,8 @@ def test_efficiency_summary_of_a_partial_run_defers_the_goal(tmp_path):
     from bench import run  # the page shows the partial result as such
     from bench.common import write_json
 
-    write_json(tmp_path / "results" / "efficiency.json", {"mode": "full", "command": "c", "date": "d", "result": partial})
+    write_json(tmp_path / "results" / "efficiency.json",
+               {"mode": "full", "command": "c", "date": "d", "result": partial})
     page = run.write_page(tmp_path / "results", tmp_path / "docs" / "benchmarks.md").read_text()
     assert "**Partial run: 2 of 9 studies finished**" in page and "not judged: partial run, 2 of 9 studies" in page
     assert (tmp_path / "docs" / "figures" / "efficiency.png").is_file()

@@ -106,8 +106,9 @@ def test_key_encoder_has_no_gradients_and_momentum_update_is_exact():
     model.momentum_update(0.9)
     for b, k, q in zip(before, model.encoder_k.parameters(), model.encoder_q.parameters()):
         assert torch.allclose(k, 0.9 * b + 0.1 * q, rtol=0, atol=1e-6)
+    frozen = [p.clone() for p in model.encoder_k.parameters()]  # taken before the update, compared after it
     model.momentum_update(1.0)
-    assert all(torch.equal(a, b) for a, b in zip(model.encoder_k.parameters(), [p.clone() for p in model.encoder_k.parameters()]))
+    assert all(torch.equal(k, f) for k, f in zip(model.encoder_k.parameters(), frozen))
     model.momentum_update(0.0)
     assert all(torch.equal(k, q) for k, q in zip(model.encoder_k.parameters(), model.encoder_q.parameters()))
 
@@ -143,7 +144,8 @@ def test_split_batchnorm_statistics_per_split():
     out = bn(x)
     for j in range(2):
         part = x[j::2]
-        ref = (part - part.mean((0, 2, 3), keepdim=True)) / torch.sqrt(part.var((0, 2, 3), unbiased=False, keepdim=True) + bn.eps).view(1, 3, 1, 1)
+        var = part.var((0, 2, 3), unbiased=False, keepdim=True)
+        ref = (part - part.mean((0, 2, 3), keepdim=True)) / torch.sqrt(var + bn.eps).view(1, 3, 1, 1)
         assert torch.allclose(out[j::2], ref, atol=1e-5)
     with pytest.raises(ValueError, match="bn_splits"):
         bn(torch.randn(5, 3, 4, 4))

@@ -18,7 +18,7 @@ from study.trial import TrialPlan
 SPACE = """
 base:
   config: digits
-  overrides: {{epochs: 2, seed: {seed}}}
+  overrides: {{compute_budget: 2, seed: {seed}}}
 search:
   temperature: {{type: float, low: 0.05, high: 0.5, log: true}}
   hard_negative_ratio: {{type: float, low: 0.1, high: 1.0}}
@@ -41,7 +41,7 @@ def error_of(tmp_path: Path, section: str, **kw) -> SpaceError:
     return info.value
 
 
-# --- seeds --------------------------------------------------------------------------------------------------------------
+# --- seeds ------------------------------------------------------------------------------------------------------
 def test_default_seeds_are_fresh_and_three(tmp_path):
     for base_seed in (0, 1, 2, 7):
         space = load_space(str(space_file(tmp_path, seed=base_seed)))
@@ -65,8 +65,8 @@ def test_searched_seed_and_variant_seeds_count_as_search_seeds(tmp_path):
     space = load_space(str(path))
     assert not set(confirm.resolve_seeds(space, space.confirm)) & {0, 3, 4, 5}
     grid = tmp_path / "grid.yaml"
-    grid.write_text("base: {config: digits}\nvariants: {baseline: {}, warm: {seed: 9, epochs: 2}}\nseeds: [0, 1, 2]\n"
-                    "confirm: {top: 1}\n")
+    grid.write_text("base: {config: digits}\nvariants: {baseline: {}, warm: {seed: 9, compute_budget: 2}}\n"
+                    "seeds: [0, 1, 2]\nconfirm: {top: 1}\n")
     space = load_space(str(grid))
     assert confirm.search_seeds(space) == {0, 1, 2, 9}
     assert confirm.resolve_seeds(space, space.confirm) == [3, 4, 5]
@@ -92,7 +92,8 @@ def test_set_seed_after_loading_is_checked_again(tmp_path):
     ("confirm: {overrides: {temperature: 0.1}}", "confirm.overrides.temperature", "searched"),
     ("confirm: {overrides: {seed: 3}}", "confirm.overrides.seed", "confirm.seeds"),
     ("confirm: {overrides: {final_eval: false}}", "confirm.overrides.final_eval", "always True"),
-    ("confirm: {overrides: {epochs: 0}}", "confirm.overrides.epochs", "an integer >= 1"),
+    ("confirm: {overrides: {compute_budget: 0}}", "confirm.overrides.compute_budget", "an integer >= 1"),
+    ("confirm: {overrides: {epochs: 6}}", "confirm.overrides.epochs", "set or search compute_budget instead"),
     ("confirm: {overrides: {batch_size: 1024}}", "confirm.overrides", "queue_size"),  # a corner (K = 512) breaks
 ])
 def test_bad_sections_name_the_key(tmp_path, section, key, words):
@@ -100,22 +101,12 @@ def test_bad_sections_name_the_key(tmp_path, section, key, words):
     assert err.key == key and words in str(err) and str(space_file(tmp_path, section)) in str(err)
 
 
-def test_epochs_cannot_override_a_compute_budget(tmp_path):
-    path = tmp_path / "budget.yaml"
-    path.write_text(SPACE.replace("{{epochs: 2, seed: {seed}}}", "{{compute_budget: 2, seed: {seed}}}").format(
-        seed=0, mode="max", confirm="confirm: {overrides: {epochs: 6}}"))
-    with pytest.raises(SpaceError, match="compute_budget = 2, which decides the epochs"):
-        load_space(str(path))
-    path.write_text(path.read_text().replace("{epochs: 6}", "{compute_budget: 6}"))
-    assert load_space(str(path)).confirm.overrides == {"compute_budget": 6}
-
-
 def test_section_defaults_and_overrides(tmp_path):
     space = load_space(str(space_file(tmp_path, "confirm:")))  # an empty section: every default
     assert space.confirm.top == 2 and space.confirm.seeds is None and space.confirm.overrides == {}
     assert load_space(str(space_file(tmp_path, ""))).confirm is None
-    space = load_space(str(space_file(tmp_path, "confirm: {top: 1, seeds: [5, 6], overrides: {epochs: 4}}")))
-    assert (space.confirm.top, space.confirm.seeds, space.confirm.overrides) == (1, [5, 6], {"epochs": 4})
+    space = load_space(str(space_file(tmp_path, "confirm: {top: 1, seeds: [5, 6], overrides: {compute_budget: 4}}")))
+    assert (space.confirm.top, space.confirm.seeds, space.confirm.overrides) == (1, [5, 6], {"compute_budget": 4})
 
 
 # --- selection and the runs' configs --------------------------------------------------------------------------------
@@ -159,8 +150,9 @@ def test_mode_min_and_fewer_trials_than_top(tmp_path):
 
 def test_grid_variants_ranked_by_their_mean_over_seeds(tmp_path):
     grid = tmp_path / "grid.yaml"
-    grid.write_text("base: {config: digits, overrides: {epochs: 2}}\nvariants: {baseline: {}, warm: {temperature: 0.1},"
-                    " cold: {temperature: 0.4}}\nseeds: [0, 1]\nconfirm: {top: 1, overrides: {epochs: 3}}\n")
+    grid.write_text("base: {config: digits, overrides: {compute_budget: 2}}\nvariants: {baseline: {}, warm: "
+                    "{temperature: 0.1}, cold: {temperature: 0.4}}\nseeds: [0, 1]\n"
+                    "confirm: {top: 1, overrides: {compute_budget: 3}}\n")
     space = load_space(str(grid))
     values = {("baseline", 0): 60, ("baseline", 1): 62, ("warm", 0): 70, ("warm", 1): 50, ("cold", 0): 63,
               ("cold", 1): 64}  # means: baseline 61, warm 60, cold 63.5
@@ -177,7 +169,7 @@ def test_grid_variants_ranked_by_their_mean_over_seeds(tmp_path):
 
 
 def test_run_configs_carry_the_budget_the_seed_and_every_endpoint(tmp_path):
-    space = load_space(str(space_file(tmp_path, "confirm: {top: 1, seeds: [4, 5], overrides: {epochs: 5}}")))
+    space = load_space(str(space_file(tmp_path, "confirm: {top: 1, seeds: [4, 5], overrides: {compute_budget: 5}}")))
     job = confirm.plan(space, finished_study(tmp_path / "s", space, TRIALS))
     assert job.runs == [(BASELINE, 4), (BASELINE, 5), ("top1", 4), ("top1", 5)]
     plan = TrialPlan(space=space, train_storage="x", workers=1, cpus_per_worker=1, use_gpu=False,

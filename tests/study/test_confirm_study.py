@@ -49,7 +49,8 @@ def test_search_then_confirmation(confirmed):
     assert table[table.candidate == BASELINE].source_trial.iloc[0] == trials[trials.is_baseline].trial_id.iloc[0]
     assert (run_dir / "confirm" / "train").is_dir() and (run_dir / "confirm.json").is_file()
     report = (run_dir / "report" / "report.md").read_text()
-    assert "## Confirmation" in report and "seeds [1, 2]" in report and "2 epochs of all training images" in report
+    assert "## Confirmation" in report and "seeds [1, 2]" in report
+    assert "a compute budget of 2 passes of all training images" in report
     assert "vs raw pixels on final_val_knn_top1" in report and "**undetermined**" in report
 
 

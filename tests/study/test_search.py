@@ -60,3 +60,15 @@ def test_reports_from_a_resumed_trial_already_finished_in_optuna_do_not_raise(tm
     searcher.on_trial_complete("a", final)
     study = optuna.load_study(study_name="t", storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
+
+
+def test_the_result_asha_stopped_on_reaches_optuna(tmp_path):
+    """Tune does not call the searcher's on_trial_result for the result on which the scheduler says STOP; the
+    searcher records it from on_trial_complete, so the pruned trial holds the epoch it was stopped at."""
+    searcher, storage = _searcher(tmp_path)
+    last = _run(searcher, "a", 1)  # epoch 1 reached the searcher ...
+    stopped = {**last, "epoch": 2, "val_knn_top1": 65.4}  # ... epoch 2 (ASHA's STOP) did not
+    searcher.on_trial_complete("a", stopped)
+    trial = optuna.load_study(study_name="t", storage=storage).trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.intermediate_values == {1: 71.0, 2: 65.4}

@@ -9,7 +9,8 @@ import pytest
 from study.run import main
 from study.space import CONFIG_DIR, SpaceError, load_space
 
-SHIPPED = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if "search:" in p.read_text() or "variants:" in p.read_text())
+SHIPPED = sorted(p.name for p in CONFIG_DIR.glob("*.yaml")
+                 if "search:" in p.read_text() or "variants:" in p.read_text())
 
 GOOD = """
 base:

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
 @pytest.fixture(scope="module")
 def mini_study(tmp_path_factory):
-    """One finished mini study (4 trials, 3 epochs, 2 CPUs), shared by the checks below."""
+    """One finished mini study (4 trials, compute budget 4, 2 CPUs), shared by the checks below."""
     storage = tmp_path_factory.mktemp("studies")
     proc = subprocess.run(study_command("--space", str(MINI_SPACE), "--storage", str(storage), "--name", "mini"),
                           cwd=ROOT, capture_output=True, text=True, timeout=800)
@@ -40,7 +40,7 @@ def test_mini_study_writes_every_file(mini_study):
     assert study["versions"]["ray"] and study["started"] and study["ended"]
     trials = pd.read_csv(run_dir / "trials.csv")
     assert len(trials) == 4 and set(trials.status) <= {"completed", "pruned"}
-    assert (trials.epochs <= 3).all() and (trials.status == "completed").sum() >= 1
+    assert (trials.epochs <= 4).all() and (trials.status == "completed").sum() >= 1
     history = pd.read_csv(run_dir / "history.csv")
     # One history row per trial-epoch, matching each trial's epoch count.
     assert history.groupby("trial_id").epoch.max().to_dict() == dict(zip(trials.trial_id.astype(str),
@@ -52,6 +52,29 @@ def test_mini_study_writes_every_file(mini_study):
     assert states.count("COMPLETE") == (trials.status == "completed").sum()
     assert states.count("PRUNED") == (trials.status == "pruned").sum()
     assert "report:" in stdout and (run_dir / "report" / "report.md").is_file()
+
+
+def test_trials_are_budgeted_and_judged_in_compute(mini_study):
+    """Compute = epochs x views: a dual-view trial trains half the epochs of a one-way trial at the same budget, and
+    ASHA judges it at its rung (compute 2) after one epoch where a one-way trial has trained two."""
+    run_dir, _ = mini_study
+    trials = pd.read_csv(run_dir / "trials.csv")
+    history = pd.read_csv(run_dir / "history.csv")
+    study = json.loads((run_dir / "study.json").read_text())
+    assert study["settings"]["time_attr"] == "compute" and study["budget"]["compute"] == 4
+    views = trials.set_index(trials.trial_id.astype(str)).param_dual_view_weight.map(lambda lam: 2 if lam < 1 else 1)
+    assert set(views) == {1, 2}, "the mini study should hold one-way and dual-view trials"
+    assert (history.compute == history.epoch * history.trial_id.astype(str).map(views)).all()
+    trials["views"] = trials.trial_id.astype(str).map(views)
+    assert (trials.max_epochs == 4 // trials.views).all() and (trials.budget == 4).all()
+    assert set(trials[trials.status == "completed"].compute) == {4}
+    assert set(trials[trials.status == "pruned"].compute) <= {2}  # stopped at the rung, whatever their epochs
+    # Optuna holds every pruned trial's values up to and including the epoch on which ASHA stopped it.
+    with sqlite3.connect(run_dir / "optuna.db") as db:
+        steps = dict(db.execute("select t.number, max(v.step) from trials t join trial_intermediate_values v "
+                                "on t.trial_id = v.trial_id group by t.number"))
+    for row in trials.itertuples():
+        assert steps[row.trial_number] == row.epochs, (row.trial_id, row.status)
 
 
 def test_first_trial_is_the_baseline(mini_study):
