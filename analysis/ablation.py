@@ -72,14 +72,15 @@ def paired_test(diffs: np.ndarray) -> tuple[float, float]:
     return p, mean / sd
 
 
-def verdict(diff: float, p: float, n_paired: int, maximize: bool = True) -> str:
-    """Plain-language verdict of one component against the baseline."""
+def verdict(diff: float, p: float, n_paired: int, maximize: bool = True,
+            labels: tuple[str, str] = (HELPS, HURTS)) -> str:
+    """Plain-language verdict of one component (or configuration) against the baseline: ``labels`` = (better, worse)."""
     if n_paired < MIN_SEEDS:
         return TOO_FEW
     if not math.isfinite(p) or p >= ALPHA or diff == 0:
         return NOT_DISTINGUISHABLE
     better = diff > 0 if maximize else diff < 0
-    return HELPS if better else HURTS
+    return labels[0] if better else labels[1]
 
 
 def ablation_table(study: Study, metric: str | None = None) -> pd.DataFrame:

@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis import ablation as abl  # noqa: E402
+from analysis import confirm  # noqa: E402
 from analysis import plots  # noqa: E402
 from analysis.comparison import boundary_section, fidelity_paragraph, importance_section  # noqa: E402
 from analysis.fidelity import MIN_TRIALS, at_rung, common_rung  # noqa: E402
@@ -372,6 +373,8 @@ def _write(root: Path, studies: list[Study], formats: Sequence[str], min_trials:
     if not best.empty:
         doc.table(best, "best_configs")
     _ablation_section(doc, studies, metric)
+    for s in studies:  # a study's confirmation stage (confirm.csv), when it has one
+        confirm.section(doc, s.name, s.path, f"{_slug(s.name)}__" if len(studies) > 1 else "")
     doc.heading("Optimisation history" + (" (all studies)" if len(studies) > 1 else ""))
     doc.figure(lambda: plots.optimization_history(studies), "", "Best so far vs trial number and compute")
     many = len(studies) > 1

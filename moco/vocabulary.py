@@ -52,3 +52,18 @@ COMPLETED, PRUNED, DIVERGED, ERRORED = "completed", "pruned", "diverged", "error
 RUNNING, PENDING = "running", "pending"
 FINISHED = (COMPLETED, PRUNED, DIVERGED, ERRORED)  #: a trial's outcome is final
 STATUSES = (*FINISHED, RUNNING, PENDING)
+
+# --- confirmation (study/confirm.py writes confirm.csv, analysis/confirm.py reads it) ----------------------------------
+#: Endpoints of a confirmation run: validation endpoints decide (full validation split), test endpoints are shown in the
+#: final table only.
+VAL_ENDPOINTS = (FINAL_VAL_KNN, FINAL_VAL_PROBE)
+TEST_ENDPOINTS = (TEST_KNN, TEST_LINEAR)
+#: The full-validation endpoint that confirms a study's per-epoch monitor metric (its "metric family").
+FINAL_OF = {VAL_KNN: FINAL_VAL_KNN, VAL_PROBE: FINAL_VAL_PROBE}
+#: Candidate names in confirm.csv: the baseline, then the search's best trials top1, top2, ...
+BASELINE = "baseline"
+
+
+def top_name(rank: int) -> str:
+    """The candidate name of the search's ``rank``-th best trial (1 -> ``top1``)."""
+    return f"top{rank}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 STUDY_FILES = ("study.json", "trial_status.json", "results.jsonl", "trials.csv", "history.csv", "best_config.yaml",
-               "optuna.db")
+               "optuna.db", "confirm.json", "confirm.csv")
 
 
 class Mirror:

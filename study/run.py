@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # `python study/run.py` puts study/ on sys.path, 
 
 from moco.config import ConfigError, plain_name  # noqa: E402
 from moco.sources import DatasetNotFoundError, check_dataset  # noqa: E402
+from study.confirm import ConfirmError  # noqa: E402
 from study.space import Space, SpaceError, check_settings, check_study, load_space  # noqa: E402
 
 DRIVER_RESOURCE = "mocostudy_driver"
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per Ray Train worker")
     p.add_argument("--address", default=None, help="an existing Ray cluster (default: start Ray locally)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
+    p.add_argument("--confirm", action="store_true", help="run (or continue) the confirmation of the finished "
+                   "study --name: its best trials and baseline re-trained with fresh seeds (the space's confirm:)")
     p.add_argument("--seed", type=int, default=None, help="searcher seed (overrides the space file)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the base training config")
@@ -85,6 +88,10 @@ def apply_cli(space: Space, args: argparse.Namespace) -> Space:
     if s.gpus_per_worker:
         space.base = space.base.replace(device="cuda")
     check_study(space, cli=True)  # the same cross-section checks as loading, on the overridden space
+    if space.confirm is not None:  # `--set seed=N` must not make a confirmation seed one the search trains with
+        from study.confirm import resolve_seeds
+
+        resolve_seeds(space, space.confirm)
     return space
 
 
@@ -141,6 +148,10 @@ def describe_plan(space: Space, resources: dict[str, Any], run_dir: str) -> str:
                   else ""),
               f"budget     at most {space.num_trials * space.max_budget} compute "
               f"({space.num_trials} trials x {space.max_budget}; one-way epochs, a dual-view epoch counts 2)"]
+    if space.confirm is not None:
+        from study.confirm import describe_section
+
+        lines.append(describe_section(space))
     return "\n".join(lines)
 
 
@@ -148,7 +159,7 @@ def resume_command(args: argparse.Namespace, name: str) -> str:
     parts = [sys.executable, "study/run.py", "--space", args.space, "--name", name, "--storage", args.storage]
     if args.address:
         parts += ["--address", args.address]
-    return shlex.join(parts + ["--resume"])
+    return shlex.join(parts + ["--confirm" if getattr(args, "confirm", False) else "--resume"])
 
 
 # --- running ------------------------------------------------------------------------------------------------------
@@ -254,6 +265,10 @@ def run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: st
         start_ray(args.address, stack)
         if mirror is not None:
             stack.callback(mirror.push)
+        if args.confirm:
+            from study.confirm_run import stage
+
+            return stage(space, args, run_dir, storage, None, mirror)
         return _run_study(space, args, run_dir, storage, mirror)
 
 
@@ -327,6 +342,11 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
     if not complete:
         print(f"[study] interrupted; continue with:\n  {resume_command(args, run_dir.name)}", flush=True)
         return 130
+    if space.confirm is not None:
+        from study.confirm_run import stage
+
+        print(f"best config: {run_dir / 'best_config.yaml'}")
+        return stage(space, args, run_dir, storage, resources, mirror)
     if not args.no_report:
         _report(run_dir)
     print(f"best config: {run_dir / 'best_config.yaml'}")
@@ -393,11 +413,13 @@ def main(argv: list[str] | None = None) -> int:
         where = mirror.uri if mirror else str(run_dir)
         exists = mirror.exists() if mirror else run_dir.exists()
         if not args.dry_run:
-            if exists and not args.resume:
+            if exists and not (args.resume or args.confirm):
                 raise StudyError(f"study {where} already exists: continue it with --resume, "
                                  "or choose another --name")
-            if args.resume and not (mirror.exists() if mirror else (run_dir / "study.json").is_file()):
-                raise StudyError(f"--resume: no study named {name!r} under {storage} (no {where}/study.json)")
+            found = mirror.exists() if mirror else (run_dir / "study.json").is_file()
+            if (args.resume or args.confirm) and not found:
+                flag = "--confirm" if args.confirm else "--resume"
+                raise StudyError(f"{flag}: no study named {name!r} under {storage} (no {where}/study.json)")
         if args.dry_run:
             return dry_run(space, args, run_dir)
         check_address(args.address)
@@ -408,9 +430,13 @@ def main(argv: list[str] | None = None) -> int:
             plan_resources(space, float(os.cpu_count() or 1), _local_gpus())
         if mirror is not None:
             shutil.rmtree(run_dir, ignore_errors=True)  # the staging copy is rebuilt from the remote folder
-            mirror.pull() if args.resume else mirror.push()
+            mirror.pull() if args.resume or args.confirm else mirror.push()
         run_dir.mkdir(parents=True, exist_ok=True)
-    except (SpaceError, ConfigError, DatasetNotFoundError, StudyError) as err:
+        if args.confirm:  # refused before Ray starts: not finished, another base config, nothing to confirm
+            from study.confirm import preflight
+
+            preflight(space, run_dir)
+    except (SpaceError, ConfigError, DatasetNotFoundError, StudyError, ConfirmError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:

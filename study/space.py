@@ -13,6 +13,7 @@ A space file is YAML with these sections::
       baseline: {}
       dual_view: {dual_view_weight: 0.5}
     seeds: [0, 1, 2]               # with variants: every variant runs once per seed
+    confirm: {top: 2}              # optional: re-train the best and the baseline with fresh seeds (study/confirm.py)
     study:                         # how the study runs (all optional; defaults in StudySettings)
       metric: val_knn_top1
       ...
@@ -36,7 +37,7 @@ from moco.sources import check_sizes
 from moco.vocabulary import STUDY_METRICS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-TOP_KEYS = ("base", "search", "variants", "seeds", "study")
+TOP_KEYS = ("base", "search", "variants", "seeds", "study", "confirm")
 PARAM_TYPES = ("float", "int", "categorical", "fixed")
 PARAM_KEYS = {"float": ("type", "low", "high", "log", "step", "when"),
               "int": ("type", "low", "high", "log", "step", "when"),
@@ -171,6 +172,7 @@ class Space:
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=list)
     settings: StudySettings = field(default_factory=StudySettings)
+    confirm: Any = None  #: the ``confirm:`` section (study.confirm.ConfirmSettings), None without one
 
     @property
     def kind(self) -> str:
@@ -288,6 +290,10 @@ def load_space(name_or_path: str) -> Space:
             raise SpaceError(source, "study.num_samples", f"{settings.num_samples!r}: an integer >= 1")
     _check_against_config(space)
     check_study(space)
+    if "confirm" in raw:
+        from study.confirm import load_confirm  # the confirmation stage owns its section's schema
+
+        space.confirm = load_confirm(raw["confirm"], space)
     return space
 
 

@@ -1,6 +1,7 @@
 """One study trial: a Ray Tune function trainable that runs a ``TorchTrainer`` (Ray Train V2).
 
-Tune hands the trial its parameters; :func:`run_trial` turns them into a training config, starts a TorchTrainer
+Tune hands the trial its parameters; :func:`run_trial` turns them into a training config (a point of the space, or a
+confirmation run's candidate and seed: :meth:`TrialPlan.config`), starts a TorchTrainer
 named after the trial (so a resumed study resumes the trial's Train run from its latest checkpoint), and forwards
 every epoch's report to Tune with ``TuneReportCallback``, which drives ASHA and the searcher.
 """
@@ -13,6 +14,7 @@ from typing import Any
 import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from moco.config import TrainConfig
 from study.space import Space
 
 
@@ -26,6 +28,14 @@ class TrialPlan:
     cpus_per_worker: float
     use_gpu: bool
     fault: dict | None = None
+    #: a confirmation's training configs by candidate name (seed unset); trials are then {candidate, seed}
+    configs: dict[str, dict[str, Any]] | None = None
+
+    def config(self, params: dict[str, Any]) -> TrainConfig:
+        """A trial's training config: a point of the space, or a confirmation candidate with its seed."""
+        if self.configs is None:
+            return self.space.trial_config(params)
+        return TrainConfig.from_dict({**self.configs[params["candidate"]], "seed": params["seed"]})
 
 
 def run_trial(params: dict[str, Any], plan: TrialPlan) -> None:
@@ -33,7 +43,7 @@ def run_trial(params: dict[str, Any], plan: TrialPlan) -> None:
     from moco.train import make_trainer  # here, not at the top: the study driver imports this module without torch
 
     trial_id = ray.tune.get_context().get_trial_id()
-    cfg = plan.space.trial_config(params)
+    cfg = plan.config(params)
     trainer = make_trainer(cfg, workers=plan.workers, use_gpu=plan.use_gpu, cpus_per_worker=plan.cpus_per_worker,
                            storage=plan.train_storage, name=f"train-{trial_id}",
                            max_failures=plan.space.settings.max_failures, callbacks=[TuneReportCallback()],

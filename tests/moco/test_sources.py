@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 def test_study_driver_modules_do_not_import_torch():
     """Every trial process imports torch anyway; the driver does not need to (about 370 MB of PSS saved)."""
     code = ("import sys; sys.argv = ['run.py']; import study.run, study.trial, study.search, study.results, "
-            "moco.sources, moco.faults; print('torch' in sys.modules)")
+            "study.confirm, study.confirm_run, moco.sources, moco.faults; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"
