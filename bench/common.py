@@ -264,47 +264,6 @@ class TreeMemory:
                 "peak_rss_mib_by_role": {role: {**stats(v), "count": len(v)} for role, v in sorted(by_role.items())}}
 
 
-# --- Ray isolation --------------------------------------------------------------------------------------------------
-def free_port(low: int = 20000, high: int = 30000) -> int:
-    """A port free now, below Linux's ephemeral range (32768-60999), so that outgoing connections of other
-    processes do not take it before Ray binds it (Ray then silently picks another GCS port)."""
-    import random
-    import socket
-
-    for _ in range(200):
-        port = random.randint(low, high)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in [{low}, {high}]")
-
-
-def isolated_ray_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for a process that starts its own local Ray instance with ``ray.init`` on a machine where other Ray
-    instances run (bench/scaling.py; studies use study/local_cluster.py instead).
-
-    Ray Train's PlacementGroupCleaner (inside the cluster) finds "its" cluster by address discovery, which fails with
-    "Found multiple active Ray instances" when other local clusters exist (e.g. other test runs on a shared machine);
-    the placement group of a trial stopped by ASHA then leaks and the next trials time out waiting for workers. We
-    pin the new cluster's GCS port (``RAY_GCS_SERVER_PORT``) and give its workers ``RAY_ADDRESS`` through the job's
-    runtime environment (``RAY_JOB_CONFIG_JSON_ENV_VAR``), so discovery inside the cluster is unambiguous. The driver
-    gets ``RAY_ADDRESS=local``: without it, ``ray.init()`` joins the newest cluster started by ``ray start`` on this
-    machine (someone else's) instead of starting its own.
-    """
-    import ray.util
-
-    port = free_port()
-    address = f"{ray.util.get_node_ip_address()}:{port}"
-    env = dict(os.environ if base is None else base)
-    env["RAY_ADDRESS"] = "local"
-    env["RAY_GCS_SERVER_PORT"] = str(port)
-    env["RAY_JOB_CONFIG_JSON_ENV_VAR"] = json.dumps({"runtime_env": {"env_vars": {"RAY_ADDRESS": address}}})
-    return env
-
-
 # --- studies as subprocesses ---------------------------------------------------------------------------------------
 def write_space(path: Path, study: dict[str, Any], base_space: Path = ROOT / "configs" / "hardneg.yaml") -> Path:
     """A space file: ``base_space``'s ``base`` and ``search`` sections with its ``study`` section updated."""

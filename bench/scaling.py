@@ -12,13 +12,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, isolated_ray_env, loadavg, run_study, stats, write_space
+from bench.common import ROOT, loadavg, run_study, stats, write_space
 
 SPACE = ROOT / "configs" / "hardneg.yaml"
 
@@ -48,6 +47,7 @@ def _epoch_rates(result) -> list[dict[str, Any]]:
 def data_parallel(quick: bool, workdir: Path) -> dict[str, Any]:
     import ray
 
+    from moco.ray_address import start_local_ray
     from moco.train import absolute_paths, make_trainer
 
     cfg = absolute_paths(_base_config(quick))
@@ -60,12 +60,8 @@ def data_parallel(quick: bool, workdir: Path) -> dict[str, Any]:
     storage = Path(workdir) / "scaling" / "train"
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
     started_here = not ray.is_initialized()
-    if started_here:  # pin the GCS port and tell workers the address (see bench.common.isolated_ray_env)
-        env = isolated_ray_env()
-        os.environ["RAY_GCS_SERVER_PORT"] = env["RAY_GCS_SERVER_PORT"]
-        address = json.loads(env["RAY_JOB_CONFIG_JSON_ENV_VAR"])["runtime_env"]["env_vars"]["RAY_ADDRESS"]
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"RAY_ADDRESS": address}})
+    if started_here:  # a new instance, whose own processes know its address (see moco.ray_address)
+        start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         for r in range(rounds):
             for name, (workers, cpus) in layouts.items():
@@ -79,7 +75,6 @@ def data_parallel(quick: bool, workdir: Path) -> dict[str, Any]:
     finally:
         if started_here:
             ray.shutdown()
-            os.environ.pop("RAY_GCS_SERVER_PORT", None)
     one, two = stats(rates["1 worker x 1 CPU"]), stats(rates["2 workers x 1 CPU"])
     return {"config": {"train_subset": cfg.train_subset, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
                        "width": cfg.width, "backbone": cfg.backbone, "rounds": rounds,

@@ -30,6 +30,7 @@ from moco.config import ConfigError, TrainConfig, parse_overrides, plain_name
 from moco.data import DatasetNotFoundError, check_dataset, load_dataset
 from moco.engine import DistInfo, DivergedError, Engine, resolve_device
 from moco.faults import FAULT_ENV, maybe_inject_fault, parse_fault
+from moco.ray_address import AddressError, check_address, start_local_ray
 from moco.vocabulary import COMPUTE, EPOCH, MONITOR_METRICS
 
 STATE_FILE = "state.pt"
@@ -178,6 +179,8 @@ def _node_id() -> str:
     try:
         import ray
 
+        if not ray.is_initialized():  # local mode without Ray: any Ray call here would start or join an instance
+            return "local"
         return ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001 - local mode without a Ray runtime
         return "local"
@@ -228,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     p.add_argument("--storage", default="runs", help="where runs are written (path or URI; default ./runs)")
     p.add_argument("--name", default=None, help="run name (default: train-<config stem>); reuse it to resume")
-    p.add_argument("--address", default=None, help="existing Ray cluster address (default: start Ray locally)")
+    p.add_argument("--address", default=None,
+                   help="existing Ray cluster (HOST:PORT, auto, ray://...); it must answer within 5 s (default: a new "
+                        "local Ray instance, none with --workers 0)")
     return p
 
 
@@ -247,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--gpus", True, "a machine with a CUDA GPU (none found here)")
         check_dataset(cfg)
         name = plain_name(args.name if args.name is not None else f"train-{Path(args.config).stem}", "--name")
-    except (ConfigError, DatasetNotFoundError) as err:
+        address = check_address(args.address)  # a given address must answer within seconds
+    except (ConfigError, DatasetNotFoundError, AddressError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
@@ -256,9 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg.save_yaml(Path(storage, name, "config.yaml"))
     import ray
 
-    if args.workers > 0 and not ray.is_initialized():
-        # "local" starts a new instance even where a `ray start` cluster left its address in /tmp/ray.
-        ray.init(address=args.address or "local", log_to_driver=True)
+    if not ray.is_initialized():
+        # The address given, or a new instance of our own; never the one a `ray start` left in Ray's temp dir (a
+        # head that may be gone). --workers 0 without --address runs in this process with no Ray instance at all.
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        elif args.workers > 0:
+            start_local_ray(log_to_driver=True)
     total_cpus = (ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else os.cpu_count() or 1)
     cpus = args.cpus_per_worker or max(1.0, float(int(total_cpus // max(args.workers, 1))))
     trainer = make_trainer(cfg, workers=args.workers, use_gpu=args.gpus, cpus_per_worker=cpus, storage=storage,

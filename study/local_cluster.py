@@ -5,6 +5,13 @@
 fail, finished trials keep their resources, and the next trial never starts. Starting the head node ourselves lets us
 set ``RAY_ADDRESS`` in its environment, so every process of this cluster knows which one is its own. Ports are picked
 free, so several studies can run side by side; the whole process group is stopped on exit.
+
+The head runs in a temp dir of its own (``<Ray's temp dir>/mocostudy``, e.g. ``/tmp/ray/mocostudy``, holding its
+``session_*`` logs), so ``ray start`` writes its address there and never into ``<Ray's temp dir>/ray_current_cluster``,
+the file an address-less ``ray.init()`` or ``ray status`` reads. So a study neither overwrites the address of a
+cluster the user started with ``ray start`` nor leaves behind the address of a head that is gone, whichever way it
+ends (even SIGKILL of every process). That file, when it names a Ray that no longer answers (left by a crashed Ray, or
+by this project's studies before they ran in their own temp dir), is removed when a study starts and when it stops.
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from moco.ray_address import address_file, ray_temp_dir, read_address_file, remove_stale_address_file
+
+TEMP_SUBDIR = "mocostudy"  # the head's --temp-dir, under Ray's temp dir
 PORT_FLAGS = ("--port", "--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
               "--metrics-export-port", "--ray-client-server-port", "--runtime-env-agent-port",
               "--node-manager-port", "--object-manager-port")
@@ -81,13 +91,15 @@ class LocalCluster:
         self._previous: dict[str, str | None] = {}
         self._token_dir = ""
         self._log = None
+        self.temp_dir = str(ray_temp_dir() / TEMP_SUBDIR)
 
     def __enter__(self) -> str:
         ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS))))
         self.address = f"127.0.0.1:{ports['--port']}"
         ray_cli = Path(sys.executable).with_name("ray")
         cmd = [str(ray_cli) if ray_cli.exists() else "ray", "start", "--head", "--block",
-               "--node-ip-address", "127.0.0.1", "--include-dashboard", "true", "--disable-usage-stats"]
+               "--node-ip-address", "127.0.0.1", "--include-dashboard", "true", "--disable-usage-stats",
+               "--temp-dir", self.temp_dir]  # its address file goes there, not into Ray's shared one
         cmd += [f"{flag}={port}" for flag, port in ports.items()]
         if self.num_cpus is not None:
             cmd.append(f"--num-cpus={self.num_cpus}")
@@ -107,6 +119,7 @@ class LocalCluster:
         # One machine, nothing to be preempted: skip Ray Train's per-run PreemptionWatcher actor (~200 MB per trial).
         env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
         self._log = tempfile.NamedTemporaryFile("w+", prefix="mocostudy-ray-head-", suffix=".log", delete=False)
+        remove_stale_address_file()
         self._proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                       start_new_session=True, preexec_fn=_die_with_parent)
         try:
@@ -143,3 +156,15 @@ class LocalCluster:
                 else:
                     os.environ[key] = value
             shutil.rmtree(self._token_dir, ignore_errors=True)
+            self._forget_address()
+
+    def _forget_address(self) -> None:
+        """Leave no address of this head behind: not in its own temp dir (where ``ray start`` wrote it, as
+        ``<node IP>:<port>``), and none that has stopped answering in Ray's shared file."""
+        recorded = read_address_file(self.temp_dir)
+        if self.address and recorded and recorded.rsplit(":", 1)[-1] == self.address.rsplit(":", 1)[-1]:
+            try:
+                address_file(self.temp_dir).unlink()
+            except OSError:
+                pass
+        remove_stale_address_file()

@@ -236,8 +236,9 @@ def _last_line(path: str | None) -> str | None:
 
 
 def start_ray(address: str | None, stack: contextlib.ExitStack) -> None:
-    """Connect to ``address``, or start a private local cluster that is stopped when ``stack`` closes."""
-    if not address:
+    """Connect to ``address`` (checked by :func:`check_address`), or start a private local cluster that is stopped
+    when ``stack`` closes; never the cluster Ray's temp dir names (a head that may be gone)."""
+    if not address or address == "local":
         from study.local_cluster import LocalCluster
 
         # Before `import ray`: the cluster's address and auth token must be in the environment when Ray loads.
@@ -469,20 +470,14 @@ def dry_run(space: Space, args: argparse.Namespace, run_dir: Path) -> int:
 
 
 def check_address(address: str | None, timeout: float = 5.0) -> None:
-    """Fail fast when a cluster address does not answer (instead of Ray's long connection retries)."""
-    if not address or address == "auto":
-        return
-    import socket
-    from urllib.parse import urlparse
+    """Fail fast when a cluster address does not answer (instead of Ray's endless connection retries); ``auto`` is
+    resolved as Ray would and checked too (moco.ray_address, shared with ``python -m moco.train``)."""
+    from moco.ray_address import AddressError, check_address as check
 
-    parsed = urlparse(address if "://" in address else f"ray://{address}")
-    host, port = parsed.hostname, parsed.port or (10001 if parsed.scheme == "ray" and "://" in address else 6379)
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except OSError as err:
-        raise StudyError(f"--address {address}: cannot reach {host}:{port} ({err.strerror or err}); "
-                         "check that the Ray head node is running and the address and port are right") from None
+        check(address, timeout)
+    except AddressError as err:
+        raise StudyError(str(err)) from None
 
 
 def _local_gpus() -> float:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,8 +24,10 @@ def ray_session():
     """One local Ray instance (2 CPUs) per test module; shut down afterwards, also on failure."""
     import ray
 
-    # address="local": a new instance even when `ray start` (e.g. a study's private head) left its address behind.
-    ray.init(address="local", num_cpus=2, log_to_driver=True)
+    from moco.ray_address import start_local_ray
+
+    # A new instance even when a `ray start` left its address behind (see moco.ray_address).
+    start_local_ray(num_cpus=2, log_to_driver=True)
     try:
         yield ray
     finally:
@@ -31,3 +36,23 @@ def ray_session():
 
 def study_command(*args: str) -> list[str]:
     return [sys.executable, str(ROOT / "study" / "run.py"), *args]
+
+
+@pytest.fixture()
+def stale_ray_tmp():
+    """Ray's temp dir pointed at a test folder (never the real /tmp/ray) whose ``ray_current_cluster`` names a head
+    that is gone (an address where nothing listens): ``(environment for a subprocess, the folder's ray/, address)``.
+    Short, under /tmp: Ray's Unix socket paths inside it are limited to 107 bytes."""
+    root = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        stale = f"127.0.0.1:{sock.getsockname()[1]}"
+    ray_tmp = Path(root) / "ray"
+    ray_tmp.mkdir()
+    (ray_tmp / "ray_current_cluster").write_text(stale)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TMPDIR")}
+    env["RAY_TMPDIR"] = root
+    try:
+        yield env, ray_tmp, stale
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
