@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from moco import data, sources
-from moco.config import TrainConfig
+from moco.config import ConfigError, TrainConfig
 from moco.data import DatasetNotFoundError, Split, StreamingSplit, check_dataset, load_dataset, train_batches
 
 FASHION_PRESENT = sources._has_fashion(sources.DEBIAN_FASHION_MNIST)
@@ -50,7 +50,9 @@ def test_missing_cifar_and_imagefolder_errors(no_data):
     with pytest.raises(DatasetNotFoundError, match="class sub-folders"):
         check_dataset(TrainConfig(dataset="imagefolder", data_root=str(no_data / "root")))
     check_dataset(TrainConfig(dataset="cifar10", data_root=str(no_data / "root"), download=True))  # will download
-    check_dataset(TrainConfig(dataset="digits"))  # bundled
+    check_dataset(TrainConfig(dataset="digits", val_size=300))  # bundled
+    with pytest.raises(ConfigError, match="val_size"):  # the default 5,000 held out is more than digits has
+        check_dataset(TrainConfig(dataset="digits"))
 
 
 def _write_idx(path, array):
