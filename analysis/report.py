@@ -121,11 +121,13 @@ class Doc:
                 out.append("\n".join(f"- {x}" for x in b))
             elif kind == "table":
                 df, csv, caption = b
-                out.append((f"{caption}\n\n" if caption else "") + _md_table(df) + f"\n\n<sub>data: [{csv}]({csv})</sub>")
+                out.append((f"{caption}\n\n" if caption else "") + _md_table(df)
+                           + f"\n\n<sub>data: [{csv}]({csv})</sub>")
             elif kind == "figure":
                 stem, what, caption, csvs = b
                 links = ", ".join(f"[{c}]({c})" for c in csvs)
-                out.append(f"![{what}]({stem}.png)\n\n*{what}.* {caption} <sub>([svg]({stem}.svg); data: {links})</sub>")
+                out.append(f"![{what}]({stem}.png)\n\n*{what}.* {caption} "
+                           f"<sub>([svg]({stem}.svg); data: {links})</sub>")
         return "\n\n".join(out) + "\n"
 
     def html(self, title: str) -> str:

@@ -30,8 +30,8 @@ from moco.sources import DatasetNotFoundError, check_dataset  # noqa: E402
 from study.confirm import ConfirmError  # noqa: E402
 from study.space import Space, SpaceError, check_settings, check_study, load_space  # noqa: E402
 
-DRIVER_RESOURCE = "mocostudy_driver"
-LIVE_FILES = ("trial_status.json", "results.jsonl", "optuna.db")  # mirrored at every trial start and epoch report  # a custom resource that keeps trial drivers off the workers' CPUs
+DRIVER_RESOURCE = "mocostudy_driver"  # a custom resource that keeps trial drivers off the workers' CPUs
+LIVE_FILES = ("trial_status.json", "results.jsonl", "optuna.db")  # mirrored at every trial start and epoch report
 
 
 class StudyError(Exception):

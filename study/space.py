@@ -514,7 +514,8 @@ def _check_condition(p: Param, key: str, source: str) -> None:
     try:
         _, op, value = p.condition()
     except YamlError as err:
-        raise SpaceError(source, f"{key}.when", f"{short(p.when)}: the value is not plain YAML ({err.reason})") from None
+        raise SpaceError(source, f"{key}.when",
+                         f"{short(p.when)}: the value is not plain YAML ({err.reason})") from None
     ordered = op in ("<", "<=", ">", ">=")
     if ordered and not _is_number(value):
         raise SpaceError(source, f"{key}.when", f"{short(p.when)}: {op} needs a finite number on its right")
