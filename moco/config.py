@@ -23,6 +23,8 @@ BN_MODES = ("split", "shuffle", "sync", "none")
 NORMS = ("batch", "group", "none")
 MOMENTUM_SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")  #: encoder compute precision (moco/precision.py resolves auto)
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  #: layout of the encoders' 4-d tensors
 
 
 class ConfigError(ValueError):
@@ -88,6 +90,8 @@ class TrainConfig:
     # --- run --------------------------------------------------------------------------------------------------
     seed: int = 0
     device: str = "auto"  #: auto (cuda when available), cpu or cuda
+    precision: str = "auto"  #: encoders' matmuls/convs: fp32, bf16 (autocast), auto (moco/precision.py decides)
+    memory_format: str = "auto"  #: channels_last, contiguous, or auto (moco/precision.py decides)
     checkpoint_every: int = 1  #: epochs between checkpoints (and always at the end)
     keep_checkpoints: int = 2  #: newest checkpoints kept
     final_eval: bool = True  #: full validation and test kNN at the end
@@ -138,6 +142,8 @@ class TrainConfig:
         need(self.knn_val_size >= 1, "knn_val_size", "an integer >= 1")
         need(self.probe_epochs >= 1, "probe_epochs", "an integer >= 1")
         need(self.device in DEVICES, "device", f"one of {', '.join(DEVICES)}")
+        need(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
+        need(self.memory_format in MEMORY_FORMATS, "memory_format", f"one of {', '.join(MEMORY_FORMATS)}")
         need(self.checkpoint_every >= 1, "checkpoint_every", "an integer >= 1")
         need(self.keep_checkpoints >= 1, "keep_checkpoints", "an integer >= 1")
         return self
