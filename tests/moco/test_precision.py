@@ -66,7 +66,7 @@ def test_encoders_run_in_bf16_but_loss_and_queue_stay_fp32(monkeypatch):
     model = build_model(_cfg(), 1)
     seen: dict[str, object] = {}
     conv = next(m for m in model.encoder_q.modules() if isinstance(m, torch.nn.Conv2d))
-    conv.register_forward_hook(lambda mod, inp, out: seen.setdefault("conv", out.dtype))
+    conv.register_forward_hook(lambda mod, inp, out: seen.update(conv=out.dtype))  # returns None: output unchanged
     original = moco.model.dual_view_loss
 
     def spy(q1, k2, queue_keys, *args, **kwargs):
