@@ -98,3 +98,86 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --- the page (called by bench/run.py) --------------------------------------------------------------------------------
+def _num(value: Any, digits: int = 2) -> str:
+    return "n/a" if value is None or value != value else f"{value:,.{digits}f}"
+
+
+def _flags(machine: dict[str, Any]) -> str:
+    return f"{machine.get('cpu')}, bf16 flags: {', '.join(machine.get('cpu_bf16_flags') or []) or 'none'}"
+
+
+def render_step_part(p: dict[str, Any]) -> list[str]:
+    """bench/step.py part 4 (bare step and Engine epoch by precision and memory format) as page lines."""
+    m = p.get("machine", {})
+    e = p["epoch"]
+    out = [f"**Precision and memory format**{' (quick mode)' if p.get('quick') else ''} (default config: ConvNet "
+           f"width 32, B = {p['batch']}, 28x28; "
+           f"`{p.get('command')}`, {p.get('date')}, {_flags(m)}, {m.get('torch_threads')} torch threads, load "
+           f"{[round(x, 1) for x in m.get('load_average_at_start') or []]}). Bare MoCo step (query forward and "
+           "backward, key forward, SGD, momentum update) on random inputs, variants alternating; seconds per step:",
+           "", "| variant | min | median | max | n | images/s (median) | vs fp32 |", "|---|---|---|---|---|---|---|"]
+    for name, t in p["bare_step"].items():
+        out.append(f"| {name} | {t['min_s']:.3f} | {t['median_s']:.3f} | {t['max_s']:.3f} | {t['n']} | "
+                   f"{t['images_per_s']:,.0f} | {t['speedup_over_fp32']:.2f}x |")
+    auto = e.get("auto_resolved", {})
+    out += ["", f"Whole epochs through `moco.engine.Engine` ({e['steps_per_epoch']} steps, augmentation included; "
+            f"{e['repeats']} epochs each after a warm-up epoch, alternating): fp32 {_num(e['fp32']['images_per_s'], 0)} "
+            f"images/s, auto ({auto.get('precision')}, {auto.get('memory_format')}) "
+            f"{_num(e['auto']['images_per_s'], 0)} images/s: **{e['speedup_auto_over_fp32']:.2f}x**.", ""]
+    return out
+
+
+def step_goal(p: dict[str, Any]) -> tuple[str, str, bool | str]:
+    """The issue's speed goal: on a bf16-capable CPU the default config's epoch in auto >= 2x fp32."""
+    e, flags = p["epoch"], p.get("machine", {}).get("cpu_bf16_flags") or []
+    measured = f"{e['speedup_auto_over_fp32']:.2f}x ({', '.join(flags) or 'no bf16 flags'})"
+    if not flags:
+        return ("auto = fp32 on a CPU without bf16 (nothing changes)", measured, e["auto_resolved"]["precision"] == "fp32")
+    return ("default-config epoch in auto >= 2x fp32 on a bf16-capable CPU", measured,
+            e["speedup_auto_over_fp32"] >= 2.0)
+
+
+LABELS = {"test_knn": "test kNN top-1", "linear_probe": "linear probe top-1 (test)", "val_knn": "validation kNN top-1"}
+
+
+def render_parity(r: dict[str, Any]) -> list[str]:
+    """The quality-parity result as page lines."""
+    s = r.get("summary", {})
+    seeds = s.get("seeds_paired", [])
+    o = r.get("overrides", {})
+    out = [f"`{r['config']}` with {', '.join(f'{k} = {v}' for k, v in o.items())}, seeds "
+           f"{', '.join(map(str, r['seeds']))}; each seed trained in fp32 and in bf16 (autocast on the encoders; loss, "
+           "queue, momentum update and evaluation in fp32), memory format contiguous; full-set kNN (55k bank) and a "
+           f"linear probe on frozen features. Paired seeds finished: {len(seeds)} of {len(r['seeds'])}"
+           + (" (**partial run**)" if r.get("partial") else "") + ".", "",
+           "| metric (%) | fp32 per seed | bf16 per seed | bf16 - fp32: mean [95 % CI] | fp32 seeds' sd | "
+           "beyond the seeds' spread? |", "|---|---|---|---|---|---|"]
+    for metric, label in LABELS.items():
+        m = s.get(metric)
+        if not m:
+            continue
+        ci = m["ci95"]
+        verdict = {True: "**yes, bf16 costs accuracy**", False: "no", None: "n/a (fewer than 2 pairs)"}[
+            m["costs_accuracy"]]
+        out.append(f"| {label} | {', '.join(_num(v) for v in m['fp32'])} | {', '.join(_num(v) for v in m['bf16'])} | "
+                   f"{_num(m['mean_diff'])} [{_num(ci[0])}, {_num(ci[1])}] | {_num(m['fp32_sd'])} | {verdict} |")
+    times = [(run.get("fp32", {}).get("train_s"), run.get("bf16", {}).get("train_s")) for run in r["runs"].values()]
+    ratios = [f / b for f, b in times if f and b]
+    if ratios:
+        out += ["", f"Training time fp32 / bf16 per seed (same process, the machine shared and loaded): "
+                f"{', '.join(f'{x:.2f}x' for x in ratios)}."]
+    return out + [""]
+
+
+def parity_goal(r: dict[str, Any]) -> list[tuple[str, str, bool | str | None]]:
+    m = r.get("summary", {}).get("test_knn")
+    if not m:
+        return []
+    met: bool | str | None = None if m["costs_accuracy"] is None else not m["costs_accuracy"]
+    if r.get("partial") and met is not None:
+        met = "partial run: " + ("within" if met else "beyond") + " the spread so far"
+    return [("bf16 test kNN within the seeds' spread of fp32",
+             f"{_num(m['mean_diff'])} points [{_num(m['ci95'][0])}, {_num(m['ci95'][1])}]", met)]

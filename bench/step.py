@@ -267,7 +267,7 @@ def run(quick: bool = False, command: str = "python -m bench.step", parts: tuple
     out["quick"] = quick
     if "precision" in parts:
         out["precision"] = {**bench_precision(repeats=5 if quick else 15, epoch_steps=10 if quick else 30,
-                                              epoch_repeats=2 if quick else 3), "command": command,
+                                              epoch_repeats=2 if quick else 3), "quick": quick, "command": command,
                             "date": out["date"], "machine": out["machine"]}
     if "reference" not in parts:
         return out
