@@ -123,10 +123,17 @@ def render_step_part(p: dict[str, Any]) -> list[str]:
         out.append(f"| {name} | {t['min_s']:.3f} | {t['median_s']:.3f} | {t['max_s']:.3f} | {t['n']} | "
                    f"{t['images_per_s']:,.0f} | {t['speedup_over_fp32']:.2f}x |")
     auto = e.get("auto_resolved", {})
+    bare = p["bare_step"]
+    cl_gain = bare["channels_last+bf16"]["speedup_over_fp32"] / bare["bf16"]["speedup_over_fp32"]
+    why = (f"Why `auto` is {auto.get('precision')} and {auto.get('memory_format')} on this CPU: bf16 autocast made the "
+           f"bare step {bare['bf16']['speedup_over_fp32']:.2f}x as fast as fp32; channels-last on top of bf16 "
+           f"{cl_gain:.2f}x{' (no gain)' if cl_gain <= 1.02 else ''}, and channels-last alone "
+           f"{bare['channels_last']['speedup_over_fp32']:.2f}x. moco/precision.py turns channels-last on for CPUs with "
+           "AMX only (where the issue's Xeon measurement found it worth 1.4x in fp32 and 1.7x under bf16).")
     out += ["", f"Whole epochs through `moco.engine.Engine` ({e['steps_per_epoch']} steps, augmentation included; "
             f"{e['repeats']} epochs each after a warm-up epoch, alternating): fp32 {_num(e['fp32']['images_per_s'], 0)} "
             f"images/s, auto ({auto.get('precision')}, {auto.get('memory_format')}) "
-            f"{_num(e['auto']['images_per_s'], 0)} images/s: **{e['speedup_auto_over_fp32']:.2f}x**.", ""]
+            f"{_num(e['auto']['images_per_s'], 0)} images/s: **{e['speedup_auto_over_fp32']:.2f}x**.", "", why, ""]
     return out
 
 
@@ -152,7 +159,10 @@ def render_parity(r: dict[str, Any]) -> list[str]:
            f"{', '.join(map(str, r['seeds']))}; each seed trained in fp32 and in bf16 (autocast on the encoders; loss, "
            "queue, momentum update and evaluation in fp32), memory format contiguous; full-set kNN (55k bank) and a "
            f"linear probe on frozen features. Paired seeds finished: {len(seeds)} of {len(r['seeds'])}"
-           + (" (**partial run**)" if r.get("partial") else "") + ".", "",
+           + (" (**partial run**)" if r.get("partial") else "") + "."
+           + (f" **Reduced protocol**: {o.get('epochs')} epochs on {o['train_subset']:,} images instead of the default "
+              "config's 10 epochs on all 55k (the full protocol is `python -m bench.precision`)."
+              if o.get("train_subset") or o.get("epochs", 10) < 10 else ""), "",
            "| metric (%) | fp32 per seed | bf16 per seed | bf16 - fp32: mean [95 % CI] | fp32 seeds' sd | "
            "beyond the seeds' spread? |", "|---|---|---|---|---|---|"]
     for metric, label in LABELS.items():
