@@ -160,8 +160,8 @@ def render_parity(r: dict[str, Any]) -> list[str]:
            "queue, momentum update and evaluation in fp32), memory format contiguous; full-set kNN (55k bank) and a "
            f"linear probe on frozen features. Paired seeds finished: {len(seeds)} of {len(r['seeds'])}"
            + (" (**partial run**)" if r.get("partial") else "") + "."
-           + (f" **Reduced protocol**: {o.get('epochs')} epochs on {o['train_subset']:,} images instead of the default "
-              "config's 10 epochs on all 55k (the full protocol is `python -m bench.precision`)."
+           + (f" **Reduced protocol**: {o.get('epochs', 10)} epochs on {o.get('train_subset') or 55000:,} images "
+              "instead of the default config's 10 epochs on all 55k (the full protocol is `python -m bench.precision`)."
               if o.get("train_subset") or o.get("epochs", 10) < 10 else ""), "",
            "| metric (%) | fp32 per seed | bf16 per seed | bf16 - fp32: mean [95 % CI] | fp32 seeds' sd | "
            "beyond the seeds' spread? |", "|---|---|---|---|---|---|"]
