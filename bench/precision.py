@@ -133,7 +133,9 @@ def render_step_part(p: dict[str, Any]) -> list[str]:
     out += ["", f"Whole epochs through `moco.engine.Engine` ({e['steps_per_epoch']} steps, augmentation included; "
             f"{e['repeats']} epochs each after a warm-up epoch, alternating): fp32 {_num(e['fp32']['images_per_s'], 0)} "
             f"images/s, auto ({auto.get('precision')}, {auto.get('memory_format')}) "
-            f"{_num(e['auto']['images_per_s'], 0)} images/s: **{e['speedup_auto_over_fp32']:.2f}x**.", "", why, ""]
+            f"{_num(e['auto']['images_per_s'], 0)} images/s: **{e['speedup_auto_over_fp32']:.2f}x** (medians; every "
+            f"epoch: fp32 {', '.join(_num(x, 0) for x in e['fp32'].get('all', []))}; auto "
+            f"{', '.join(_num(x, 0) for x in e['auto'].get('all', []))}).", "", why, ""]
     return out
 
 
@@ -177,7 +179,8 @@ def render_parity(r: dict[str, Any]) -> list[str]:
     times = [(run.get("fp32", {}).get("train_s"), run.get("bf16", {}).get("train_s")) for run in r["runs"].values()]
     ratios = [f / b for f, b in times if f and b]
     if ratios:
-        out += ["", f"Training time fp32 / bf16 per seed (same process, the machine shared and loaded): "
+        out += ["", f"Training time fp32 / bf16 per seed (sequential runs on the shared machine, whose load changed "
+                "between them, so not a speed figure; see section 1): "
                 f"{', '.join(f'{x:.2f}x' for x in ratios)}."]
     return out + [""]
 

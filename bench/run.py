@@ -517,7 +517,7 @@ def write_page(results_dir: Path, docs: Path) -> Path:
             continue
         meta, result = _meta(doc)
         sections += [meta, ""]
-        if "git" in doc and "versions" in doc:
+        if "git" in doc and "versions" in doc and (doc.get("git") or {}).get("commit"):
             env_doc = doc if env_doc is None or doc.get("date", "") > env_doc.get("date", "") else env_doc
         if doc.get("error"):
             sections += [f"**Failed:** `{doc['error']}`", ""]
