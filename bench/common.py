@@ -68,12 +68,19 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    flags: list[str] = []
+    try:  # the CPU's native bf16 features (what moco/precision.py decides "auto" from)
+        words = set(Path("/proc/cpuinfo").read_text().split())
+        flags = [flag for flag in ("amx_bf16", "avx512_bf16") if flag in words]
+    except OSError:
+        pass
     mem = None
     try:
         mem = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
     except (OSError, ValueError, IndexError):
         pass
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem,
+    return {"platform": platform.platform(), "cpu": cpu, "cpu_bf16_flags": flags, "cores": os.cpu_count(),
+            "memory_gib": mem,
             "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
 
 

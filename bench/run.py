@@ -13,6 +13,7 @@ Benchmarks (in this order; each writes ``<results-dir>/<name>.json``):
   quality     kNN / linear probe of the baseline and of the study's best vs raw pixels; training throughput
   memory      peak memory of the study's processes, of one training process and of the K = 65536 queue
   longrun     the default Fashion-MNIST config after 10 and after 50 epochs vs raw pixels (bench/longrun.py)
+  precision   the default config in fp32 and in bf16, paired by seed: kNN and linear probe (bench/precision.py)
 
 ``--quick`` scales everything down to finish in about ten minutes on a 2-core CPU; the full run takes hours. The
 page is rebuilt from every result file present, and every table says which mode and command produced it, so
@@ -37,7 +38,7 @@ if __package__ in (None, ""):
 
 from bench.common import DOCS, RESULTS_DIR, environment, git, loadavg, now, read_json, write_json  # noqa: E402
 
-BENCHMARKS = ("step", "augment", "efficiency", "overhead", "scaling", "quality", "memory", "longrun")
+BENCHMARKS = ("step", "augment", "efficiency", "overhead", "scaling", "quality", "memory", "longrun", "precision")
 RESUMABLE = {"efficiency": ("moco", "study", "configs", "bench/efficiency.py", "bench/common.py")}  # name -> code
 
 
@@ -92,6 +93,11 @@ def run_one(name: str, quick: bool, workdir: Path, context: dict[str, Any], resu
         from bench import longrun
 
         return longrun.run(quick, save=save_partial)
+    if name == "precision":
+        from bench import precision
+
+        return precision.run([1, 2] if quick else [1, 2, 3], {"epochs": 1, "train_subset": 2048} if quick else {},
+                             save=save_partial)
     if name == "efficiency":
         from bench import efficiency
 
@@ -106,7 +112,8 @@ def run_one(name: str, quick: bool, workdir: Path, context: dict[str, Any], resu
 # --- the page -------------------------------------------------------------------------------------------------------
 TITLES = {"step": "1. Training step", "augment": "2. Data path (augmentation)", "efficiency": "3. Study efficiency",
           "overhead": "4. Ray overhead", "scaling": "5. Scaling", "quality": "6. Quality and training throughput",
-          "memory": "7. Memory", "longrun": "8. Quality over long training (default config)"}
+          "memory": "7. Memory", "longrun": "8. Quality over long training (default config)",
+          "precision": "9. bf16 vs fp32: quality parity (default config)"}
 
 
 def _f(value: Any, digits: int = 2, unit: str = "") -> str:
@@ -192,6 +199,10 @@ def _step(r: dict, figs: Path) -> list[str]:
         out += [f"Dual-view loss (B = {d['batch']}, K = {d['queue_size']}): one-way step {d['one_way_s']:.3f} s, "
                 f"dual-view step {d['dual_view_s']:.3f} s: added cost per extra view "
                 f"{_pct(d['added_per_view_share'])} of a one-way step.", ""]
+    if r.get("precision"):
+        from bench.precision import render_step_part
+
+        out += render_step_part(r["precision"])
     return out
 
 
@@ -373,6 +384,12 @@ def _quality(r: dict, figs: Path) -> list[str]:
     return out
 
 
+def _precision(r: dict, figs: Path) -> list[str]:
+    from bench.precision import render_parity
+
+    return render_parity(r)
+
+
 def _longrun(r: dict, figs: Path) -> list[str]:
     raw = r["raw_pixels"]
     out = [f"{r['config']} (overrides {r['overrides'] or 'none'}, seed {r['seed']}, {r['torch_threads']} torch "
@@ -435,11 +452,17 @@ def _goals(name: str, r: dict) -> list[tuple[str, str, bool | None]]:
         v = r["step_vs_reference"]
         worst = max([row.get(k, {}).get("added_share_of_resnet18_step", 0) for row in r.get("selection_cost", [])
                      for k in ("rho=0.5", "rho=0.8")] or [0])
+        from bench.precision import step_goal
+
         return [("training step at least as fast as the reference MoCo v2 step",
                  f"ours / reference: {v['ratio_of_minimums']:.3f} (minimums), {v['ratio_ours_over_reference']:.3f} "
                  "(medians)", _both(v["ratio_of_minimums"] <= 1.0, v["ratio_ours_over_reference"] <= 1.0)),
                 ("selection + filter <= 5 % of a ResNet-18 step (K up to 65536)", f"worst {_pct(worst, 2)}",
-                 worst <= 0.05)]
+                 worst <= 0.05)] + ([step_goal(r["precision"])] if r.get("precision") else [])
+    if name == "precision":
+        from bench.precision import parity_goal
+
+        return parity_goal(r)
     if name == "augment":
         return [("batched augmentation >= 5x the torchvision DataLoader",
                  f"{_f(r.get('speedup_vs_best_per_sample'))}x", r.get("goal_met"))]
@@ -474,7 +497,8 @@ def _goals(name: str, r: dict) -> list[tuple[str, str, bool | None]]:
 
 
 RENDER = {"step": _step, "augment": _augment, "efficiency": _efficiency, "overhead": _overhead,
-          "scaling": _scaling, "quality": _quality, "memory": _memory, "longrun": _longrun}
+          "scaling": _scaling, "quality": _quality, "memory": _memory, "longrun": _longrun,
+          "precision": _precision}
 
 
 def write_page(results_dir: Path, docs: Path) -> Path:
@@ -498,7 +522,7 @@ def write_page(results_dir: Path, docs: Path) -> Path:
             continue
         meta, result = _meta(doc)
         sections += [meta, ""]
-        if "git" in doc and "versions" in doc:
+        if "git" in doc and "versions" in doc and (doc.get("git") or {}).get("commit"):
             env_doc = doc if env_doc is None or doc.get("date", "") > env_doc.get("date", "") else env_doc
         if doc.get("error"):
             sections += [f"**Failed:** `{doc['error']}`", ""]

@@ -13,8 +13,14 @@
    mask code paths); the added cost is reported as
    a share of a ResNet-18 step at B = 256 (measured in the full run; linearly extrapolated from B = 64 in quick mode).
 3. The dual-view loss's added cost per view: a step with lambda = 0.5 vs lambda = 1 (B = 64).
+4. Precision and memory format (:func:`bench_precision`): the bare MoCo step of the default config (ConvNet width 32,
+   B = 256, 28x28; query forward and backward, key forward, SGD, momentum update; random inputs) in fp32,
+   channels-last, bf16 autocast and both, alternating; then whole training epochs of the default config through
+   ``moco.engine.Engine`` (augmentation included) in ``precision: fp32`` and in ``auto``, alternating. Ratios are of
+   medians taken side by side. The CPU model and its bf16 flags are in every result file (``machine``).
 
-``python -m bench.step [--quick]`` prints the results and writes ``bench/results/step.json``.
+``python -m bench.step [--quick] [--parts NAMES]`` prints the results and writes ``bench/results/step.json``;
+``--parts precision`` runs part 4 only and replaces just that part of an existing result file.
 """
 
 from __future__ import annotations
@@ -36,13 +42,21 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from bench.common import machine
 from moco.backbones import build_backbone
+from moco.config import TrainConfig
 from moco.losses import contrastive_loss
-from moco.model import MoCo
+from moco.model import MoCo, build_model
+from moco.precision import autocast, cpu_bf16_flags, resolve_memory_format, resolve_precision, torch_memory_format
 
 IMAGE = 32
 DIM, HIDDEN = 128, 512
 RESULTS = Path(__file__).parent / "results" / "step.json"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist.yaml"
+PARTS = ("reference", "precision")  # parts 1-3 (the ResNet-18 step, selection, dual view) and part 4
+#: (name, precision, memory format) of the bare-step variants of part 4
+LAYOUTS = (("fp32", "fp32", "contiguous"), ("channels_last", "fp32", "channels_last"),
+           ("bf16", "bf16", "contiguous"), ("channels_last+bf16", "bf16", "channels_last"))
 
 
 class _ReferenceMoCoV2(nn.Module):
@@ -180,9 +194,65 @@ def bench_dual_view(batch: int, queue_size: int, repeats: int) -> dict:
             "added_per_view_share": (dual - one) / one}
 
 
+def _default_step_fn(cfg: TrainConfig, precision: str, memory_format: str) -> Callable[[], None]:
+    """One bare training step of ``cfg``'s model on random inputs [B, 1, 28, 28], as ``Engine.train_epoch`` runs it."""
+    torch.manual_seed(0)
+    layout = torch_memory_format(memory_format)
+    model = build_model(cfg, 1).to(memory_format=layout)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
+    g = torch.Generator().manual_seed(1)
+    x1, x2 = (torch.randn(cfg.batch_size, 1, 28, 28, generator=g).contiguous(memory_format=layout) for _ in range(2))
+    ids = torch.arange(cfg.batch_size)
+    device = torch.device("cpu")
+
+    def step():
+        with autocast(device, precision):
+            loss = model(x1, x2, ids)[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        model.momentum_update(cfg.momentum)
+
+    return step
+
+
+def bench_precision(repeats: int, epoch_steps: int, epoch_repeats: int) -> dict:
+    """Part 4: bare steps in the four LAYOUTS, then ``epoch_repeats`` epochs of ``epoch_steps`` steps of the default
+    config's Engine in fp32 and in auto (alternating); images per second, medians and ratios to fp32."""
+    from moco.data import load_dataset
+    from moco.engine import Engine
+
+    cfg = TrainConfig.from_yaml(DEFAULT_CONFIG)
+    times = _alternating({name: _default_step_fn(cfg, p, f) for name, p, f in LAYOUTS}, repeats, warmup=2)
+    fp32 = statistics.median(times["fp32"])
+    steps = {name: {**_summary(ts), "images_per_s": cfg.batch_size / statistics.median(ts),
+                    "speedup_over_fp32": fp32 / statistics.median(ts)} for name, ts in times.items()}
+    cpu = torch.device("cpu")
+    small = cfg.replace(train_subset=epoch_steps * cfg.batch_size)
+    data = load_dataset(small)
+    engines = {name: Engine(small.replace(precision=name, memory_format=name if name == "auto" else "contiguous"),
+                            data, cpu) for name in ("fp32", "auto")}
+    rates: dict[str, list[float]] = {name: [] for name in engines}
+    for name, engine in engines.items():  # warm-up epoch (also fills the queue)
+        engine.train_epoch()
+    for _ in range(epoch_repeats):
+        for name, engine in engines.items():
+            rates[name].append(engine.train_epoch()["images_per_s"])
+    epochs = {name: {"images_per_s": statistics.median(r), "all": r} for name, r in rates.items()}
+    auto = engines["auto"]
+    return {"config": str(DEFAULT_CONFIG.name), "batch": cfg.batch_size, "cpu_bf16_flags": cpu_bf16_flags(),
+            "auto_resolves_to": {"precision": resolve_precision("auto", cpu),
+                                 "memory_format": resolve_memory_format("auto", cpu)},
+            "bare_step": steps,
+            "epoch": {"steps_per_epoch": epoch_steps, "repeats": epoch_repeats,
+                      "auto_resolved": {"precision": auto.precision, "memory_format": auto.memory_format}, **epochs,
+                      "speedup_auto_over_fp32": epochs["auto"]["images_per_s"] / epochs["fp32"]["images_per_s"]}}
+
+
 def _environment(command: str) -> dict:
     return {"command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                        "cpu": machine()["cpu"], "cpu_bf16_flags": machine()["cpu_bf16_flags"],
                         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
@@ -190,11 +260,17 @@ def _environment(command: str) -> dict:
             "device": "cpu"}
 
 
-def run(quick: bool = False, command: str = "python -m bench.step") -> dict:
-    """Run all three benchmarks on the CPU; ``quick`` uses fewer repeats and sizes (about 1-2 minutes)."""
+def run(quick: bool = False, command: str = "python -m bench.step", parts: tuple[str, ...] = PARTS) -> dict:
+    """Run the benchmarks of ``parts`` on the CPU; ``quick`` uses fewer repeats and sizes (a few minutes)."""
     repeats = 3 if quick else 7
     out = _environment(command)
     out["quick"] = quick
+    if "precision" in parts:
+        out["precision"] = {**bench_precision(repeats=5 if quick else 15, epoch_steps=10 if quick else 30,
+                                              epoch_repeats=2 if quick else 3), "quick": quick, "command": command,
+                            "date": out["date"], "machine": out["machine"]}
+    if "reference" not in parts:
+        return out
     # the headline ratio: two near-identical steps, so it needs more repeats than the rest to rise above noise
     out["step_vs_reference"] = bench_step_vs_reference(batch=64, queue_size=4096, repeats=repeats if quick else 25)
     step64 = out["step_vs_reference"]["ours"]["median_s"]
@@ -213,8 +289,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and queue sizes (~1-2 minutes)")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON output (default {RESULTS})")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
     args = parser.parse_args(argv)
-    result = run(args.quick, command="python -m bench.step " + " ".join(argv if argv is not None else sys.argv[1:]))
+    parts = tuple(p for p in args.parts.split(",") if p)
+    if not parts or set(parts) - set(PARTS):
+        parser.error(f"--parts {args.parts!r} is not allowed: expected a comma-separated subset of {', '.join(PARTS)}")
+    result = run(args.quick, command="python -m bench.step " + " ".join(argv if argv is not None else sys.argv[1:]),
+                 parts=parts)
+    if "reference" not in parts and args.output.is_file():  # keep parts 1-3 of the previous full run
+        result = {**json.loads(args.output.read_text()), "precision": result["precision"]}
     text = json.dumps(result, indent=2)
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)

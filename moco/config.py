@@ -26,6 +26,8 @@ BN_MODES = ("split", "shuffle", "sync", "none")
 NORMS = ("batch", "group", "none")
 MOMENTUM_SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")  #: encoder compute precision (moco/precision.py resolves auto)
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  #: layout of the encoders' 4-d tensors
 
 
 class ConfigError(ValueError):
@@ -93,6 +95,8 @@ class TrainConfig:
     # --- run --------------------------------------------------------------------------------------------------
     seed: int = 0
     device: str = "auto"  #: auto (cuda when available), cpu or cuda
+    precision: str = "auto"  #: encoders' matmuls/convs: fp32, bf16 (autocast), auto (moco/precision.py decides)
+    memory_format: str = "auto"  #: channels_last, contiguous, or auto (moco/precision.py decides)
     checkpoint_every: int = 1  #: epochs between checkpoints (and always at the end)
     keep_checkpoints: int = 2  #: newest checkpoints kept
     final_eval: bool = True  #: full validation and test kNN at the end
@@ -153,6 +157,8 @@ class TrainConfig:
         need(self.device in DEVICES, "device", f"one of {', '.join(DEVICES)}")
         need(0 <= self.seed < 2**32, "seed", "an integer in [0, 2**32 - 1] (numpy's range)")
         need(0 <= self.split_seed < 2**32, "split_seed", "an integer in [0, 2**32 - 1] (numpy's range)")
+        need(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
+        need(self.memory_format in MEMORY_FORMATS, "memory_format", f"one of {', '.join(MEMORY_FORMATS)}")
         need(self.checkpoint_every >= 1, "checkpoint_every", "an integer >= 1")
         need(self.keep_checkpoints >= 1, "keep_checkpoints", "an integer >= 1")
         return self

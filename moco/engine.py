@@ -10,7 +10,6 @@ Schedules are pure functions of the global step, and every random draw of an epo
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from moco.config import TrainConfig
 from moco.data import Dataset, eval_batches, train_batches
 from moco.evaluate import alignment, knn_accuracy, linear_probe, ridge_probe, uniformity
 from moco.model import MoCo, build_model
+from moco.precision import autocast, resolve_memory_format, resolve_precision, torch_memory_format
 from moco.schedules import cosine_momentum, warmup_cosine_lr
 from moco.vocabulary import (COMPUTE, EPOCH, FINAL_VAL_KNN, FINAL_VAL_PROBE, STEP_STATS, TEST_KNN, TEST_LINEAR,
                              VAL_KNN, VAL_PROBE, raw_name)
@@ -81,9 +81,11 @@ class Engine:
                              f"({self.dist.world_size})")
         self.local_batch = cfg.batch_size // self.dist.world_size
         seed_everything(cfg.seed)  # identical initial weights on every rank
-        self.model: MoCo = build_model(cfg, dataset.channels).to(device)
-        if device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        # Resolved ``precision`` (fp32 | bf16) and ``memory_format`` (channels_last | contiguous); see moco/precision.py.
+        self.precision = resolve_precision(cfg.precision, device)
+        self.memory_format = resolve_memory_format(cfg.memory_format, device)
+        self._layout = torch_memory_format(self.memory_format)
+        self.model: MoCo = build_model(cfg, dataset.channels).to(device, memory_format=self._layout)
         self.net = self.model
         if self.dist.world_size > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
@@ -137,8 +139,6 @@ class Engine:
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, torch.Tensor] = {}
         n_steps, lr, m = 0, cfg.lr, cfg.momentum
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
-                    else contextlib.nullcontext())
         start = time.perf_counter()
         data_s = 0.0
         for images, ids, labels in train_batches(self.train_split, self.local_batch, seed=cfg.seed, epoch=epoch,
@@ -150,11 +150,9 @@ class Engine:
                 group["lr"] = lr
             t0 = time.perf_counter()
             view1, view2 = self.augment(images, gen), self.augment(images, gen)
-            if self.device.type == "cuda":
-                view1 = view1.contiguous(memory_format=torch.channels_last)
-                view2 = view2.contiguous(memory_format=torch.channels_last)
+            view1, view2 = view1.contiguous(memory_format=self._layout), view2.contiguous(memory_format=self._layout)
             data_s += time.perf_counter() - t0
-            with autocast:
+            with autocast(self.device, self.precision):
                 loss, stats = self.net(view1, view2, ids, ratio=ratio, threshold=threshold,
                                        labels=labels if labels_known else None)
             self.optimizer.zero_grad(set_to_none=True)
@@ -180,7 +178,8 @@ class Engine:
         out = self._mean_over_ranks({key: sums[key] / counts[key] for key in sums})
         out.update({EPOCH: epoch, COMPUTE: self.compute}, lr=lr, momentum=m, epoch_s=seconds,
                    images_per_s=images_epoch / seconds, data_share=data_s / seconds, images_seen=self.images_seen,
-                   ratio=ratio, threshold=threshold)
+                   ratio=ratio, threshold=threshold,
+                   precision=self.precision, memory_format=self.memory_format)  # vocabulary.RUN_SETTINGS
         return out
 
     def _mean_over_ranks(self, values: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -166,16 +166,17 @@ class MoCo(nn.Module):
         return self.encoder_q.backbone(x)
 
     def _query(self, x: Tensor) -> Tensor:
-        return F.normalize(self.encoder_q(x), dim=1)
+        """Normalised queries [B, dim] in fp32 (under bf16 autocast the head's output is bf16; cast before normalising)."""
+        return F.normalize(self.encoder_q(x).float(), dim=1)
 
     @torch.no_grad()
     def _key(self, x: Tensor) -> Tensor:
-        """Normalised keys [B, dim] of the key encoder, with the key-input shuffle that ``bn_mode`` asks for."""
+        """Normalised fp32 keys [B, dim] of the key encoder, with the key-input shuffle that ``bn_mode`` asks for."""
         if not self.training or self.bn_mode in ("none", "sync"):
-            return F.normalize(self.encoder_k(x), dim=1)
+            return F.normalize(self.encoder_k(x).float(), dim=1)
         if self.bn_mode == "split":
             perm = torch.randperm(x.shape[0], device=x.device)
-            keys = F.normalize(self.encoder_k(x[perm]), dim=1)
+            keys = F.normalize(self.encoder_k(x[perm]).float(), dim=1)
             return keys[torch.argsort(perm)]
         return self._key_shuffled_across_ranks(x)
 
@@ -190,7 +191,7 @@ class MoCo(nn.Module):
         perm = torch.randperm(x_all.shape[0], device=x.device)
         dist.broadcast(perm, src=0)
         mine = perm.view(world, -1)[rank]
-        keys_all = gather_from_ranks(F.normalize(self.encoder_k(x_all[mine]), dim=1))
+        keys_all = gather_from_ranks(F.normalize(self.encoder_k(x_all[mine]).float(), dim=1))
         return keys_all[torch.argsort(perm).view(world, -1)[rank]]
 
     @torch.no_grad()
@@ -203,8 +204,9 @@ class MoCo(nn.Module):
                 threshold: float = 1.0, labels: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """One MoCo step on views [B, C, H, W] of images with ids [B] (labels [B] only for diagnostics).
 
-        Returns ``(loss, stats)``; ``stats`` maps :data:`moco.vocabulary.STEP_STATS` (``false_neg_rate`` only when
-        ``labels`` are given) to detached 0-d tensors. The keys of the computed views are enqueued before returning.
+        Returns ``(loss, stats)``, an fp32 loss also under autocast; ``stats`` maps :data:`moco.vocabulary.STEP_STATS`
+        (``false_neg_rate`` only when ``labels`` are given) to detached 0-d tensors. The keys of the computed views
+        are enqueued before returning.
         """
         check_ratio(ratio)
         check_threshold(threshold)
@@ -221,9 +223,12 @@ class MoCo(nn.Module):
         k2 = self._key(view2) if first else None
         k1 = self._key(view1) if second else None
         queue_keys, queue_ids, queue_labels = self.queue.snapshot()
-        loss, infos = dual_view_loss(q1, k2, queue_keys, self.temperature, weight=lam, q2=q2, k1=k1,
-                                     query_ids=image_ids, queue_ids=queue_ids, ratio=ratio, threshold=threshold)
-        stats = _step_stats(infos, labels, queue_labels)
+        # Under a bf16 autocast only the encoders above run in bf16: q and k are fp32 already, and the logits,
+        # softmax, loss and statistics are computed with autocast off, so in fp32 like the queue.
+        with torch.autocast(view1.device.type, enabled=False):
+            loss, infos = dual_view_loss(q1, k2, queue_keys, self.temperature, weight=lam, q2=q2, k1=k1,
+                                         query_ids=image_ids, queue_ids=queue_ids, ratio=ratio, threshold=threshold)
+            stats = _step_stats(infos, labels, queue_labels)
         new_keys = torch.cat([k for k in (k1, k2) if k is not None])
         self.queue.enqueue(new_keys, image_ids.repeat(views), None if labels is None else labels.repeat(views),
                            views=views)

@@ -30,6 +30,7 @@ from moco.config import ConfigError, TrainConfig, parse_overrides, plain_name
 from moco.data import DatasetNotFoundError, check_dataset, load_dataset
 from moco.engine import DistInfo, DivergedError, Engine, resolve_device
 from moco.faults import FAULT_ENV, maybe_inject_fault, parse_fault
+from moco.precision import describe
 from moco.ray_address import AddressError, check_address, start_local_ray
 from moco.vocabulary import COMPUTE, EPOCH, MONITOR_METRICS
 
@@ -114,6 +115,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         device = ray.train.torch.get_device()
         torch.cuda.set_device(device)
     engine = Engine(cfg, load_dataset(cfg), device, dist_info)
+    if dist_info.rank == 0:
+        print(describe(device, engine.precision, engine.memory_format), flush=True)
     state = load_latest_valid(ray.train.get_checkpoint())
     if state is not None:
         engine.load_state_dict(state)

@@ -40,12 +40,17 @@ def raw_name(metric: str) -> str:
 STEP_STATS = ("pos_sim", "neg_sim_q10", "neg_sim_q50", "neg_sim_q90", "filtered_frac", "kept_negatives",
               "false_neg_rate")
 
+# --- how a run computed (resolved from TrainConfig's ``precision`` and ``memory_format``; see moco/precision.py) -------
+#: Reported with every epoch: ``precision`` is fp32 or bf16, ``memory_format`` channels_last or contiguous.
+RUN_SETTINGS = ("precision", "memory_format")
+
 # --- every key of an epoch report that the study keeps (history.csv columns, besides trial_id) ----------------------
 HISTORY_KEYS = (EPOCH, COMPUTE, "loss", "lr", "momentum", "images_per_s", "epoch_s", "data_share",
                 *MONITOR_METRICS, *(raw_name(m) for m in MONITOR_METRICS), *STEP_STATS,
                 "alignment", "uniformity", "images_seen", "ratio", "threshold", *FINAL_METRICS,
                 *(raw_name(m) for m in FINAL_METRICS),
-                "time_total_s", "node_id", "world_size", "diverged", "startup_ray_s", "startup_setup_s")
+                "time_total_s", "node_id", "world_size", "diverged", "startup_ray_s", "startup_setup_s",
+                *RUN_SETTINGS)
 
 # --- trial statuses ----------------------------------------------------------------------------------------------
 COMPLETED, PRUNED, DIVERGED, ERRORED = "completed", "pruned", "diverged", "errored"

@@ -46,6 +46,8 @@ def test_mini_study_writes_every_file(mini_study):
     assert history.groupby("trial_id").epoch.max().to_dict() == dict(zip(trials.trial_id.astype(str),
                                                                           trials.epochs))
     assert {"loss", "val_knn_top1", "pos_sim", "neg_sim_q50", "filtered_frac", "false_neg_rate"} <= set(history)
+    # How each trial computed (moco/precision.py resolves auto) is recorded with every epoch.
+    assert set(history.precision) <= {"fp32", "bf16"} and set(history.memory_format) <= {"contiguous", "channels_last"}
     # ASHA-stopped trials are pruned in trials.csv and in Optuna (not COMPLETE with an early value).
     with sqlite3.connect(run_dir / "optuna.db") as db:
         states = [row[0] for row in db.execute("select state from trials order by number")]

@@ -1,0 +1,44 @@
+"""bench/precision.py's verdict and page lines, on made-up paired runs (no training)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.precision import paired_summary, parity_goal, render_parity
+
+
+def _runs(fp32: list[float], bf16: list[float]) -> dict:
+    return {str(seed): {"fp32": {"test_knn": f, "linear_probe": f, "val_knn": f, "train_s": 200.0},
+                        "bf16": {"test_knn": b, "linear_probe": b, "val_knn": b, "train_s": 100.0}}
+            for seed, (f, b) in enumerate(zip(fp32, bf16), start=1)}
+
+
+def test_a_consistent_loss_larger_than_the_seeds_spread_costs_accuracy():
+    s = paired_summary(_runs([80.0, 81.0, 82.0], [77.0, 78.1, 78.9]))
+    m = s["test_knn"]
+    assert m["diffs"] == pytest.approx([-3.0, -2.9, -3.1])
+    assert m["ci95"][1] < 0 and m["fp32_sd"] == pytest.approx(1.0)
+    assert m["costs_accuracy"] is True
+
+
+def test_differences_within_the_seeds_spread_do_not():
+    s = paired_summary(_runs([80.0, 81.0, 82.0], [80.2, 80.7, 82.1]))
+    assert s["test_knn"]["costs_accuracy"] is False
+    # a small but consistent difference is still within the seeds' spread
+    s = paired_summary(_runs([80.0, 81.0, 82.0], [79.8, 80.7, 81.8]))
+    assert s["test_knn"]["ci95"][1] < 0 and s["test_knn"]["costs_accuracy"] is False
+
+
+def test_an_unfinished_pair_is_left_out_and_a_partial_run_is_not_judged():
+    runs = _runs([80.0, 81.0], [80.1, 80.9])
+    runs["3"] = {"fp32": {"test_knn": 50.0, "linear_probe": 50.0, "val_knn": 50.0, "train_s": 1.0}}
+    s = paired_summary(runs)
+    assert s["seeds_paired"] == ["1", "2"] and len(s["test_knn"]["diffs"]) == 2
+    result = {"config": "configs/fashion_mnist.yaml", "overrides": {"epochs": 3}, "seeds": [1, 2, 3], "runs": runs,
+              "summary": s, "partial": True}
+    text = "\n".join(render_parity(result))
+    assert "2 of 3" in text and "partial run" in text and "2.00x" in text
+    (goal, measured, met), = parity_goal(result)
+    assert met.startswith("partial run: within")
+    one = paired_summary(_runs([80.0], [79.0]))
+    assert one["test_knn"]["costs_accuracy"] is None
