@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup study test test-all bench bench-quick clean
+.PHONY: setup study test lint bench bench-quick clean
 
 $(STAMP): setup.cfg pyproject.toml
 	bash scripts/setup.sh
@@ -18,7 +18,11 @@ study: $(STAMP)
 	$(PY) study/run.py --space hardneg.yaml $(ARGS)
 
 test: $(STAMP)
+	$(PY) -m ruff check moco study analysis bench tests
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check moco study analysis bench tests
 
 bench: $(STAMP)
 	$(PY) bench/run.py

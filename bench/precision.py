@@ -131,7 +131,8 @@ def render_step_part(p: dict[str, Any]) -> list[str]:
            f"{bare['channels_last']['speedup_over_fp32']:.2f}x. moco/precision.py turns channels-last on for CPUs with "
            "AMX only (where the issue's Xeon measurement found it worth 1.4x in fp32 and 1.7x under bf16).")
     out += ["", f"Whole epochs through `moco.engine.Engine` ({e['steps_per_epoch']} steps, augmentation included; "
-            f"{e['repeats']} epochs each after a warm-up epoch, alternating): fp32 {_num(e['fp32']['images_per_s'], 0)} "
+            f"{e['repeats']} epochs each after a warm-up epoch, alternating): "
+            f"fp32 {_num(e['fp32']['images_per_s'], 0)} "
             f"images/s, auto ({auto.get('precision')}, {auto.get('memory_format')}) "
             f"{_num(e['auto']['images_per_s'], 0)} images/s: **{e['speedup_auto_over_fp32']:.2f}x** (medians; every "
             f"epoch: fp32 {', '.join(_num(x, 0) for x in e['fp32'].get('all', []))}; auto "
@@ -144,7 +145,8 @@ def step_goal(p: dict[str, Any]) -> tuple[str, str, bool | str]:
     e, flags = p["epoch"], p.get("machine", {}).get("cpu_bf16_flags") or []
     measured = f"{e['speedup_auto_over_fp32']:.2f}x ({', '.join(flags) or 'no bf16 flags'})"
     if not flags:
-        return ("auto = fp32 on a CPU without bf16 (nothing changes)", measured, e["auto_resolved"]["precision"] == "fp32")
+        return ("auto = fp32 on a CPU without bf16 (nothing changes)", measured,
+                e["auto_resolved"]["precision"] == "fp32")
     return ("default-config epoch in auto >= 2x fp32 on a bf16-capable CPU", measured,
             e["speedup_auto_over_fp32"] >= 2.0)
 

@@ -148,7 +148,8 @@ def bench_step_vs_reference(batch: int, queue_size: int, repeats: int) -> dict:
 
 
 def _loss_path_fn(batch: int, queue_size: int, ratio: float | None) -> Callable[[], None]:
-    """Loss forward + backward to q; ``ratio=None`` is plain MoCo v2, else same-id filter, threshold 0.9 and ``ratio``."""
+    """Loss forward + backward to q; ``ratio=None`` is plain MoCo v2, else same-id filter, threshold 0.9 and
+    ``ratio``."""
     g = torch.Generator().manual_seed(2)
     q = F.normalize(torch.randn(batch, DIM, generator=g), dim=1).requires_grad_()
     k = F.normalize(torch.randn(batch, DIM, generator=g), dim=1)

@@ -122,7 +122,8 @@ class TrainConfig:
         need(self.mlp_hidden >= 1, "mlp_hidden", "an integer >= 1")
         need(self.queue_size >= 1, "queue_size", "an integer >= 1")
         need(0.0 <= self.momentum <= 1.0, "momentum", "a number in [0, 1]")
-        need(self.momentum_schedule in MOMENTUM_SCHEDULES, "momentum_schedule", f"one of {', '.join(MOMENTUM_SCHEDULES)}")
+        need(self.momentum_schedule in MOMENTUM_SCHEDULES, "momentum_schedule",
+             f"one of {', '.join(MOMENTUM_SCHEDULES)}")
         need(self.temperature > 0 and math.isfinite(self.temperature), "temperature", "a number > 0")
         need(0.0 <= self.dual_view_weight <= 1.0, "dual_view_weight", "a number in [0, 1]")
         need(0.0 < self.hard_negative_ratio <= 1.0, "hard_negative_ratio", "a number in (0, 1]")

@@ -81,7 +81,7 @@ class Engine:
                              f"({self.dist.world_size})")
         self.local_batch = cfg.batch_size // self.dist.world_size
         seed_everything(cfg.seed)  # identical initial weights on every rank
-        # Resolved ``precision`` (fp32 | bf16) and ``memory_format`` (channels_last | contiguous); see moco/precision.py.
+        # Resolved ``precision`` (fp32 | bf16) and ``memory_format`` (channels_last | contiguous): moco/precision.py.
         self.precision = resolve_precision(cfg.precision, device)
         self.memory_format = resolve_memory_format(cfg.memory_format, device)
         self._layout = torch_memory_format(self.memory_format)

@@ -166,7 +166,8 @@ class MoCo(nn.Module):
         return self.encoder_q.backbone(x)
 
     def _query(self, x: Tensor) -> Tensor:
-        """Normalised queries [B, dim] in fp32 (under bf16 autocast the head's output is bf16; cast before normalising)."""
+        """Normalised queries [B, dim] in fp32 (under bf16 autocast the head's output is bf16; cast before
+        normalising)."""
         return F.normalize(self.encoder_q(x).float(), dim=1)
 
     @torch.no_grad()
@@ -242,8 +243,9 @@ def _step_stats(infos: list[ContrastiveInfo], labels: Tensor | None, queue_label
     pos_sim: mean q.k. filtered_frac: share of (query, queue entry) pairs dropped by the same-id and threshold
     filters. kept_negatives: mean negatives per query. To bound the cost, the following use the first
     ``_QUANTILE_ROWS`` queries of each term only: neg_sim_q10/50/90, quantiles of the similarity of selected
-    negatives (over a strided subsample of at most ``_QUANTILE_VALUES``; NaN while the queue is empty), and false_neg_rate (only with labels), the share of selected negatives
-    with a known label (>= 0) equal to the query's label (NaN when there is none).
+    negatives (over a strided subsample of at most ``_QUANTILE_VALUES``; NaN while the queue is empty), and
+    false_neg_rate (only with labels), the share of selected negatives with a known label (>= 0) equal to the
+    query's label (NaN when there is none).
     """
     device = infos[0].sim.device
     nan = torch.tensor(float("nan"), device=device)

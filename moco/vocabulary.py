@@ -40,7 +40,7 @@ def raw_name(metric: str) -> str:
 STEP_STATS = ("pos_sim", "neg_sim_q10", "neg_sim_q50", "neg_sim_q90", "filtered_frac", "kept_negatives",
               "false_neg_rate")
 
-# --- how a run computed (resolved from TrainConfig's ``precision`` and ``memory_format``; see moco/precision.py) -------
+# --- how a run computed (resolved from TrainConfig's precision and memory_format; see moco/precision.py) ---------
 #: Reported with every epoch: ``precision`` is fp32 or bf16, ``memory_format`` channels_last or contiguous.
 RUN_SETTINGS = ("precision", "memory_format")
 
@@ -58,7 +58,7 @@ RUNNING, PENDING = "running", "pending"
 FINISHED = (COMPLETED, PRUNED, DIVERGED, ERRORED)  #: a trial's outcome is final
 STATUSES = (*FINISHED, RUNNING, PENDING)
 
-# --- confirmation (study/confirm.py writes confirm.csv, analysis/confirm.py reads it) ----------------------------------
+# --- confirmation (study/confirm.py writes confirm.csv, analysis/confirm.py reads it) ----------------------------
 #: Endpoints of a confirmation run: validation endpoints decide (full validation split), test endpoints are shown in the
 #: final table only.
 VAL_ENDPOINTS = (FINAL_VAL_KNN, FINAL_VAL_PROBE)

@@ -1,4 +1,5 @@
-"""Precision and memory format: what ``auto`` resolves to, fp32 numerics around bf16 encoders, cross-precision resume."""
+"""Precision and memory format: what ``auto`` resolves to, fp32 numerics around bf16 encoders, resume across
+precisions."""
 
 from __future__ import annotations
 
