@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make study   set up, then run the default study (Fashion-MNIST, CPU, about 20 minutes)
+#   make study   set up, then run the default study and its confirmation (Fashion-MNIST, CPU, about 30 minutes)
 #   make test    set up, then run the tests
 PYTHON ?= python3
 VENV := .venv
