@@ -273,8 +273,10 @@ class TreeMemory:
 
 # --- studies as subprocesses ---------------------------------------------------------------------------------------
 def write_space(path: Path, study: dict[str, Any], base_space: Path = ROOT / "configs" / "hardneg.yaml") -> Path:
-    """A space file: ``base_space``'s ``base`` and ``search`` sections with its ``study`` section updated."""
+    """A space file: ``base_space``'s ``base`` and ``search`` sections with its ``study`` section updated, and no
+    ``confirm`` section (a benchmark measures the search; a confirmation stage would add its runs to every study)."""
     doc = yaml.safe_load(Path(base_space).read_text())
+    doc.pop("confirm", None)
     doc["study"] = {**doc.get("study", {}), **study}
     if isinstance(doc.get("base", {}).get("config"), str) and not doc["base"]["config"].endswith(".yaml"):
         doc["base"]["config"] = str(ROOT / "configs" / (doc["base"]["config"] + ".yaml"))

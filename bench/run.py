@@ -7,7 +7,7 @@ Benchmarks (in this order; each writes ``<results-dir>/<name>.json``):
 
   step        training step vs the reference MoCo v2 step, dual-view cost, selection cost (bench/step.py)
   augment     batched augmentation vs a torchvision DataLoader (bench/augment.py)
-  efficiency  Optuna TPE + ASHA vs random vs grid search: compute to reach the best validation kNN - 0.5
+  efficiency  Optuna TPE + ASHA vs random vs grid search: best full-validation kNN within compute budgets
   overhead    Ray overhead: share of a study's time inside training epochs, start-up per trial
   scaling     1 vs 2 Ray Train workers, 1 vs 2 concurrent trials, as efficiency against linear
   quality     kNN / linear probe of the baseline and of the study's best vs raw pixels; training throughput
@@ -17,8 +17,8 @@ Benchmarks (in this order; each writes ``<results-dir>/<name>.json``):
 
 ``--quick`` scales everything down to finish in about ten minutes on a 2-core CPU; the full run takes hours. The
 page is rebuilt from every result file present, and every table says which mode and command produced it, so
-``--only`` refreshes some results and keeps the others. The efficiency benchmark (nine default-size studies, about
-3.5 h here) saves its result after every study; ``--resume`` continues an interrupted run from that file, keeping its
+``--only`` refreshes some results and keeps the others. The efficiency benchmark (fifteen default-size studies, about
+6 h here) saves its result after every study; ``--resume`` continues an interrupted run from that file, keeping its
 finished studies when the code they ran is unchanged and committed.
 """
 
@@ -221,50 +221,10 @@ def _augment(r: dict, figs: Path) -> list[str]:
     return out
 
 
-def _random_bound(r: dict) -> str:
-    """Why the TPE / random ratio is an upper bound, when random search missed the target in some studies."""
-    rnd = r["summary"]["random"]
-    missed = rnd["repetitions"] - rnd["reached"]
-    return (f" Random search missed the target in {missed} of {rnd['repetitions']} studies; they count their whole "
-            "budget, a lower bound on what they need, so the true ratio can only be lower." if missed else "")
-
-
 def _efficiency(r: dict, figs: Path) -> list[str]:
-    from bench.efficiency import figure
+    from bench.efficiency import render
 
-    fig = figure(r, figs / "efficiency.png")
-    setup = r["setup"]
-    out = [f"Space {setup['space']}; overrides {setup['overrides'] or 'none (the default study)'}; "
-           f"{setup['num_samples']} trials per study, {setup['repetitions']} repetition(s) per searcher (searcher "
-           f"seeds 0..{setup['repetitions'] - 1}); metric {setup['metric']}. Best validation kNN any study found: "
-           f"{_f(r['best_val_knn_any'])}; target {_f(r['target'])}.", "",
-           "| searcher | reached target | trial-epochs to target | wall s to target | trial-epochs used | "
-           "study wall s | best val kNN |", "|---|---|---|---|---|---|---|"]
-    for name, sm in r["summary"].items():
-        out.append(f"| {name} | {sm['reached']}/{sm['repetitions']} | {_s(sm['trial_epochs_to_target'], 0)} | "
-                   f"{_s(sm['wall_s_to_target'], 0)} | {_s(sm['total_trial_epochs'], 0)} | "
-                   f"{_s(sm['study_wall_s'], 0)} | {_s(sm['best_val_knn'])} |")
-    ratio = r["tpe_over_random_trial_epochs"]
-    tpe = r["summary"]["tpe_asha"]  # the goal also asks that every TPE + ASHA study reaches the target
-    short_by = "; ".join(
-        ([f"by {ratio - 1 / 3:.3f}: {3 * ratio:.2f}x the allowed compute"] if ratio and ratio > 1 / 3 else [])
-        + ([f"TPE + ASHA reached the target in {tpe['reached']} of {tpe['repetitions']} studies"]
-           if tpe["reached"] < tpe["repetitions"] else []))
-    out += ["", "A study that never reached the target counts its whole budget (a lower bound).", "",
-            f"TPE + ASHA / random, trial-epochs to target (medians): {_f(ratio, 3)}; wall time: "
-            f"{_f(r.get('tpe_over_random_wall'), 3)}. " + _goal(r["goal_met"], "<= 1/3 (0.333)", short_by)
-            + _random_bound(r), ""]
-    if r.get("partial"):
-        out += [f"**Partial run: {r['studies_done']} of {r['studies_planned']} studies finished** (the run was "
-                "stopped; `python bench/run.py --only efficiency --resume` runs the rest and keeps these). The goal "
-                "is judged on the complete run only: a later study may still raise the target.", ""]
-    if r.get("resumed_from"):
-        src = r["resumed_from"]
-        kept = [f"{name} seed {x['seed']}" for name, runs in r["studies"].items() for x in runs if x.get("reused")]
-        out += [f"Kept from the interrupted run of {src.get('date')} (commit {str(src.get('commit'))[:10]}, same "
-                f"benchmark code and setup): {', '.join(kept) or 'none'}.", ""]
-    out += [f"![best-so-far vs compute](figures/{fig.name})", ""]
-    return out
+    return render(r, figs)
 
 
 def _overhead(r: dict, figs: Path) -> list[str]:
@@ -467,12 +427,9 @@ def _goals(name: str, r: dict) -> list[tuple[str, str, bool | None]]:
         return [("batched augmentation >= 5x the torchvision DataLoader",
                  f"{_f(r.get('speedup_vs_best_per_sample'))}x", r.get("goal_met"))]
     if name == "efficiency":
-        partial = f"not judged: partial run, {r['studies_done']} of {r['studies_planned']} studies"
-        rnd = r["summary"]["random"]
-        missed = rnd["repetitions"] - rnd["reached"]
-        bound = f" (at most: random missed the target in {missed} of {rnd['repetitions']} studies)" if missed else ""
-        return [("TPE + ASHA needs <= 1/3 of random search's compute", f"{_f(r['tpe_over_random_trial_epochs'], 3)} "
-                 f"of random's trial-epochs{bound}", partial if r.get("partial") else r["goal_met"])]
+        from bench.efficiency import goals
+
+        return goals(r)
     if name == "overhead":
         return [(">= 85 % of the default study's time inside training epochs", _pct(r["share_of_study_time"]),
                  r["goal_met"])]

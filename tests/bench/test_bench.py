@@ -49,62 +49,92 @@ def test_quick_memory_benchmark_writes_result_and_page(tmp_path):
         assert committed.stat().st_mtime == before
 
 
-def _study(seed: int, bests: list[float]) -> dict:
-    """A finished study record as bench/efficiency.py keeps it: best-so-far after each trial-epoch."""
-    points, best = [], float("-inf")
-    for i, value in enumerate(bests, 1):
-        best = max(best, value)
-        points.append({"trial_epochs": i, "wall_s": 10.0 * i, "best": best})
-    return {"seed": seed, "points": points, "best": best, "wall_s": 10.0 * len(bests), "reports": len(bests)}
+def _study(seed: int, finals: list[float | None], per_trial: float = 4.0) -> dict:
+    """A finished study record as bench/efficiency.py keeps it: trials one after another, each spending
+    ``per_trial`` compute and ending with its full-validation value (None: pruned, no endpoint)."""
+    from bench.efficiency import curve
+
+    events, t = [], 0.0
+    for i, value in enumerate(finals):
+        for c in (per_trial / 2, per_trial):
+            t += 1.0
+            row = {"trial_id": f"t{i}", "compute": c, "timestamp": t}
+            if c == per_trial and value is not None:
+                row["final_val_knn_top1"] = value
+            events.append(row)
+    points = curve(events, 0.0)
+    return {"seed": seed, "points": points, "best": points[-1]["best"], "wall_s": t, "reports": len(events)}
 
 
-def test_efficiency_summary_of_a_partial_run_defers_the_goal(tmp_path):
+def test_efficiency_curve_counts_study_compute_and_full_validation_endpoints():
+    from bench.efficiency import best_within, compute_to_target, curve
+
+    events = [{"trial_id": "a", "compute": 2, "val_knn_top1": 90.0, "timestamp": 1},  # a monitor value: not counted
+              {"trial_id": "b", "compute": 2, "timestamp": 2},
+              {"trial_id": "a", "compute": 4, "final_val_knn_top1": 70.0, "timestamp": 3},
+              {"trial_id": "b", "compute": 2, "timestamp": 4},  # a restart repeating its report: no new compute
+              {"trial_id": "b", "compute": 4, "final_val_knn_top1": 75.0, "timestamp": 5},
+              {"trial_id": "c", "compute": 4, "final_val_knn_top1": 99.0, "diverged": True, "timestamp": 6}]
+    points = curve(events, 0.0)
+    assert [p["compute"] for p in points] == [2, 4, 6, 6, 8, 12]
+    assert [p["best"] for p in points] == [None, None, 70.0, 70.0, 75.0, 75.0]
+    assert best_within(points, 5) is None and best_within(points, 6) == 70.0 and best_within(points, 100) == 75.0
+    assert compute_to_target(points, 72.0) == 8 and compute_to_target(points, 80.0) is None
+
+
+def test_efficiency_summary_at_budgets_with_undetermined_ratio(tmp_path):
     from bench import efficiency
 
-    studies = {"tpe_asha": [_study(0, [60, 70, 80])], "random": [_study(0, [50, 60, 70, 79.6, 81])], "grid": []}
-    partial = efficiency.summarize(studies, quick=False)
-    assert partial["partial"] and partial["studies_done"] == 2 and partial["studies_planned"] == 9
-    assert partial["target"] == pytest.approx(80.5)
-    assert partial["summary"]["random"]["trial_epochs_to_target"]["median"] == 5
-    assert partial["summary"]["tpe_asha"]["reached"] == 0  # 80 < 80.5: counted at its whole budget, 3
-    assert partial["tpe_over_random_trial_epochs"] == pytest.approx(3 / 5)
-    assert partial["goal_met"] is None  # judged on the complete run only
+    # TPE + ASHA: pruned trials (no endpoint) cost 2 each; random and grid: every trial completes its 4
+    tpe = [_study(s, [None, 70, None, 81, None], per_trial=2.0) for s in range(5)]
+    rnd = [_study(s, [60, 65, 70, 75, 81]) for s in range(5)]
+    grid = [_study(s, [70, 80.5]) for s in range(5)]
+    done = efficiency.summarize({"tpe_asha": tpe, "random": rnd, "grid": grid}, quick=False)
+    assert not done["partial"] and done["target"] == pytest.approx(80.0)
+    assert [b["compute"] for b in done["budgets"]] == [5.0, 10.0, 20.0]  # of random's total, 20
+    at = {name: [a["mean"] for a in sm["at_budget"]] for name, sm in done["summary"].items()}
+    assert at["tpe_asha"] == [70.0, 81.0, 81.0] and at["random"] == [60.0, 65.0, 81.0]
+    assert at["grid"] == [70.0, 80.5, 80.5]
+    assert done["summary"]["tpe_asha"]["compute_to_target"]["median"] == 8  # its 4th trial ends at 4 x 2
+    assert done["tpe_over_random_compute"] == pytest.approx(8 / 20) and done["goal_met"] is False
+    lo, hi = done["tpe_over_random_compute_ci"]
+    assert lo == pytest.approx(0.4) and hi == pytest.approx(0.4)  # identical repetitions: no spread
 
-    from bench import run  # the page shows the partial result as such
+    rnd[0] = _study(0, [60, 65, 70, 75, 79])  # one random study never within 1 point of 81
+    undetermined = efficiency.summarize({"tpe_asha": tpe, "random": rnd, "grid": grid}, quick=False)
+    assert undetermined["tpe_over_random_compute"] is None and undetermined["goal_met"] is None
+    assert "random search reached the target in 4 of 5 studies" == undetermined["ratio_undetermined"]
+
+    tpe[1] = _study(1, [None, None, None, None, 70], per_trial=2.0)  # a TPE study with nothing at 25 %
+    missed = efficiency.summarize({"tpe_asha": tpe, "random": rnd, "grid": grid}, quick=False)
+    first = missed["summary"]["tpe_asha"]["at_budget"][0]
+    assert first["undetermined"] and first["mean"] is None and (first["n"], first["of"]) == (4, 5)
+    assert missed["goal_met"] is False  # a TPE + ASHA study never reached the target
+
+    from bench import run
     from bench.common import write_json
 
-    write_json(tmp_path / "results" / "efficiency.json",
-               {"mode": "full", "command": "c", "date": "d", "result": partial})
+    write_json(tmp_path / "results" / "efficiency.json", {"mode": "full", "command": "c", "date": "d",
+                                                          "result": undetermined})
     page = run.write_page(tmp_path / "results", tmp_path / "docs" / "benchmarks.md").read_text()
-    assert "**Partial run: 2 of 9 studies finished**" in page and "not judged: partial run, 2 of 9 studies" in page
+    assert "TPE + ASHA / random, compute to target: **undetermined** (random search reached the target in 4 of 5" \
+        in page
+    assert "| random | 4/5 | never, 20, 20, 20, 20 | undetermined |" in page
     assert (tmp_path / "docs" / "figures" / "efficiency.png").is_file()
 
-    done = {name: [_study(s, [70, 81]) for s in range(3)] for name in efficiency.SEARCHERS}
-    done["random"] = [_study(s, [60, 65, 70, 75, 81]) for s in range(3)]
-    complete = efficiency.summarize(done, quick=False)
-    assert not complete["partial"]
-    assert complete["tpe_over_random_trial_epochs"] == pytest.approx(2 / 5) and complete["goal_met"] is False
-
-    done["random"][0] = _study(0, [60, 65, 70, 75, 79])  # never within 0.5 of 81: counted at its whole budget
-    write_json(tmp_path / "results" / "efficiency.json",
-               {"mode": "full", "command": "c", "date": "d", "result": efficiency.summarize(done, quick=False)})
+    partial = efficiency.summarize({"tpe_asha": tpe[:1], "random": rnd[:1], "grid": []}, quick=False)
+    assert partial["partial"] and partial["studies_done"] == 2 and partial["studies_planned"] == 15
+    assert partial["goal_met"] is None
+    write_json(tmp_path / "results" / "efficiency.json", {"mode": "full", "command": "c", "date": "d",
+                                                          "result": partial})
     page = run.write_page(tmp_path / "results", tmp_path / "docs" / "benchmarks.md").read_text()
-    assert "Goal: <= 1/3 (0.333): **MISSED** (by 0.067: 1.20x the allowed compute)." in page
-    assert "Random search missed the target in 1 of 3 studies" in page  # so the ratio is an upper bound
-    assert "0.400 of random's trial-epochs (at most: random missed the target in 1 of 3 studies)" in page
-
-    done["random"] = [_study(s, [60, 65, 70, 75, 76, 77, 81]) for s in range(3)]  # ratio 2/7 <= 1/3, but ...
-    done["tpe_asha"][2] = _study(2, [70, 72])  # ... one TPE + ASHA study never reaches the target
-    write_json(tmp_path / "results" / "efficiency.json",
-               {"mode": "full", "command": "c", "date": "d", "result": efficiency.summarize(done, quick=False)})
-    page = run.write_page(tmp_path / "results", tmp_path / "docs" / "benchmarks.md").read_text()
-    assert "**MISSED** (TPE + ASHA reached the target in 2 of 3 studies)." in page
+    assert "**Partial run: 2 of 15 studies finished**" in page and "not judged: partial run, 2 of 15" in page
 
 
 def test_efficiency_resume_keeps_only_studies_of_the_same_setup(monkeypatch, tmp_path):
     from bench import efficiency
 
-    previous = efficiency.summarize({"tpe_asha": [_study(0, [70])], "random": [], "grid": []}, quick=False)
+    previous = efficiency.summarize({"tpe_asha": [_study(0, [70.0])], "random": [], "grid": []}, quick=False)
     previous = json.loads(json.dumps(previous))  # as read back from the result file
     assert [r["seed"] for r in efficiency.reusable_studies(previous, quick=False)["tpe_asha"]] == [0]
     assert efficiency.reusable_studies(previous, quick=True) == {}  # another setup: nothing kept
