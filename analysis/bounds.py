@@ -9,6 +9,10 @@ The parameter is flagged when each of the ``top`` best trials (default 3; at the
 one fidelity, see ``analysis.fidelity``) has u <= ``margin`` (all at the low bound) or u >= 1 - ``margin`` (all at
 the high bound), margin 5 %: the optimum may lie outside the range. Categorical parameters (and fixed ones, which
 are not searched) are never flagged; neither is a study with fewer than ``top`` trials.
+
+Where the bound is a limit of the key itself (``moco.vocabulary.NATURAL_BOUNDS``: a ratio of 1, lambda = 1 or 0.5,
+...) the range cannot be widened: the warning says instead that the data favour the limit and what the key means there
+(for example that the best trials do without hard-negative selection, i.e. are MoCo v2 in that respect).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import Param, Study
+from moco.vocabulary import NATURAL_BOUNDS
 
 TOP, MARGIN = 3, 0.05
 ADVICE = "the optimum may lie outside the range; widen it"
@@ -39,7 +44,7 @@ def position(p: Param, values: np.ndarray) -> np.ndarray:
 def boundary_table(study: Study, top: int = TOP, margin: float = MARGIN) -> pd.DataFrame:
     """One row per flagged parameter: param, bound (``low``/``high``), bound_value, scale, the top trials and their
     values; empty when nothing is flagged."""
-    cols = ["param", "bound", "bound_value", "scale", "top_trials", "top_values", "view"]
+    cols = ["param", "bound", "bound_value", "scale", "top_trials", "top_values", "view", "natural"]
     done = study.completed
     if len(done) < top:
         return pd.DataFrame(columns=cols)
@@ -54,14 +59,18 @@ def boundary_table(study: Study, top: int = TOP, margin: float = MARGIN) -> pd.D
             continue
         bound = "low" if (u <= margin).all() else "high" if (u >= 1 - margin).all() else None
         if bound:
-            rows.append({"param": p.name, "bound": bound, "bound_value": float(p.low if bound == "low" else p.high),
+            value = float(p.low if bound == "low" else p.high)
+            rows.append({"param": p.name, "bound": bound, "bound_value": value,
                          "scale": "log" if p.log else "linear", "top_trials": ", ".join(best["trial_id"]),
-                         "top_values": ", ".join(f"{x:.4g}" for x in v), "view": study.fidelity_label})
+                         "top_values": ", ".join(f"{x:.4g}" for x in v), "view": study.fidelity_label,
+                         "natural": NATURAL_BOUNDS.get(p.name, {}).get(value, "")})
     return pd.DataFrame(rows, columns=cols)
 
 
 def boundary_warnings(study: Study, top: int = TOP, margin: float = MARGIN) -> list[str]:
     """One plain sentence per flagged parameter (see :func:`boundary_table`)."""
     return [f"`{r.param}`: the top {top} trials ({r.top_values}) lie within {margin * 100:g} % of its {r.bound} bound "
-            f"{r.bound_value:g} ({r.scale} scale): {ADVICE}."
+            f"{r.bound_value:g} ({r.scale} scale): "
+            + (f"a limit of the key ({r.natural}), so the range cannot be widened there; the data favour the limit."
+               if r.natural else f"{ADVICE}.")
             for r in boundary_table(study, top, margin).itertuples()]

@@ -36,6 +36,17 @@ def raw_name(metric: str) -> str:
     return RAW_PREFIX + metric
 
 
+# --- limits of a searched key that a range cannot go past (analysis/bounds.py words its boundary warnings by them) --
+#: key -> {bound value: what the key means there}. A best at such a bound is not "outside the range": the key's valid
+#: values end there (ratios and thresholds at 1 switch selection and filtering off; lambda = 1 is one-way MoCo v2 and
+#: lambda = 0.5 the symmetric loss, below which the two views swap roles; a warm-up cannot be negative).
+NATURAL_BOUNDS = {
+    "hard_negative_ratio": {1.0: "every negative kept (MoCo v2)"},
+    "false_negative_threshold": {1.0: "the false-negative filter off (MoCo v2)"},
+    "dual_view_weight": {1.0: "one-way MoCo v2", 0.5: "the symmetric dual-view loss"},
+    "selection_warmup_epochs": {0.0: "no warm-up"},
+}
+
 # --- step statistics (averaged over an epoch; see moco.model.MoCo.forward) --------------------------------------
 STEP_STATS = ("pos_sim", "neg_sim_q10", "neg_sim_q50", "neg_sim_q90", "filtered_frac", "kept_negatives",
               "false_neg_rate")

@@ -175,6 +175,15 @@ def test_boundary_warning_for_a_best_at_a_bound_only(tmp_path):
     assert boundary_warnings(linear_only) == []  # 0.9 of 0.05-1.0 is 89 % of the range: not within 5 %
 
 
+def test_boundary_warning_at_a_limit_of_the_key_does_not_ask_to_widen(tmp_path):
+    s = _study_with_top(tmp_path, [0.15, 0.15, 0.15], [0.97, 0.99, 1.0])  # ratio 1 keeps every negative
+    flagged = boundary_table(s).set_index("param")
+    assert flagged.loc["hard_negative_ratio", "natural"] == "every negative kept (MoCo v2)"
+    (text,) = boundary_warnings(s)
+    assert "a limit of the key (every negative kept (MoCo v2)), so the range cannot be widened there" in text
+    assert "widen it" not in text
+
+
 # ------------------------------------------------------------------------------------------------ raw pixels
 def _raw_lines(fig):
     return [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_label() == plots.RAW_LABEL]
