@@ -53,17 +53,19 @@ RESAMPLES = 2000  # bootstrap resamples of the repetitions
 
 
 def settings(quick: bool) -> dict[str, Any]:
-    if quick:  # Fashion-MNIST, 2000 training images, compute budget 4, 8 trials, 5 repetitions (about 30 minutes)
-        # two 1-CPU trials at once (quicker here, and bench/scaling.py reuses the random study as its 2-at-once point)
+    if quick:  # Fashion-MNIST, 2000 training images, compute budget 4, 8 trials, 5 repetitions of the two searchers
+        # the goal compares (grid: full mode only); two 1-CPU trials at once (quicker here, and bench/scaling.py
+        # reuses the random study as its 2-at-once point). About 40 minutes on 2 idle cores.
         return {"num_samples": 8, "repetitions": 5, "study": {"grace_period": 1, "cpus_per_worker": 1},
                 "overrides": {"compute_budget": 4, "train_subset": 2000, "knn_bank_size": 2000,
-                              "knn_val_size": 1000}}
+                              "knn_val_size": 1000}, "searchers": ("tpe_asha", "random")}
     import yaml
 
     from bench.common import ROOT
 
     default = yaml.safe_load((ROOT / "configs" / "hardneg.yaml").read_text())["study"]["num_samples"]
-    return {"num_samples": int(default), "repetitions": 5, "study": {}, "overrides": {}}  # the default study as it is
+    return {"num_samples": int(default), "repetitions": 5, "study": {}, "overrides": {},  # the default study as it is
+            "searchers": tuple(SEARCHERS)}
 
 
 def _number(value: Any) -> float | None:
@@ -132,7 +134,8 @@ def setup(quick: bool) -> dict[str, Any]:
     base = settings(quick)
     return {"space": "configs/hardneg.yaml (base + search; study section per searcher)",
             "overrides": base["overrides"], "num_samples": base["num_samples"],
-            "repetitions": base["repetitions"], "searchers": SEARCHERS, "study_extra": base["study"],
+            "repetitions": base["repetitions"], "searchers": {k: SEARCHERS[k] for k in base["searchers"]},
+            "study_extra": base["study"],
             "endpoint": f"{ENDPOINT} (full validation split, at the end of each completed trial)",
             "compute": f"{COMPUTE} (one-way epochs; a dual-view epoch counts 2)", "tolerance_points": TOLERANCE,
             "budget_fractions_of_random": list(BUDGET_FRACTIONS)}
@@ -144,7 +147,8 @@ def reusable_studies(previous: dict[str, Any] | None, quick: bool) -> dict[str, 
     Only a result with the same setup qualifies; the caller checks that the training code is unchanged."""
     if not previous or previous.get("setup") != json.loads(json.dumps(setup(quick))):
         return {}
-    return {name: [r for r in previous.get("studies", {}).get(name, []) if "points" in r] for name in SEARCHERS}
+    return {name: [r for r in previous.get("studies", {}).get(name, []) if "points" in r]
+            for name in settings(quick)["searchers"]}
 
 
 def _median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
@@ -164,7 +168,7 @@ def _goal_met(partial: bool, ratio: float | None, tpe: dict | None) -> bool | No
 def summarize(studies: dict[str, list[dict[str, Any]]], quick: bool) -> dict[str, Any]:
     """Budgets, best endpoint within each, compute to target, the TPE / random ratio and the goal, so far."""
     cfg = setup(quick)
-    planned = cfg["repetitions"] * len(SEARCHERS)
+    planned = cfg["repetitions"] * len(cfg["searchers"])
     done = sum(len(runs) for runs in studies.values())
     bests = [r["best"] for runs in studies.values() for r in runs if r.get("best") is not None]
     best = max(bests) if bests else None
@@ -221,9 +225,10 @@ def run(quick: bool, workdir: Path, context: dict[str, Any] | None = None,
         shutil.rmtree(workdir)
     kept = reusable_studies(previous, quick)
     provenance = {"resumed_from": previous.get("resumed_from")} if kept else {}
-    studies: dict[str, list[dict[str, Any]]] = {name: [] for name in SEARCHERS}
+    studies: dict[str, list[dict[str, Any]]] = {name: [] for name in cfg["searchers"]}
     for rep in range(cfg["repetitions"]):  # interleave searchers so load drift hits all alike
-        for name, study in SEARCHERS.items():
+        for name in cfg["searchers"]:
+            study = SEARCHERS[name]
             old = next((r for r in kept.get(name, []) if r.get("seed") == rep), None)
             if old is not None:
                 print(f"[efficiency] {name} seed {rep}: kept from the interrupted run", flush=True)
