@@ -203,6 +203,10 @@ def _step(r: dict, figs: Path) -> list[str]:
         from bench.precision import render_step_part
 
         out += render_step_part(r["precision"])
+    if r.get("lightly"):
+        from bench.lightly_step import render as render_lightly
+
+        out += render_lightly(r["lightly"])
     return out
 
 

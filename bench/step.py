@@ -20,7 +20,9 @@
    medians taken side by side. The CPU model and its bf16 flags are in every result file (``machine``).
 
 ``python -m bench.step [--quick] [--parts NAMES]`` prints the results and writes ``bench/results/step.json``;
-``--parts precision`` runs part 4 only and replaces just that part of an existing result file.
+``--parts precision`` runs part 4 only and replaces just that part of an existing result file (likewise ``lightly``).
+5. Against lightly 1.6 (``bench/lightly_step.py``): our step and lightly's MoCo recipe on the same backbone, fp32 and
+   bf16, alternating.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ IMAGE = 32
 DIM, HIDDEN = 128, 512
 RESULTS = Path(__file__).parent / "results" / "step.json"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist.yaml"
-PARTS = ("reference", "precision")  # parts 1-3 (the ResNet-18 step, selection, dual view) and part 4
+PARTS = ("reference", "precision", "lightly")  # parts 1-3 (ResNet-18 step, selection, dual view), 4 and 5
 #: (name, precision, memory format) of the bare-step variants of part 4
 LAYOUTS = (("fp32", "fp32", "contiguous"), ("channels_last", "fp32", "channels_last"),
            ("bf16", "bf16", "contiguous"), ("channels_last+bf16", "bf16", "channels_last"))
@@ -270,6 +272,10 @@ def run(quick: bool = False, command: str = "python -m bench.step", parts: tuple
         out["precision"] = {**bench_precision(repeats=5 if quick else 15, epoch_steps=10 if quick else 30,
                                               epoch_repeats=2 if quick else 3), "quick": quick, "command": command,
                             "date": out["date"], "machine": out["machine"]}
+    if "lightly" in parts:  # part 5: bench/lightly_step.py
+        from bench.lightly_step import bench_lightly
+
+        out["lightly"] = {**bench_lightly(repeats=5 if quick else 15), "command": command, "date": out["date"]}
     if "reference" not in parts:
         return out
     # the headline ratio: two near-identical steps, so it needs more repeats than the rest to rise above noise
@@ -297,8 +303,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--parts {args.parts!r} is not allowed: expected a comma-separated subset of {', '.join(PARTS)}")
     result = run(args.quick, command="python -m bench.step " + " ".join(argv if argv is not None else sys.argv[1:]),
                  parts=parts)
-    if "reference" not in parts and args.output.is_file():  # keep parts 1-3 of the previous full run
-        result = {**json.loads(args.output.read_text()), "precision": result["precision"]}
+    if "reference" not in parts and args.output.is_file():  # keep the parts of the previous run not run now
+        result = {**json.loads(args.output.read_text()), **{k: result[k] for k in ("precision", "lightly")
+                                                             if k in result}}
     text = json.dumps(result, indent=2)
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)

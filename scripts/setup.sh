@@ -18,5 +18,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "[setup] installing the project and its dependencies into .venv (torch 2.14.1, torchvision 0.29.1, ray 2.60)"
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -m pip install -q -e ".[dev,bench]"
 .venv/bin/python -c "import torch, torchvision, ray, optuna, pandas, matplotlib; print('[setup] ok: torch', torch.__version__, '| ray', ray.__version__, '| optuna', optuna.__version__)"
