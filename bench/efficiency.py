@@ -20,9 +20,11 @@ import json
 import math
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from fractions import Fraction
+from typing import Any
 
-from bench.common import run_study, stats, tune_events, write_space
+from bench.common import Context, run_study, stats, tune_events, write_space
+from bench.page import Goal, goal_sentence, num, spread
 
 SEARCHERS = {  # name -> study-section overrides
     "tpe_asha": {"searcher": "optuna-tpe", "scheduler": "asha"},
@@ -30,7 +32,8 @@ SEARCHERS = {  # name -> study-section overrides
     "grid": {"searcher": "grid", "scheduler": "none", "grid_points": 2},
 }
 TOLERANCE = 0.5  # points of validation kNN top-1
-GOAL_RATIO = 1 / 3
+GOAL_RATIO = 1 / 3  #: TPE + ASHA over random search, trial-epochs to the target (medians)
+TITLE = "3. Study efficiency"
 
 
 def settings(quick: bool) -> dict[str, Any]:
@@ -124,12 +127,12 @@ def summarize(studies: dict[str, list[dict[str, Any]]], quick: bool) -> dict[str
     }
 
 
-def run(quick: bool, workdir: Path, context: dict[str, Any] | None = None,
-        save: Callable[[dict[str, Any]], None] | None = None,
-        previous: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run every (repetition, searcher) study not already in ``previous``; ``save`` gets the summary after each."""
+def run(ctx: Context) -> dict[str, Any]:
+    """Run every (repetition, searcher) study not already in ``ctx.previous`` (the partial result of an interrupted
+    run); ``ctx.save`` gets the summary after each."""
+    quick, save, previous = ctx.quick, ctx.save, ctx.previous
     cfg = settings(quick)
-    workdir = Path(workdir) / "efficiency"
+    workdir = Path(ctx.workdir) / "efficiency"
     if workdir.exists():
         shutil.rmtree(workdir)
     kept = reusable_studies(previous, quick)
@@ -186,3 +189,64 @@ def figure(result: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# --- the page -----------------------------------------------------------------------------------------------------
+def _goal_fraction() -> str:
+    return str(Fraction(GOAL_RATIO).limit_denominator(100))
+
+
+def _random_bound(r: dict) -> str:
+    """Why the TPE / random ratio is an upper bound, when random search missed the target in some studies."""
+    rnd = r["summary"]["random"]
+    missed = rnd["repetitions"] - rnd["reached"]
+    return (f" Random search missed the target in {missed} of {rnd['repetitions']} studies; they count their whole "
+            "budget, a lower bound on what they need, so the true ratio can only be lower." if missed else "")
+
+
+def render(r: dict, figs: Path) -> list[str]:
+    fig = figure(r, figs / "efficiency.png")
+    setup = r["setup"]
+    out = [f"Space {setup['space']}; overrides {setup['overrides'] or 'none (the default study)'}; "
+           f"{setup['num_samples']} trials per study, {setup['repetitions']} repetition(s) per searcher (searcher "
+           f"seeds 0..{setup['repetitions'] - 1}); metric {setup['metric']}. Best validation kNN any study found: "
+           f"{num(r['best_val_knn_any'])}; target {num(r['target'])}.", "",
+           "| searcher | reached target | trial-epochs to target | wall s to target | trial-epochs used | "
+           "study wall s | best val kNN |", "|---|---|---|---|---|---|---|"]
+    for name, sm in r["summary"].items():
+        out.append(f"| {name} | {sm['reached']}/{sm['repetitions']} | {spread(sm['trial_epochs_to_target'], 0)} | "
+                   f"{spread(sm['wall_s_to_target'], 0)} | {spread(sm['total_trial_epochs'], 0)} | "
+                   f"{spread(sm['study_wall_s'], 0)} | {spread(sm['best_val_knn'])} |")
+    ratio = r["tpe_over_random_trial_epochs"]
+    tpe = r["summary"]["tpe_asha"]  # the goal also asks that every TPE + ASHA study reaches the target
+    short_by = "; ".join(
+        ([f"by {ratio - GOAL_RATIO:.3f}: {ratio / GOAL_RATIO:.2f}x the allowed compute"]
+         if ratio and ratio > GOAL_RATIO else [])
+        + ([f"TPE + ASHA reached the target in {tpe['reached']} of {tpe['repetitions']} studies"]
+           if tpe["reached"] < tpe["repetitions"] else []))
+    out += ["", "A study that never reached the target counts its whole budget (a lower bound).", "",
+            f"TPE + ASHA / random, trial-epochs to target (medians): {num(ratio, 3)}; wall time: "
+            f"{num(r.get('tpe_over_random_wall'), 3)}. "
+            + goal_sentence(r["goal_met"], f"<= {_goal_fraction()} ({GOAL_RATIO:.3f})", short_by)
+            + _random_bound(r), ""]
+    if r.get("partial"):
+        out += [f"**Partial run: {r['studies_done']} of {r['studies_planned']} studies finished** (the run was "
+                "stopped; `python bench/run.py --only efficiency --resume` runs the rest and keeps these). The goal "
+                "is judged on the complete run only: a later study may still raise the target.", ""]
+    if r.get("resumed_from"):
+        src = r["resumed_from"]
+        kept = [f"{name} seed {x['seed']}" for name, runs in r["studies"].items() for x in runs if x.get("reused")]
+        out += [f"Kept from the interrupted run of {src.get('date')} (commit {str(src.get('commit'))[:10]}, same "
+                f"benchmark code and setup): {', '.join(kept) or 'none'}.", ""]
+    out += [f"![best-so-far vs compute](figures/{fig.name})", ""]
+    return out
+
+
+def goals(r: dict) -> list[Goal]:
+    partial = f"not judged: partial run, {r['studies_done']} of {r['studies_planned']} studies"
+    rnd = r["summary"]["random"]
+    missed = rnd["repetitions"] - rnd["reached"]
+    bound = f" (at most: random missed the target in {missed} of {rnd['repetitions']} studies)" if missed else ""
+    return [(f"TPE + ASHA needs <= {_goal_fraction()} of random search's compute",
+             f"{num(r['tpe_over_random_trial_epochs'], 3)} of random's trial-epochs{bound}",
+             partial if r.get("partial") else r["goal_met"])]

@@ -188,7 +188,7 @@ def test_mini_study_runs_on_both_nodes(cluster, tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert "submitted job raysubmit_" in proc.stdout and f"{storage}/mini/" in proc.stdout
-    assert "python study/run.py --address auto --space tests/study/spaces/mini.yaml" in proc.stdout
+    assert "python study/run.py --address auto --space configs/smoke/mini.yaml" in proc.stdout
     job_id = proc.stdout.split("submitted job ", 1)[1].split()[0]
     assert "SUCCEEDED" in proc.stdout
     run_dir = storage / "mini"
