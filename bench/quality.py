@@ -96,7 +96,7 @@ def raw_pixels(dataset, full_train, cfg, probe_epochs: int) -> dict[str, Any]:
 
 def train_and_evaluate(cfg, dataset, full_train, probe_epochs: int) -> dict[str, Any]:
     from moco.engine import Engine
-    from moco.evaluate import knn_accuracy, linear_probe
+    from moco.evaluate import embed, knn_accuracy, linear_probe
 
     engine = Engine(cfg, dataset, torch.device("cpu"))
     start = time.perf_counter()
@@ -105,10 +105,13 @@ def train_and_evaluate(cfg, dataset, full_train, probe_epochs: int) -> dict[str,
         epochs.append(engine.train_epoch())
     train_s = time.perf_counter() - start
     final = engine.final_evaluation()
-    bank = engine._embed(dataset.labeled_train)  # (features, labels); the bank of final_evaluation
-    probe = linear_probe(bank[0], bank[1], *engine._embed(dataset.test), dataset.num_classes, epochs=probe_epochs)
-    full_bank = engine._embed(full_train)
-    full = {name: knn_accuracy(full_bank[0], full_bank[1], *engine._embed(split), dataset.num_classes, k=cfg.knn_k,
+    def features(split):  # (features, labels), as the engine's final evaluation computes them
+        return embed(engine.model, dataset, split, engine.device)
+
+    bank = features(dataset.labeled_train)  # the bank of final_evaluation
+    probe = linear_probe(bank[0], bank[1], *features(dataset.test), dataset.num_classes, epochs=probe_epochs)
+    full_bank = features(full_train)
+    full = {name: knn_accuracy(full_bank[0], full_bank[1], *features(split), dataset.num_classes, k=cfg.knn_k,
                                t=cfg.knn_t)
             for name, split in (("val", dataset.val), ("test", dataset.test))}
     return {"val_knn": final.get("final_val_knn_top1"), "test_knn": final.get("test_knn_top1"),
