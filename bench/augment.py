@@ -217,7 +217,23 @@ def render(r: dict, figs: Path) -> list[str]:
             f"single-threaded batched path: {num(r.get('speedup_1_thread_vs_best_per_sample'), 1)}x. "
             + goal_sentence(r.get("goal_met"), f"{goal:g}x")
             + ("" if r.get("goal_met") or sp is None else f" ({sp / goal:.0%} of the goal)"), ""]
-    return out
+    return out + _render_kornia(r)
+
+
+def _render_kornia(r: dict) -> list[str]:
+    """Why moco.augment is hand-written: its pipeline vs kornia.augmentation with the same steps (as many
+    repetitions as the rest of the benchmark)."""
+    rows = {batch: row for batch, row in (r.get("kornia_vs_handwritten") or {}).items() if isinstance(row, dict)}
+    if not rows:
+        return []
+    out = [f"The hand-written pipeline vs `kornia.augmentation` with the same steps (one view of a {BATCH}-image "
+           "batch, ms per batch; why `moco/augment.py` is hand-written):", "",
+           "| batch | hand-written (ms) | kornia (ms) | kornia / hand-written (medians) |", "|---|---|---|---|"]
+    for batch, row in rows.items():
+        hand, korn = ({**row[key], "n": r["repeats"]} for key in ("handwritten_ms", "kornia_ms"))
+        out.append(f"| {batch.replace('x', ' x ')} | {spread(hand, 1)} | {spread(korn, 1)} | "
+                   f"{num(row['kornia_over_handwritten'], 1)}x |")
+    return out + [""]
 
 
 def goals(r: dict) -> list[Goal]:
