@@ -52,8 +52,10 @@ def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     if n < 2:
         return math.nan, math.nan
     m, se = float(values.mean()), float(values.std(ddof=1) / math.sqrt(n))
-    h = float(stats.t.ppf(0.5 + level / 2, n - 1)) * se
-    return m - h, m + h
+    if se == 0:  # all values equal: scipy refuses a zero scale
+        return m, m
+    lo, hi = stats.t.interval(level, n - 1, loc=m, scale=se)
+    return float(lo), float(hi)
 
 
 def paired_test(diffs: np.ndarray) -> tuple[float, float]:

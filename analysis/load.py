@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from moco.vocabulary import VAL_KNN, raw_name
+from study.results import best_trial
 
 if TYPE_CHECKING:
     from analysis.fidelity import Rung
@@ -101,12 +102,8 @@ class Study:
         return self.trials[self.trials["is_baseline"]]
 
     def best_trial(self) -> pd.Series | None:
-        """The completed trial with the best metric value (ties: the earliest), or None when none completed."""
-        done = self.completed.sort_values("trial_number", kind="stable")
-        if done.empty:
-            return None
-        values = done[self.metric].to_numpy(dtype=float)
-        return done.iloc[int(np.argmax(values) if self.maximize else np.argmin(values))]
+        """The best trial, chosen as for ``best_config.yaml`` (:func:`study.results.best_trial`)."""
+        return best_trial(self.trials, self.metric, self.maximize)
 
     @property
     def fidelity_label(self) -> str:

@@ -15,17 +15,14 @@ Both sides use the same settings (moco.augment's grayscale defaults). The speed-
 Other processes on a shared CPU skew every figure (intra-op threads spin under oversubscription); the record keeps
 the load average before and after -- rerun when it is well below the core count.
 
-``python -m bench.augment [--quick]`` writes bench/results/augment.json. ``run(quick=True)`` takes about a minute.
+``python -m bench.augment [--quick]`` writes bench/results/augment.json. In quick mode it takes about a minute.
 This file holds the benchmark's deliberate second copy of the pipeline (the torchvision and kornia references).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -34,11 +31,15 @@ from typing import Any, Callable
 
 import torch
 
+from bench.common import Context, loadavg, run_record, write_json
+from bench.page import Goal, goal_sentence, num, spread
 from moco.augment import GRAY_DEFAULTS, RGB_DEFAULTS, Augment
 
 BATCH = 256
 WORKERS = 2
 RESULTS = Path(__file__).resolve().parent / "results" / "augment.json"
+GOAL_SPEEDUP = 5.0  #: batched augmentation over the best per-sample DataLoader (medians)
+TITLE = "2. Data path (augmentation)"
 
 
 def _fashion_images(n: int) -> tuple[torch.Tensor, str]:
@@ -171,34 +172,10 @@ def kornia_vs_handwritten(repeats: int = 5, calls: int = 10) -> dict[str, Any]:
 
 
 # --- entry points -------------------------------------------------------------------------------------------------
-def _machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average_after": [round(v, 2) for v in os.getloadavg()],
-            "platform": platform.platform(), "cuda": torch.cuda.is_available()}
-
-
-def _versions() -> dict[str, str]:
-    import torchvision
-
-    try:
-        import kornia
-
-        kornia_version = kornia.__version__
-    except ImportError:
-        kornia_version = "not installed"
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "kornia": kornia_version}
-
-
-def run(quick: bool = False) -> dict[str, Any]:
+def run(ctx: Context) -> dict[str, Any]:
     """Measure everything; returns the JSON-ready record (images/s are images per second, two views each)."""
+    quick = ctx.quick
     n, repeats = (2560, 3) if quick else (10240, 5)
-    load_before = [round(v, 2) for v in os.getloadavg()]
     images, source = _fashion_images(n)
     batched = _batched_rate(images, repeats)
     threads = torch.get_num_threads()
@@ -212,11 +189,6 @@ def run(quick: bool = False) -> dict[str, Any]:
     best_per_sample = max(statistics.median(pil), statistics.median(tensor))
     speedup = statistics.median(batched) / best_per_sample
     return {
-        "benchmark": "augment",
-        "quick": quick,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {**_machine(), "load_average_before": load_before},
-        "versions": _versions(),
         "workload": {"images": source, "images_per_repeat": len(images), "batch": BATCH, "views": 2,
                      "per_sample_workers": WORKERS, "settings": {k: list(v) if isinstance(v, tuple) else v
                                                                  for k, v in GRAY_DEFAULTS.items()}},
@@ -226,10 +198,47 @@ def run(quick: bool = False) -> dict[str, Any]:
                          "per_sample_tensor": _stats(tensor)},
         "speedup_vs_best_per_sample": speedup,
         "speedup_1_thread_vs_best_per_sample": statistics.median(batched_1t) / best_per_sample,
-        "goal_speedup": 5.0,
-        "goal_met": speedup >= 5.0,
+        "goal_speedup": GOAL_SPEEDUP,
+        "goal_met": speedup >= GOAL_SPEEDUP,
         "kornia_vs_handwritten": kornia_vs_handwritten(repeats=3 if quick else 5, calls=5 if quick else 10),
     }
+
+
+# --- the page -----------------------------------------------------------------------------------------------------
+def render(r: dict, figs: Path) -> list[str]:
+    ips = r["images_per_s"]
+    out = [f"{r['workload']['images_per_repeat']} Fashion-MNIST images per repetition, batch "
+           f"{r['workload']['batch']}, {r['workload']['views']} views; images/s.", "",
+           "| pipeline | images/s: min / **median** / max |", "|---|---|"]
+    for name, st in ips.items():
+        out.append(f"| {name} | {spread({**st, 'n': r['repeats']}, 0)} |")
+    sp, goal = r.get("speedup_vs_best_per_sample"), r.get("goal_speedup", GOAL_SPEEDUP)
+    out += ["", f"Speed-up of the batched path over the best per-sample DataLoader (medians): {num(sp, 2)}x; "
+            f"single-threaded batched path: {num(r.get('speedup_1_thread_vs_best_per_sample'), 1)}x. "
+            + goal_sentence(r.get("goal_met"), f"{goal:g}x")
+            + ("" if r.get("goal_met") or sp is None else f" ({sp / goal:.0%} of the goal)"), ""]
+    return out + _render_kornia(r)
+
+
+def _render_kornia(r: dict) -> list[str]:
+    """Why moco.augment is hand-written: its pipeline vs kornia.augmentation with the same steps (as many
+    repetitions as the rest of the benchmark)."""
+    rows = {batch: row for batch, row in (r.get("kornia_vs_handwritten") or {}).items() if isinstance(row, dict)}
+    if not rows:
+        return []
+    out = [f"The hand-written pipeline vs `kornia.augmentation` with the same steps (one view of a {BATCH}-image "
+           "batch, ms per batch; why `moco/augment.py` is hand-written):", "",
+           "| batch | hand-written (ms) | kornia (ms) | kornia / hand-written (medians) |", "|---|---|---|---|"]
+    for batch, row in rows.items():
+        hand, korn = ({**row[key], "n": r["repeats"]} for key in ("handwritten_ms", "kornia_ms"))
+        out.append(f"| {batch.replace('x', ' x ')} | {spread(hand, 1)} | {spread(korn, 1)} | "
+                   f"{num(row['kornia_over_handwritten'], 1)}x |")
+    return out + [""]
+
+
+def goals(r: dict) -> list[Goal]:
+    return [(f"batched augmentation >= {r.get('goal_speedup', GOAL_SPEEDUP):g}x the torchvision DataLoader",
+             f"{num(r.get('speedup_vs_best_per_sample'))}x", r.get("goal_met"))]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -237,11 +246,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer images and repeats (about a minute)")
     parser.add_argument("--out", default=str(RESULTS), help="where to write the JSON record")
     args = parser.parse_args(argv)
-    record = {"command": " ".join(["python -m bench.augment", *(argv if argv is not None else sys.argv[1:])]),
-              **run(quick=args.quick)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps({k: record[k] for k in ("images_per_s", "speedup_vs_best_per_sample", "kornia_vs_handwritten")},
+    record = run_record("augment", args.quick, " ".join(["python -m bench.augment",
+                                                          *(argv if argv is not None else sys.argv[1:])]))
+    result = run(Context(quick=args.quick))
+    write_json(Path(args.out), {**record, "result": result, "load_after": loadavg()})
+    print(json.dumps({k: result[k] for k in ("images_per_s", "speedup_vs_best_per_sample", "kornia_vs_handwritten")},
                      indent=2))
 
 

@@ -17,14 +17,31 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
 PYTHON = sys.executable
+
+
+@dataclass
+class Context:
+    """What a benchmark's ``run(ctx)`` gets: the mode, a scratch folder, the result files, the results of the
+    benchmarks run before it in this invocation, and for long ones a way to save a partial result and the partial
+    result of an interrupted run to continue from."""
+
+    quick: bool = False
+    workdir: Path = field(default_factory=lambda: Path("."))
+    results_dir: Path | None = None
+    results: dict[str, Any] = field(default_factory=dict)  #: name -> result of this invocation's earlier benchmarks
+    command: str = "python bench/run.py"
+    save: Callable[[Any], None] | None = None
+    previous: dict[str, Any] | None = None
 
 
 def now() -> str:
@@ -74,11 +91,7 @@ def machine() -> dict[str, Any]:
         flags = [flag for flag in ("amx_bf16", "avx512_bf16") if flag in words]
     except OSError:
         pass
-    mem = None
-    try:
-        mem = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
-    except (OSError, ValueError, IndexError):
-        pass
+    mem = round(psutil.virtual_memory().total / 2**30, 1)
     return {"platform": platform.platform(), "cpu": cpu, "cpu_bf16_flags": flags, "cores": os.cpu_count(),
             "memory_gib": mem,
             "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
@@ -95,7 +108,14 @@ def versions() -> dict[str, str]:
 
 
 def environment() -> dict[str, Any]:
+    """The environment record of every result file: machine, versions, git commit."""
     return {"machine": machine(), "versions": versions(), "git": git_commit()}
+
+
+def run_record(name: str, quick: bool, command: str) -> dict[str, Any]:
+    """The head of a result file (its ``result`` and ``load_after`` are added when the benchmark ends)."""
+    return {"benchmark": name, "mode": "quick" if quick else "full", "command": command, "date": now(),
+            **environment(), "load_before": loadavg()}
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -131,59 +151,25 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def measured(fn: Callable[[], dict]) -> dict:
-    """Run ``fn`` and wrap its result with the load average before/after and the elapsed seconds."""
-    before, start = loadavg(), time.perf_counter()
-    result = fn()
-    return {"load_before": before, "load_after": loadavg(), "elapsed_s": time.perf_counter() - start, **result}
-
-
 # --- memory sampling of a process tree ---------------------------------------------------------------------------
-def _status_kib(pid: int, key: str) -> int | None:
+def _peak_rss_kib(pid: int) -> int | None:
+    """The peak resident set size of ``pid`` (VmHWM, which psutil does not report), from /proc; None if gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
+            if line.startswith("VmHWM:"):
                 return int(line.split()[1])
     except (OSError, ValueError):
         return None
     return None
 
 
-def _pss_kib(pid: int) -> int | None:
+def process_tree(root: int) -> list[psutil.Process]:
+    """``root`` and all its descendants (none if ``root`` is gone)."""
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0") if a]
-    except OSError:
+        top = psutil.Process(root)
+        return [top, *top.children(recursive=True)]
+    except psutil.Error:
         return []
-
-
-def process_tree(root: int) -> list[int]:
-    """``root`` and all its descendants, from /proc (Linux; no psutil needed)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(parents.get(pid, []))
-    return out
 
 
 def process_role(cmdline: list[str]) -> str:
@@ -238,19 +224,25 @@ class TreeMemory:
         while not self._stop.is_set():
             total_pss = total_rss = total_anon = 0
             by_role: dict[str, float] = {}
-            for pid in process_tree(self.root_pid):
-                hwm, rss, pss = _status_kib(pid, "VmHWM"), _status_kib(pid, "VmRSS"), _pss_kib(pid)
+            for proc in process_tree(self.root_pid):
+                hwm = _peak_rss_kib(proc.pid)
+                try:
+                    mem = proc.memory_full_info()  # rss, shared (file-backed + shmem), pss
+                    cmd = proc.cmdline()
+                except psutil.Error:
+                    continue
                 if hwm is None:
                     continue
-                entry = self.processes.setdefault(pid, {"role": "other", "cmd": "", "peak_rss_kib": 0})
+                rss, pss = mem.rss // 1024, getattr(mem, "pss", 0) // 1024
+                entry = self.processes.setdefault(proc.pid, {"role": "other", "cmd": "", "peak_rss_kib": 0})
                 if entry["role"] in ("other", "ray worker (starting)", "ray idle worker", "raylet"):
-                    cmd = _cmdline(pid)  # workers set their title (ray::...) after start; re-read until they have
+                    # workers set their title (ray::...) after start; re-read until they have
                     entry.update(role=process_role(cmd), cmd=" ".join(cmd)[:120])
                 entry["peak_rss_kib"] = max(entry["peak_rss_kib"], hwm)
-                total_rss += rss or 0
-                total_pss += pss or rss or 0
-                by_role[entry["role"]] = by_role.get(entry["role"], 0) + (pss or rss or 0)
-                total_anon += _status_kib(pid, "RssAnon") or 0
+                total_rss += rss
+                total_pss += pss or rss
+                by_role[entry["role"]] = by_role.get(entry["role"], 0) + (pss or rss)
+                total_anon += (mem.rss - mem.shared) // 1024  # RssAnon = RSS - (RssFile + RssShmem)
             if total_pss > self.peak_total_pss_kib:
                 self.pss_by_role_at_peak = by_role
             self.peak_total_pss_kib = max(self.peak_total_pss_kib, total_pss)

@@ -37,7 +37,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from bench.common import run_study, stats, tune_events, write_space
+from bench.common import Context, run_study, stats, tune_events, write_space
+from bench.page import Goal, goal_sentence, spread
 from moco.vocabulary import COMPUTE, FINAL_VAL_KNN
 
 SEARCHERS = {  # name -> study-section overrides
@@ -50,6 +51,7 @@ TOLERANCE = 1.0  # points of full-validation kNN: 1.7 binomial SEs on 5,000 vali
 BUDGET_FRACTIONS = (0.25, 0.5, 1.0)  # of random search's total compute
 GOAL_RATIO = 1 / 3
 RESAMPLES = 2000  # bootstrap resamples of the repetitions
+TITLE = "3. Study efficiency"
 
 
 def settings(quick: bool) -> dict[str, Any]:
@@ -215,12 +217,12 @@ def summarize(studies: dict[str, list[dict[str, Any]]], quick: bool) -> dict[str
     }
 
 
-def run(quick: bool, workdir: Path, context: dict[str, Any] | None = None,
-        save: Callable[[dict[str, Any]], None] | None = None,
-        previous: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run every (repetition, searcher) study not already in ``previous``; ``save`` gets the summary after each."""
+def run(ctx: Context) -> dict[str, Any]:
+    """Run every (repetition, searcher) study not already in ``ctx.previous`` (the partial result of an interrupted
+    run); ``ctx.save`` gets the summary after each."""
+    quick, save, previous = ctx.quick, ctx.save, ctx.previous
     cfg = settings(quick)
-    workdir = Path(workdir) / "efficiency"
+    workdir = Path(ctx.workdir) / "efficiency"
     if workdir.exists():
         shutil.rmtree(workdir)
     kept = reusable_studies(previous, quick)
@@ -294,8 +296,6 @@ def _ci(mean: float | None, ci: Sequence[float] | None) -> str:
 
 def render(r: dict[str, Any], figs: Path) -> list[str]:
     """The page's section: setup, best endpoint within each budget, compute to target, the ratio and its goal."""
-    from bench.run import _goal, _s
-
     if "budgets" not in r:  # a result of the earlier benchmark (trial-epochs of the per-epoch monitor)
         return ["*The saved result predates the compute-budget benchmark (it counted trial-epochs of the 2k-image "
                 "monitor); rerun `python bench/run.py --only efficiency`.*", ""]
@@ -313,7 +313,7 @@ def render(r: dict[str, Any], figs: Path) -> list[str]:
         cells = [_ci(a["mean"], a["ci"]) + ("" if not a["undetermined"] else f" ({a['n']} of {a['of']} studies)")
                  for a in sm["at_budget"]]
         out.append(f"| {_NAMES.get(name, name)} | " + " | ".join(cells)
-                   + f" | {_s(sm['total_compute'], 0)} | {_s(sm['best_endpoint'])} |")
+                   + f" | {spread(sm['total_compute'], 0)} | {spread(sm['best_endpoint'])} |")
     target = r.get("target")
     out += ["", f"Target: the best endpoint of any study, {r['best_endpoint_any']}, minus {s['tolerance_points']} "
             f"= {target if target is None else round(target, 2)}.", "",
@@ -330,7 +330,7 @@ def render(r: dict[str, Any], figs: Path) -> list[str]:
         ci = r.get("tpe_over_random_compute_ci")
         verdict = f"TPE + ASHA / random, compute to target (ratio of medians): {ratio:.3f}" + (
             f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + "."
-    out += ["", verdict + " " + _goal(r["goal_met"], "<= 1/3 (0.333) with every study reaching the target",
+    out += ["", verdict + " " + goal_sentence(r["goal_met"], "<= 1/3 (0.333) with every study reaching the target",
                                       r.get("ratio_undetermined") or ""), ""]
     if r.get("partial"):
         out += [f"**Partial run: {r['studies_done']} of {r['studies_planned']} studies finished** (the run was "
@@ -345,7 +345,7 @@ def render(r: dict[str, Any], figs: Path) -> list[str]:
     return out
 
 
-def goals(r: dict[str, Any]) -> list[tuple[str, str, Any]]:
+def goals(r: dict[str, Any]) -> list[Goal]:
     """(goal, measured, met) rows for the page's summary table."""
     if "budgets" not in r:
         return [("TPE + ASHA needs <= 1/3 of random search's compute", "not measured (old result format)", None)]

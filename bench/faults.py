@@ -2,7 +2,7 @@
 
     python bench/faults.py [--only NAME[,NAME]] [--results-dir bench/results]
 
-Each scenario runs the mini study (tests/study/spaces/mini.yaml: digits, 4 trials, 3 epochs, ASHA) through
+Each scenario runs the mini study (configs/smoke/mini.yaml: digits, 4 trials, compute 4, ASHA) through
 ``study/run.py`` while injecting one fault for real, resumes it with ``--resume`` where the fault stops the driver,
 and then checks the study's files. It prints one row per fault and the totals: faults injected, faults survived,
 trials planned, trials completed, results lost (a trial that had finished before the fault and whose result is
@@ -24,45 +24,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import environment, write_json  # noqa: E402
+from bench.common import Context, loadavg, run_record, write_json  # noqa: E402
+from bench.page import Goal  # noqa: E402
+from study.processes import train_workers, wait_until  # noqa: E402
 from study.results import collect, finished_trials  # noqa: E402
 from study.space import load_space  # noqa: E402
 
-MINI = ROOT / "tests" / "study" / "spaces" / "mini.yaml"
-DIVERGE = ROOT / "tests" / "study" / "spaces" / "diverge.yaml"
+MINI = ROOT / "configs" / "smoke" / "mini.yaml"
+DIVERGE = ROOT / "configs" / "smoke" / "diverge.yaml"
+TITLE = "10. Fault injection"
+COMMAND = "python bench/faults.py"  #: not run by bench/run.py (a dozen mini studies): run it on its own
 
 
 def _study(storage: Path, name: str, space: Path = MINI, *extra: str) -> list[str]:
     return [sys.executable, str(ROOT / "study" / "run.py"), "--space", str(space), "--storage", str(storage),
             "--name", name, "--no-report", "--max-concurrent", "1", *extra]
-
-
-def train_workers(pid: int):
-    """The Ray Train worker processes below ``pid`` (a study's driver)."""
-    import psutil
-
-    try:
-        children = psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-    out = []
-    for child in children:
-        try:
-            if "RayTrainWorker" in " ".join(child.cmdline()):
-                out.append(child)
-        except psutil.Error:
-            continue
-    return out
-
-
-def wait_until(predicate, proc: subprocess.Popen, timeout: float = 400) -> bool:
-    """Poll ``predicate`` until it holds (True), ``proc`` ends or ``timeout`` seconds pass (False)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if predicate():
-            return True
-        time.sleep(0.5)
-    return False
 
 
 def _snapshot(run_dir: Path, space) -> dict[str, tuple]:
@@ -131,12 +107,8 @@ def run_scenario(name: str, work: Path) -> dict:
 SCENARIOS = ("worker_raises", "worker_exits", "worker_killed", "driver_sigterm", "driver_sigkill", "diverging_trial")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=None, help="comma-separated scenarios: " + ", ".join(SCENARIOS))
-    parser.add_argument("--results-dir", default=str(ROOT / "bench" / "results"))
-    args = parser.parse_args(argv)
-    names = args.only.split(",") if args.only else list(SCENARIOS)
+def run(ctx: Context, names: list[str] | tuple[str, ...] = SCENARIOS) -> dict:
+    """Every scenario of ``names`` in turn: one row each, and the totals."""
     work = Path(tempfile.mkdtemp(prefix="mocostudy-faults-"))
     rows = []
     for name in names:
@@ -148,15 +120,51 @@ def main(argv: list[str] | None = None) -> int:
               "trials_planned": sum(r["trials_planned"] for r in rows),
               "trials_completed": sum(r["trials_completed"] for r in rows),
               "results_lost": sum(r["results_lost"] for r in rows)}
+    return {"scenarios": rows, "totals": totals}
+
+
+def all_survived(r: dict) -> bool:
+    return r["totals"]["faults_survived"] == len(r["scenarios"]) and r["totals"]["results_lost"] == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=None, help="comma-separated scenarios: " + ", ".join(SCENARIOS))
+    parser.add_argument("--results-dir", default=str(ROOT / "bench" / "results"))
+    args = parser.parse_args(argv)
+    doc = run_record("faults", False, " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])]))
+    result = run(Context(), args.only.split(",") if args.only else SCENARIOS)
+    rows, totals = result["scenarios"], result["totals"]
     print(f"{'fault':<18}{'injected':>9}{'survived':>9}{'planned':>8}{'completed':>10}{'lost':>6}{'wall s':>8}")
     for r in rows:
         print(f"{r['fault']:<18}{r['injected']:>9}{str(r['survived']):>9}{r['trials_planned']:>8}"
               f"{r['trials_completed']:>10}{r['results_lost']:>6}{r['wall_s']:>8}")
     print("totals: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in totals.items()))
-    write_json(Path(args.results_dir) / "faults.json", {
-        "benchmark": "faults", "command": " ".join([sys.executable, *sys.argv]), **environment(),
-        "scenarios": rows, "totals": totals})
-    return 0 if totals["faults_survived"] == len(rows) and totals["results_lost"] == 0 else 1
+    write_json(Path(args.results_dir) / "faults.json", {**doc, "result": result, "load_after": loadavg()})
+    return 0 if all_survived(result) else 1
+
+
+# --- the page -----------------------------------------------------------------------------------------------------
+def render(r: dict, figs: Path) -> list[str]:
+    """One row per fault: injected for real, survived (the study finished every trial, nothing lost)."""
+    out = ["Each fault is injected for real into a mini study (`configs/smoke/mini.yaml`: digits, 4 trials; the "
+           "diverging trial: `configs/smoke/diverge.yaml`) run by `study/run.py`, resumed with `--resume` where the "
+           "fault stops the driver. A result is lost when a trial that had finished before the fault is missing or "
+           "different afterwards.", "",
+           "| fault | injected | survived | trials planned | trials completed | results lost | wall s |",
+           "|---|---|---|---|---|---|---|"]
+    for row in r["scenarios"]:
+        out.append(f"| {row['fault']} | {row['injected']} | {'yes' if row['survived'] else '**no**'} | "
+                   f"{row['trials_planned']} | {row['trials_completed']} | {row['results_lost']} | "
+                   f"{row['wall_s']:.0f} |")
+    out += ["", "Totals: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in r["totals"].items()) + ".", ""]
+    return out
+
+
+def goals(r: dict) -> list[Goal]:
+    t = r["totals"]
+    return [("every injected fault survived, no finished result lost",
+             f"{t['faults_survived']} of {len(r['scenarios'])} survived, {t['results_lost']} lost", all_survived(r))]
 
 
 if __name__ == "__main__":

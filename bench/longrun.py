@@ -13,14 +13,17 @@ Quick mode: 1 and 2 epochs on a 4096-image subset and 5-epoch probes (a smoke te
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from bench.common import ROOT, loadavg
+from bench.common import ROOT, Context, loadavg
+from bench.page import Goal, num
 
 CONFIG = ROOT / "configs" / "fashion_mnist.yaml"
 PROBE_EPOCHS = 20
+TITLE = "8. Quality over long training (default config)"
 
 
 def raw_pixel_baselines(cfg, probe_epochs: int) -> dict[str, dict[str, float]]:
@@ -54,10 +57,11 @@ def train_run(cfg, log: Callable[[str], None] = print) -> dict[str, Any]:
             "history": history, "load_after": loadavg()}
 
 
-def run(quick: bool, save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Both runs and the raw-pixel rows; ``save(partial_result)`` is called after each step that finished."""
+def run(ctx: Context) -> dict[str, Any]:
+    """Both runs and the raw-pixel rows; ``ctx.save(partial_result)`` is called after each step that finished."""
     from moco.config import TrainConfig
 
+    quick, save = ctx.quick, ctx.save
     lengths = (1, 2) if quick else (10, 50)
     overrides = {"train_subset": 4096} if quick else {}
     probe_epochs = 5 if quick else PROBE_EPOCHS
@@ -73,3 +77,27 @@ def run(quick: bool, save: Callable[[dict[str, Any]], None] | None = None) -> di
     best_raw = max(row["test_knn"] for row in out["raw_pixels"].values())
     out["beats_raw_pixels"] = {name: bool(row["test_knn"] > best_raw) for name, row in out["runs"].items()}
     return out
+
+
+# --- the page -----------------------------------------------------------------------------------------------------
+def render(r: dict, figs: Path) -> list[str]:
+    raw = r["raw_pixels"]
+    out = [f"{r['config']} (overrides {r['overrides'] or 'none'}, seed {r['seed']}, {r['torch_threads']} torch "
+           f"threads), each length its own run and schedule; weighted kNN (k = 200, t = 0.1) on the full "
+           "validation and test sets with every labeled training image as the bank, and a linear probe "
+           f"({r['probe_epochs']} epochs) on the same frozen features. Raw pixels use the same protocol."
+           + (" **Partial result: the run was interrupted or is still running.**" if r.get("partial") else ""), "",
+           "| features | val kNN | test kNN | linear probe (test) | training time |", "|---|---|---|---|---|"]
+    for name, row in r["runs"].items():
+        out.append(f"| MoCo v2, {name} | {num(row['val_knn'])} | {num(row['test_knn'])} | {num(row['linear_probe'])} "
+                   f"| {row['train_s'] / 60:.1f} min |")
+    for name, row in raw.items():
+        out.append(f"| {name} | {num(row['val_knn'])} | {num(row['test_knn'])} | {num(row['linear_probe'])} | - |")
+    out.append("")
+    return out
+
+
+def goals(r: dict) -> list[Goal]:
+    best_raw = max(row["test_knn"] for row in r["raw_pixels"].values())
+    return [(f"learned features beat raw pixels (test kNN, {name})", f"{num(row['test_knn'])} vs {num(best_raw)}",
+             row["test_knn"] > best_raw) for name, row in r["runs"].items()]

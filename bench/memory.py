@@ -20,9 +20,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from bench.common import PYTHON, ROOT, saved_result
+from bench.common import PYTHON, ROOT, Context, saved_result
+from bench.page import Goal, goal_sentence, num, spread
 
-GOAL_GIB = 4.0
+GOAL_GIB = 4.0  #: the default study's whole process tree (PSS)
+TITLE = "7. Memory"
 
 _CHILD = r"""
 import json, sys, torch
@@ -66,11 +68,11 @@ def engine_process(quick: bool) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run(quick: bool, workdir: Path | None = None, context: dict[str, Any] | None = None,
-        results_dir: Path | None = None) -> dict[str, Any]:
+def run(ctx: Context) -> dict[str, Any]:
+    quick, results_dir = ctx.quick, ctx.results_dir
     study = None
-    candidates = [((context or {}).get("efficiency"), "the efficiency benchmark of this invocation"),
-                  ((context or {}).get("overhead"), "the overhead benchmark's own study in this invocation")]
+    candidates = [(ctx.results.get("efficiency"), "the efficiency benchmark of this invocation"),
+                  (ctx.results.get("overhead"), "the overhead benchmark's own study in this invocation")]
     if results_dir is not None:
         for name in ("efficiency", "overhead"):
             saved = saved_result(results_dir, name)
@@ -93,3 +95,47 @@ def run(quick: bool, workdir: Path | None = None, context: dict[str, Any] | None
         break
     return {"study": study if study else "not measured (run the efficiency benchmark in the same invocation)",
             "engine_process": engine_process(quick), "queue_65536": queue_memory()}
+
+
+# --- the page -----------------------------------------------------------------------------------------------------
+def render(r: dict, figs: Path) -> list[str]:
+    out = []
+    st = r["study"]
+    if isinstance(st, dict):
+        out += [f"Study process tree ({st['mode']} mode, {st['source']}; `{st['command']}`), sampled every "
+                f"{st['interval_s']:g} s ({st['samples']} samples, {st['processes']} processes):", "",
+                "| role | processes | peak RSS (MiB): min / **median** / max |", "|---|---|---|"]
+        for role, s in st["peak_rss_mib_by_role"].items():
+            out.append(f"| {role} | {s['count']} | {spread(s, 0)} |")
+        at_peak = st.get("pss_mib_by_role_at_peak")
+        if at_peak:
+            out += ["", "At the moment of the peak, PSS by role (MiB): " + ", ".join(
+                f"{role} {mib:.0f}" for role, mib in sorted(at_peak.items(), key=lambda kv: -kv[1])) + "."]
+        if "peak_total_anon_mib" not in st:
+            out += ["", "*This result predates the role fix: Ray workers first sampled before they set their process "
+                    "title were counted as `raylet`; the per-process peaks and the totals are unaffected.*"]
+        out += ["", f"Peak total of the tree: {num(st['peak_total_pss_mib'], 0)} MiB PSS "
+                f"({num(st['peak_total_rss_mib'], 0)} MiB summed RSS, which counts shared pages once per process; "
+                f"{num(st.get('peak_total_anon_mib'), 0)} MiB private anonymous memory, a lower bound). "
+                + goal_sentence(st["goal_met"], f"the default study under {GOAL_GIB:g} GiB in total")
+                + (" Measured on the quick-mode study; the default study has larger trials." if st["mode"] == "quick"
+                   else ""), ""]
+    else:
+        out += [f"Study process tree: {st}.", ""]
+    e = r["engine_process"]
+    q = r["queue_65536"]
+    out += [f"One training process without Ray (default study base, {e['train_subset']} training images, K = "
+            f"{e['queue_size']}, width {e['width']}): peak RSS {num(e['peak_mib'], 0)} MiB (after imports "
+            f"{num(e['after_imports_mib'], 0)} MiB, after loading Fashion-MNIST {num(e['after_data_mib'], 0)} MiB).",
+            "", f"Key queue at K = {q['K']}, dim = {q['dim']}: keys {q['keys_bytes'] / 2**20:.1f} MiB + ids and "
+            f"labels {q['ids_labels_bytes'] / 2**20:.1f} MiB = {num(q['analytic_mib'], 1)} MiB analytic; "
+            f"KeyQueue buffers measured {num(q['measured_buffers_mib'], 1)} MiB.", ""]
+    return out
+
+
+def goals(r: dict) -> list[Goal]:
+    st = r.get("study")
+    if not isinstance(st, dict):
+        return []
+    return [(f"default study under {GOAL_GIB:g} GiB in total", f"{st['peak_total_pss_gib']:.2f} GiB PSS",
+             st["goal_met"])]

@@ -25,11 +25,13 @@ from typing import Any, Callable
 
 import torch
 
-from bench.common import RESULTS_DIR, ROOT, environment, loadavg, now, write_json
+from bench.common import RESULTS_DIR, ROOT, Context, loadavg, run_record, write_json
+from bench.page import Goal
 
 CONFIG = ROOT / "configs" / "fashion_mnist.yaml"
 PRECISIONS = ("fp32", "bf16")
 METRICS = ("test_knn", "linear_probe", "val_knn")
+TITLE = "9. bf16 vs fp32: quality parity (default config)"
 
 
 def paired_summary(runs: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
@@ -52,8 +54,14 @@ def paired_summary(runs: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]
     return out
 
 
-def run(seeds: list[int], overrides: dict[str, Any], save: Callable[[dict[str, Any]], None] | None = None,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(ctx: Context) -> dict[str, Any]:
+    """The paired runs of ``bench/run.py``: seeds 1-3 of the default config (quick: 2 seeds, 1 epoch, 2048 images)."""
+    return train_pairs([1, 2] if ctx.quick else [1, 2, 3], {"epochs": 1, "train_subset": 2048} if ctx.quick else {},
+                       save=ctx.save)
+
+
+def train_pairs(seeds: list[int], overrides: dict[str, Any], save: Callable[[dict[str, Any]], None] | None = None,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train every (seed, precision) pair in turn; ``save(partial_result)`` after each finished run."""
     from bench.longrun import train_run
     from moco.config import TrainConfig
@@ -85,22 +93,26 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict[str, Any] = {"epochs": args.epochs}
     if args.train_subset:
         overrides["train_subset"] = args.train_subset
-    command = "python -m bench.precision " + " ".join(argv if argv is not None else sys.argv[1:])
-    doc = {"name": "precision", "command": command, "date": now(), "mode": "full", **environment(),
-           "load_before": loadavg()}
+    doc = run_record("precision", False,
+                     "python -m bench.precision " + " ".join(argv if argv is not None else sys.argv[1:]))
 
     def save(result: dict[str, Any]) -> None:
         write_json(args.output, {**doc, "load_after": loadavg(), "result": result})
 
-    save(run([int(s) for s in args.seeds.split(",")], overrides, save))
+    save(train_pairs([int(s) for s in args.seeds.split(",")], overrides, save))
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 # --- the page (called by bench/run.py) --------------------------------------------------------------------------------
+def render(r: dict[str, Any], figs: Path) -> list[str]:
+    return render_parity(r)
+
+
+def goals(r: dict[str, Any]) -> list[Goal]:
+    return parity_goal(r)
+
+
 def _num(value: Any, digits: int = 2) -> str:
     return "n/a" if value is None or value != value else f"{value:,.{digits}f}"
 
@@ -196,3 +208,7 @@ def parity_goal(r: dict[str, Any]) -> list[tuple[str, str, bool | str | None]]:
         met = "partial run: " + ("within" if met else "beyond") + " the spread so far"
     return [("bf16 test kNN within the seeds' spread of fp32",
              f"{_num(m['mean_diff'])} points [{_num(m['ci95'][0])}, {_num(m['ci95'][1])}]", met)]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

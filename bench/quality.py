@@ -24,10 +24,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.common import ROOT, stats
+from bench.common import ROOT, Context, stats
+from bench.page import Goal, goal_sentence, num, pct, spread
+from moco.vocabulary import BASELINE_POINT
 
-BASELINE = {"dual_view_weight": 1.0, "hard_negative_ratio": 1.0, "false_negative_threshold": 1.0}
-GOAL_DATA_SHARE = 0.15
+GOAL_DATA_SHARE = 0.15  #: data and augmentation, as a share of an epoch of the default config
+TITLE = "6. Quality and training throughput"
 
 
 def _study_base(quick: bool):
@@ -94,7 +96,7 @@ def raw_pixels(dataset, full_train, cfg, probe_epochs: int) -> dict[str, Any]:
 
 def train_and_evaluate(cfg, dataset, full_train, probe_epochs: int) -> dict[str, Any]:
     from moco.engine import Engine
-    from moco.evaluate import knn_accuracy, linear_probe
+    from moco.evaluate import embed, knn_accuracy, linear_probe
 
     engine = Engine(cfg, dataset, torch.device("cpu"))
     start = time.perf_counter()
@@ -103,10 +105,13 @@ def train_and_evaluate(cfg, dataset, full_train, probe_epochs: int) -> dict[str,
         epochs.append(engine.train_epoch())
     train_s = time.perf_counter() - start
     final = engine.final_evaluation()
-    bank = engine._embed(dataset.labeled_train)  # (features, labels); the bank of final_evaluation
-    probe = linear_probe(bank[0], bank[1], *engine._embed(dataset.test), dataset.num_classes, epochs=probe_epochs)
-    full_bank = engine._embed(full_train)
-    full = {name: knn_accuracy(full_bank[0], full_bank[1], *engine._embed(split), dataset.num_classes, k=cfg.knn_k,
+    def features(split):  # (features, labels), as the engine's final evaluation computes them
+        return embed(engine.model, dataset, split, engine.device)
+
+    bank = features(dataset.labeled_train)  # the bank of final_evaluation
+    probe = linear_probe(bank[0], bank[1], *features(dataset.test), dataset.num_classes, epochs=probe_epochs)
+    full_bank = features(full_train)
+    full = {name: knn_accuracy(full_bank[0], full_bank[1], *features(split), dataset.num_classes, k=cfg.knn_k,
                                t=cfg.knn_t)
             for name, split in (("val", dataset.val), ("test", dataset.test))}
     return {"val_knn": final.get("final_val_knn_top1"), "test_knn": final.get("test_knn_top1"),
@@ -135,12 +140,13 @@ def throughput(quick: bool) -> dict[str, Any]:
             "goal": f"data share < {GOAL_DATA_SHARE:.0%}", "goal_met": bool(share["median"] < GOAL_DATA_SHARE)}
 
 
-def run(quick: bool, workdir: Path | None = None, context: dict[str, Any] | None = None) -> dict[str, Any]:
+def run(ctx: Context) -> dict[str, Any]:
     from moco.data import load_dataset
 
+    quick = ctx.quick
     base = _study_base(quick)
-    params, source = best_params(context or {})
-    baseline_cfg = base.replace(**BASELINE)
+    params, source = best_params(ctx.results)
+    baseline_cfg = base.replace(**BASELINE_POINT)
     best_cfg = base.replace(**params) if params else baseline_cfg
     dataset = load_dataset(base)
     full_train = load_dataset(base.replace(train_subset=None)).train  # same seeded validation split, all 55k
@@ -200,3 +206,48 @@ def figure(result: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# --- the page -----------------------------------------------------------------------------------------------------
+def render(r: dict, figs: Path) -> list[str]:
+    fig = figure(r, figs / "quality.png")
+    b = r["base"]
+    if "compute_budget" in b:  # compute budgets (a dual-view configuration trains half the epochs)
+        budget = (f"compute budget {b['compute_budget']} (epochs: "
+                  + ", ".join(f"{name} {e}" for name, e in r["epochs"].items()) + ")")
+    else:  # results saved before compute budgets: equal epochs, which is not equal compute for a dual-view best
+        budget = f"{b['epochs']} epochs each (equal epochs, not equal compute for a dual-view configuration)"
+    out = [f"Engine runs without Ray, {budget} on {b['train_subset']} training images "
+           f"(width {b['width']}, batch {b['batch_size']}), seeds {r['seeds']}; best configuration from "
+           f"{r['best_source']}: `{r['best_params']}`. kNN: weighted, k = {b['knn_k']}, t = {b['knn_t']}, cosine; "
+           f"linear probe: {r['probe_epochs']} epochs on frozen features, test accuracy (%).", "",
+           "| representation | val kNN (run's bank) | test kNN (run's bank) | val kNN (55k bank) | test kNN (55k bank) "
+           "| linear probe (test) | training s |", "|---|---|---|---|---|---|---|"]
+    for name, m in r["models"].items():
+        out.append(f"| {name} | {spread(m['val_knn'])} | {spread(m['test_knn'])} | {spread(m['val_knn_full_bank'])} | "
+                   f"{spread(m['test_knn_full_bank'])} | {spread(m['linear_probe'])} | {spread(m['train_s'], 0)} |")
+    raw = r["raw_pixels"]
+    for centred in ("uncentred", "centred"):
+        run_b = raw.get(f"raw pixels, {centred}, run bank", {})
+        full_b = raw.get(f"raw pixels, {centred}, full 55k bank", {})
+        out.append(f"| raw pixels, {centred} | {num(run_b.get('val_knn'))} | {num(run_b.get('test_knn'))} | "
+                   f"{num(full_b.get('val_knn'))} | {num(full_b.get('test_knn'))} | {num(run_b.get('linear_probe'))} "
+                   "| - |")
+    if r.get("best_is_baseline"):
+        out += ["", "**The best configuration found is the MoCo v2 baseline itself**, so both rows train the same "
+                "configuration (differences are run-to-run timing only)."]
+    out += ["", "Raw pixels are deterministic (one evaluation); the linear probe on raw pixels uses centred, "
+            "normalised pixels.", "", f"![quality](figures/{fig.name})", ""]
+    t = r["throughput"]
+    out += [f"Training throughput of {t['config']} (overrides {t['overrides']}, {t['torch_threads']} torch threads, "
+            f"repetition = {t['repetition']}):", "", "| quantity | min / **median** / max |", "|---|---|",
+            f"| images/s | {spread(t['images_per_s'], 0)} |", f"| epoch s | {spread(t['epoch_s'], 1)} |",
+            f"| data + augmentation share of an epoch | {spread(t['data_share'], 3)} |", "",
+            goal_sentence(t["goal_met"], f"data share < {pct(GOAL_DATA_SHARE, 0)}"), ""]
+    return out
+
+
+def goals(r: dict) -> list[Goal]:
+    t = r["throughput"]
+    return [(f"data + augmentation < {pct(GOAL_DATA_SHARE, 0)} of an epoch (default config)",
+             pct(t["data_share"]["median"]), t["goal_met"])]

@@ -17,9 +17,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, loadavg, run_study, stats, write_space
+from bench.common import ROOT, Context, loadavg, run_study, stats, write_space
+from bench.page import Goal, num, pct, spread
 
 SPACE = ROOT / "configs" / "hardneg.yaml"
+TITLE = "5. Scaling"
 
 
 def _base_config(quick: bool):
@@ -122,13 +124,70 @@ def trial_parallel(quick: bool, workdir: Path, context: dict[str, Any]) -> dict[
             "commands": commands, "reused": reused}
 
 
-def run(quick: bool, workdir: Path, context: dict[str, Any] | None = None) -> dict[str, Any]:
+def run(ctx: Context) -> dict[str, Any]:
+    quick, workdir = ctx.quick, ctx.workdir
     target = Path(workdir) / "scaling"
     if target.exists():
         shutil.rmtree(target)
     before = loadavg()
     dp = data_parallel(quick, workdir)
     mid = loadavg()
-    tp = trial_parallel(quick, workdir, context or {})
+    tp = trial_parallel(quick, workdir, ctx.results)
     return {"data_parallel": {**dp, "load_before": before, "load_after": mid},
             "trial_parallel": {**tp, "load_before": mid, "load_after": loadavg()}}
+
+
+# --- the page -----------------------------------------------------------------------------------------------------
+def render(r: dict, figs: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dp, tp = r["data_parallel"], r["trial_parallel"]
+    c = dp["config"]
+    out = [f"Data parallel (Ray Train, gloo, CPU): base config of the default study, {c['train_subset']} training "
+           f"images, {c['epochs']} epochs per run, {c['rounds']} run(s) per layout, repetition = {c['repetition']}; "
+           f"load {dp['load_before']} -> {dp['load_after']}.", "",
+           "| layout | images/s | data share |", "|---|---|---|"]
+    for name, st in dp["images_per_s"].items():
+        out.append(f"| {name} | {spread(st, 0)} | {spread(dp['data_share'][name], 3)} |")
+    out += ["", f"Efficiency against linear, 2 workers vs 2 x 1 worker (medians): {pct(dp['efficiency_vs_linear'])} "
+            f"(minimums: {pct(dp['efficiency_vs_linear_of_minimums'])}); 2 workers / one process with 2 CPUs: "
+            f"{num(dp['two_workers_over_one_process_two_cpus'], 2)}.", "",
+            f"Trial parallel: {tp['trials']} trials (random search, seed 0, no early stopping, 1 worker x 1 CPU "
+            f"each), overrides {tp['overrides']}; load {tp['load_before']} -> {tp['load_after']}."
+            + (f" Note: {tp['reused']}." if tp.get("reused") else ""), "",
+            "| trials at once | study wall time (s) |", "|---|---|"]
+    for name, st in tp["study_wall_s"].items():
+        out.append(f"| {name} | {spread(st, 1)} |")
+    out += ["", f"Speed-up {num(tp['speedup'], 2)}x; efficiency against linear {pct(tp['efficiency_vs_linear'])}.", ""]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    names = list(dp["images_per_s"])
+    axes[0].bar(range(len(names)), [dp["images_per_s"][n]["median"] or 0 for n in names],
+                yerr=[[max(0, (dp["images_per_s"][n]["median"] or 0) - (dp["images_per_s"][n]["min"] or 0))
+                       for n in names],
+                      [max(0, (dp["images_per_s"][n]["max"] or 0) - (dp["images_per_s"][n]["median"] or 0))
+                       for n in names]], capsize=4)
+    axes[0].set_xticks(range(len(names)), names, fontsize=7)
+    axes[0].set_ylabel("training images/s (median, min-max)")
+    axes[0].set_title("Ray Train workers")
+    tnames = list(tp["study_wall_s"])
+    axes[1].bar(range(len(tnames)), [tp["study_wall_s"][n]["median"] or 0 for n in tnames], color="tab:orange")
+    axes[1].set_xticks(range(len(tnames)), tnames, fontsize=8)
+    axes[1].set_ylabel("study wall time (s)")
+    axes[1].set_title("Concurrent trials")
+    fig.suptitle("Scaling on this machine" + (" (quick mode)" if r.get("quick") else ""), fontsize=10)
+    fig.tight_layout()
+    figs.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figs / "scaling.png", dpi=110)
+    plt.close(fig)
+    out += ["![scaling](figures/scaling.png)", ""]
+    return out
+
+
+def goals(r: dict) -> list[Goal]:
+    """No goal: the issue asks for the figures, as efficiency against linear."""
+    dp, tp = r["data_parallel"], r["trial_parallel"]
+    return [("2 Ray Train workers vs 1: efficiency against linear", pct(dp.get("efficiency_vs_linear")), "no goal"),
+            ("2 trials at once vs 1: efficiency against linear", pct(tp.get("efficiency_vs_linear")), "no goal")]

@@ -29,19 +29,9 @@ with reflect padding, like kornia.
 Randomness: all parameters for a batch come from one ``torch.rand(B, 31, generator=g)`` on the generator's device
 (CPU by default) and are moved to the images' device in one copy, so a seed gives the same batch on CPU and CUDA.
 
-Implementation choice (measured on this project's 2-core AMD EPYC CPU, torch 2.14.1, kornia 0.9.0: one view of a
-256-image batch through the same steps, median ms, machine otherwise quiet, load average ~1.3):
-
-=================  ===============  ===============================  =======
-batch              hand-written     kornia.augmentation (0.9.0)      ratio
-=================  ===============  ===============================  =======
-256 x 1 x 28 x 28  2.1 ms           7.3 ms                           3.4x
-256 x 3 x 32 x 32  12.5 ms          20.3 ms                          1.6x
-=================  ===============  ===============================  =======
-
-so the compact hand-written version below is used; kornia also draws from the global RNG (no ``torch.Generator``
-argument) and is not a declared dependency. ``python -m bench.augment`` re-measures it (bench/results/augment.json,
-``kornia_vs_handwritten``); figures taken while other processes share the cores are much noisier.
+Implementation choice: this compact hand-written pipeline rather than ``kornia.augmentation``, which was 1.7-3.5x
+slower per batch on this project's CPU (measured: ``python -m bench.augment``, section 2 of docs/benchmarks.md), also
+draws from the global RNG (no ``torch.Generator`` argument) and is not a declared dependency.
 """
 
 from __future__ import annotations

@@ -41,7 +41,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    """Every setting of one training run. Defaults are the CPU Fashion-MNIST setup (``configs/fashion_mnist.yaml``)."""
+    """Every setting of one training run. Defaults are the CPU Fashion-MNIST setup of ``configs/fashion_mnist.yaml``,
+    except ``mlp_hidden`` (256 in the file) and ``knn_val_size`` (5000 in the file)."""
 
     # --- data -------------------------------------------------------------------------------------------------
     dataset: str = "fashion_mnist"  #: one of DATASETS

@@ -1,59 +1,35 @@
-"""Evaluation of frozen representations: feature extraction, weighted kNN, linear probe, alignment and uniformity.
+"""Evaluation of frozen representations: features of a split, weighted kNN, linear probe, alignment and uniformity.
 
 Accuracies are returned in **percent (0-100)**.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["extract_features", "knn_predict", "knn_accuracy", "ridge_probe", "linear_probe", "alignment", "uniformity"]
-
-
-def _batches(data: Tensor | Iterable, batch_size: int) -> Iterable[Tensor]:
-    """Image batches from a tensor [N, ...] (sliced) or an iterable of tensors / (images, ...) tuples."""
-    if isinstance(data, Tensor):
-        yield from data.split(batch_size)
-        return
-    for item in data:
-        yield item[0] if isinstance(item, (tuple, list)) else item
-
-
-def _module_device(fn: Callable) -> torch.device | None:
-    module = fn if isinstance(fn, nn.Module) else getattr(fn, "__self__", None)
-    if isinstance(module, nn.Module):
-        for p in module.parameters():
-            return p.device
-    return None
+__all__ = ["embed", "knn_predict", "knn_accuracy", "ridge_probe", "linear_probe", "alignment", "uniformity"]
 
 
 @torch.no_grad()
-def extract_features(fn: Callable[[Tensor], Tensor], data: Tensor | Iterable, *, batch_size: int = 512,
-                     device: torch.device | str | None = None, out_device: torch.device | str | None = "cpu") -> Tensor:
-    """Apply ``fn`` (e.g. ``model.features``, in eval mode) batch by batch under ``no_grad``; returns [N, F].
+def embed(model: nn.Module, dataset: Any, split: Any, device: torch.device | str = "cpu",
+          batch: int = 1024) -> tuple[Tensor, Tensor]:
+    """L2-normalised backbone features [N, F] and labels [N] of ``split`` (in memory or streamed), its images
+    normalised with ``dataset``'s mean and std as the encoder sees them in training; ``model`` is put in eval mode.
+    The same features as the engine's kNN monitor and final evaluation use."""
+    from moco.augment import normalize
+    from moco.data import eval_batches
 
-    Args:
-        data: images [N, C, H, W] (sliced into ``batch_size``) or an iterable of image batches or ``(images, labels)``
-            tuples (only the images are used).
-        device: where ``fn`` runs; default: the device of ``fn``'s module parameters (a bound method of a module
-            works), else where the data lies.
-        out_device: where the result is gathered (default CPU, to bound accelerator memory; None = keep).
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size = {batch_size!r} is not allowed: expected an integer >= 1")
-    device = torch.device(device) if device is not None else _module_device(fn)
-    out = []
-    for x in _batches(data, batch_size):
-        x = x.to(device, non_blocking=True) if device is not None else x
-        f = fn(x)
-        out.append(f if out_device is None else f.to(out_device))
-    if not out:
-        raise ValueError("data = <empty> is not allowed: expected at least one image")
-    return torch.cat(out)
+    model.eval()
+    feats, labels = [], []
+    for images, y in eval_batches(split, batch, device):
+        x = normalize(images, dataset.mean, dataset.std, dataset.image_size)
+        feats.append(F.normalize(model.features(x).float(), dim=1))
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
 
 
 _KNN_CHUNK_ELEMENTS = 1 << 24  # at most 16M similarities (64 MB in float32) per test batch

@@ -154,18 +154,28 @@ def check_address(address: str | None, timeout: float = 5.0) -> str | None:
 
 
 # --- a new instance -----------------------------------------------------------------------------------------------
-def free_port(low: int = 20000, high: int = 30000) -> int:
-    """A port free now, below Linux's ephemeral range (32768-60999), so that other processes' outgoing connections
-    do not take it before Ray binds it."""
-    for _ in range(200):
+def free_ports(count: int, low: int = 20000, high: int = 30000) -> list[int]:
+    """``count`` distinct ports free now, below Linux's ephemeral range (32768-60999), so that other processes'
+    outgoing connections do not take one before Ray binds it (Ray would then silently pick another)."""
+    ports: list[int] = []
+    for _ in range(200 * count):
         port = random.randint(low, high)
+        if port in ports:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("", port))
             except OSError:
                 continue
-            return port
-    raise RuntimeError(f"no free port in [{low}, {high}]")
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError(f"no {count} free ports in [{low}, {high}]")
+
+
+def free_port(low: int = 20000, high: int = 30000) -> int:
+    """One port free now (see :func:`free_ports`)."""
+    return free_ports(1, low, high)[0]
 
 
 def start_local_ray(**init_kwargs) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import secrets
 import shutil
 import signal
@@ -29,31 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from moco.ray_address import address_file, ray_temp_dir, read_address_file, remove_stale_address_file
+from moco.ray_address import (address_file, free_ports, ray_temp_dir, read_address_file,
+                               remove_stale_address_file)
 
 TEMP_SUBDIR = "mocostudy"  # the head's --temp-dir, under Ray's temp dir
 PORT_FLAGS = ("--port", "--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
               "--metrics-export-port", "--ray-client-server-port", "--runtime-env-agent-port",
               "--node-manager-port", "--object-manager-port")
-
-
-def free_ports(count: int, low: int = 20000, high: int = 30000) -> list[int]:
-    """``count`` distinct ports free now, below Linux's ephemeral range (32768-60999), so that other processes'
-    outgoing connections do not take one before Ray binds it (Ray would then silently pick another)."""
-    ports: list[int] = []
-    for _ in range(200 * count):
-        port = random.randint(low, high)
-        if port in ports:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == count:
-            return ports
-    raise RuntimeError(f"no {count} free ports in [{low}, {high}]")
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:

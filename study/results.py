@@ -24,9 +24,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from moco.vocabulary import COMPUTE, FINISHED, HISTORY_KEYS
+from moco.vocabulary import COMPLETED, COMPUTE, FINISHED, HISTORY_KEYS, PRUNED
 from study.space import Space
 
 STATUS_FILE = "trial_status.json"  # per trial: params, number, status, error
@@ -181,16 +182,19 @@ def collect(run_dir: Path, space: Space) -> tuple[pd.DataFrame, pd.DataFrame]:
     return trials_df, pd.DataFrame(history)
 
 
-def best_trial(trials: pd.DataFrame, space: Space) -> pd.Series | None:
-    """The completed trial with the best final metric (or, when none completed, the best of the others)."""
-    metric = space.settings.metric
-    if trials.empty:
+def best_trial(trials: pd.DataFrame, metric: str, maximize: bool = True) -> pd.Series | None:
+    """The completed trial with the best finite ``metric`` (ties: the lowest ``trial_number``); when no trial
+    completed, the best of the completed and pruned ones; None when there is none. The one choice of the best
+    trial: ``best_config.yaml`` (here) and the report (``analysis.load.Study.best_trial``) both use it."""
+    if trials.empty or metric not in trials.columns:
         return None
-    for pool in (trials[trials.status == "completed"], trials[trials.status.isin(["completed", "pruned"])]):
-        pool = pool.dropna(subset=[metric])
+    order = trials.sort_values("trial_number", kind="stable") if "trial_number" in trials.columns else trials
+    values = pd.to_numeric(order[metric], errors="coerce").to_numpy(dtype=float)
+    finite = np.isfinite(values)
+    for statuses in ((COMPLETED,), (COMPLETED, PRUNED)):
+        pool = np.flatnonzero(finite & order["status"].isin(statuses).to_numpy())
         if len(pool):
-            index = pool[metric].idxmax() if space.settings.mode == "max" else pool[metric].idxmin()
-            return pool.loc[index]
+            return order.iloc[pool[int(np.argmax(values[pool]) if maximize else np.argmin(values[pool]))]]
     return None
 
 
@@ -199,7 +203,7 @@ def write_results(run_dir: Path, space: Space) -> dict[str, Any]:
     trials, history = collect(run_dir, space)
     atomic_write(run_dir / "trials.csv", trials.to_csv(index=False))
     atomic_write(run_dir / "history.csv", history.to_csv(index=False))
-    best = best_trial(trials, space)
+    best = best_trial(trials, space.settings.metric, space.settings.mode == "max")
     summary: dict[str, Any] = {"trials": len(trials),
                                "by_status": trials.status.value_counts().to_dict() if len(trials) else {}}
     if best is not None:

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
-MINI_SPACE = ROOT / "tests" / "study" / "spaces" / "mini.yaml"
+MINI_SPACE = ROOT / "configs" / "smoke" / "mini.yaml"
 
 # A worker group that cannot start fails in a minute instead of hanging a test.
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import Context
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
@@ -148,11 +150,11 @@ def test_efficiency_resume_keeps_only_studies_of_the_same_setup(monkeypatch, tmp
 
     monkeypatch.setattr(efficiency, "run_study", fake_study)
     with pytest.raises(KeyboardInterrupt):
-        efficiency.run(False, tmp_path, previous=previous)
+        efficiency.run(Context(workdir=tmp_path, previous=previous))
     assert ran == ["random-seed0"]  # tpe_asha seed 0 was kept
 
 
-def test_bench_resume_refuses_changed_or_uncommitted_code():
+def test_bench_resume_refuses_changed_or_uncommitted_code(monkeypatch):
     from bench import run
 
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -165,8 +167,19 @@ def test_bench_resume_refuses_changed_or_uncommitted_code():
     first = subprocess.run(["git", "rev-list", "--max-parents=0", "HEAD"], cwd=ROOT, capture_output=True,
                            text=True).stdout.split()[0]
     assert run.previous_partial("efficiency", {**doc, "git": {"commit": first}}, "full") is None  # code changed since
-    if run.code_committed("efficiency") and head:
-        assert run.previous_partial("efficiency", dict(doc), "full")["studies_done"] == 1
+
+    def fake_git(*args: str, dirty: bool) -> tuple[int, str]:  # the tree as git would report it, clean or not
+        if args[0] == "status":
+            return 0, " M bench/efficiency.py" if dirty else ""
+        return (0, "") if args[:2] == ("diff", "--quiet") and args[2] == head else (1, "")
+
+    monkeypatch.setattr(run, "git", lambda *args: fake_git(*args, dirty=True))
+    assert not run.code_committed("efficiency")
+    assert run.previous_partial("efficiency", dict(doc), "full") is None  # uncommitted changes in the code it runs
+    monkeypatch.setattr(run, "git", lambda *args: fake_git(*args, dirty=False))
+    assert run.code_committed("efficiency")
+    resumed = run.previous_partial("efficiency", json.loads(json.dumps(doc)), "full")
+    assert resumed["studies_done"] == 1 and resumed["resumed_from"]["commit"] == head
 
 
 def _tune_run(run_dir: Path, trials: dict[str, int], epoch_s: float = 10.0, startup_s: float = 5.0) -> Path:
@@ -188,7 +201,7 @@ def test_overhead_reuses_the_saved_efficiency_studies(tmp_path):
     studies = {"tpe_asha": [{"run_dir": str(tpe), "wall_s": 100.0, "command": "tpe"}],
                "random": [{"run_dir": str(rnd), "wall_s": 160.0, "command": "random"}], "grid": []}
     write_json(tmp_path / "results" / "efficiency.json", {"mode": "full", "date": "d", "result": {"studies": studies}})
-    out = overhead.run(False, tmp_path / "work", {}, results_dir=tmp_path / "results")
+    out = overhead.run(Context(workdir=tmp_path / "work", results_dir=tmp_path / "results"))
     assert "bench/results/efficiency.json" in out["source"] and out["study_command"] == "tpe"
     assert out["inside_epochs_s"] == 60 and out["share_of_study_time"] == pytest.approx(0.6)
     assert out["startup_s_per_trial"]["median"] == pytest.approx(5.0)  # first report - epoch - between-epoch time
@@ -196,3 +209,22 @@ def test_overhead_reuses_the_saved_efficiency_studies(tmp_path):
     assert other["trial_epochs"] == 8 and other["share_of_study_time"] == pytest.approx(0.5)
     assert saved_result(tmp_path / "results", "efficiency", quick=True) is None  # another mode: not reused
     assert saved_result(tmp_path / "results", "efficiency")["quick"] is False  # the mode comes from the file
+
+
+def test_every_benchmark_has_the_interface():
+    from bench import run
+
+    titles = set()
+    for name in run.REGISTRY:
+        module = run.benchmark(name)
+        assert isinstance(module.TITLE, str) and module.TITLE not in titles, name
+        titles.add(module.TITLE)
+        for attr in ("run", "render", "goals"):
+            assert callable(getattr(module, attr)), (name, attr)
+
+
+def test_the_committed_page_renders_from_the_committed_results(tmp_path):
+    from bench import run
+
+    page = run.write_page(ROOT / "bench" / "results", tmp_path / "benchmarks.md")
+    assert page.read_text() == (ROOT / "docs" / "benchmarks.md").read_text()

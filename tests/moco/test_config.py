@@ -37,3 +37,14 @@ def test_budgets_that_do_not_hold_whole_epochs_are_refused(values, key):
     with pytest.raises(ConfigError) as err:
         TrainConfig.from_dict(values, source="space.yaml")
     assert err.value.key == key and "space.yaml" in str(err.value)
+
+
+def test_the_defaults_are_fashion_mnist_yaml_but_for_the_two_keys_the_docstring_names():
+    import dataclasses
+    from pathlib import Path
+
+    default = TrainConfig()
+    shipped = TrainConfig.from_yaml(Path(__file__).resolve().parents[2] / "configs" / "fashion_mnist.yaml")
+    differ = {f.name for f in dataclasses.fields(TrainConfig) if getattr(default, f.name) != getattr(shipped, f.name)}
+    assert differ == {"mlp_hidden", "knn_val_size"}
+    assert all(f"``{key}`` ({getattr(shipped, key)} in the file)" in TrainConfig.__doc__ for key in differ)

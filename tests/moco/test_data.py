@@ -140,7 +140,7 @@ def test_train_batches_shard_disjointly_with_equal_counts(digits):
             assert ids.dtype == labels.dtype == torch.int64
             assert torch.equal(images, split.images[ids]) and torch.equal(labels, split.labels[ids])
         per_rank.append(torch.cat([ids for _, ids, _ in batches]).tolist())
-    assert len({len(p) for p in per_rank}) == 1 and len(per_rank[0]) == data.num_train_batches(split, bs, world) * bs
+    assert len({len(p) for p in per_rank}) == 1 and len(per_rank[0]) == (len(split) // world) // bs * bs
     seen = [i for p in per_rank for i in p]
     assert len(seen) == len(set(seen))
     again = torch.cat([ids for _, ids, _ in train_batches(split, bs, seed=1, epoch=2, rank=0, world_size=world)])

@@ -1,4 +1,4 @@
-"""Evaluation: kNN against a naive loop, linear probe on separable features, alignment/uniformity, extraction."""
+"""Evaluation: kNN against a naive loop, linear probe on separable features, alignment/uniformity, split features."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from moco.evaluate import (alignment, extract_features, knn_accuracy, knn_predict, linear_probe, ridge_probe,
+from moco.evaluate import (alignment, embed, knn_accuracy, knn_predict, linear_probe, ridge_probe,
                            uniformity)
 
 
@@ -76,15 +76,18 @@ def test_alignment_and_uniformity():
     assert uniformity(z).item() < -1.0
 
 
-def test_extract_features_tensor_and_loader():
-    net = torch.nn.Linear(4, 3)
-    x = torch.randn(10, 4)
-    f = extract_features(net, x, batch_size=3)
-    assert torch.allclose(f, net(x).detach())
-    loader = [(x[:6], torch.zeros(6)), (x[6:], torch.zeros(4))]
-    assert torch.allclose(extract_features(net, loader), f)
-    with pytest.raises(ValueError, match="batch_size"):
-        extract_features(net, x, batch_size=0)
+def test_embed_gives_the_engines_features():
+    from moco.config import TrainConfig
+    from moco.data import load_dataset
+    from moco.engine import Engine
+
+    cfg = TrainConfig(dataset="digits", val_size=200, queue_size=64, batch_size=32, width=8)
+    dataset = load_dataset(cfg)
+    engine = Engine(cfg, dataset, torch.device("cpu"))
+    feats, labels = embed(engine.model, dataset, dataset.val, batch=64)
+    ref_feats, ref_labels = engine._embed(dataset.val)
+    assert feats.shape == (200, ref_feats.shape[1]) and torch.equal(labels, ref_labels)
+    assert torch.allclose(feats, ref_feats) and torch.allclose(feats.norm(dim=1), torch.ones(200))
 
 
 def test_invalid_arguments():

@@ -13,7 +13,7 @@ from tests.conftest import CONFIGS
 
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
-SPACE = (CONFIGS.parent / "tests" / "study" / "spaces" / "mini.yaml").read_text()
+SPACE = (CONFIGS / "smoke" / "mini.yaml").read_text()
 
 # name -> (file bytes, text expected in the message)
 BAD_FILES = {

@@ -13,13 +13,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.faults import train_workers, wait_until
 from moco.train import load_latest_valid, write_checkpoint_dir
 from study.results import atomic_write, finished_trials
+from study.processes import train_workers, wait_until
 from study.run import main
 from tests.conftest import MINI_SPACE, ROOT, study_command
 
-DIVERGE_SPACE = ROOT / "tests" / "study" / "spaces" / "diverge.yaml"
+DIVERGE_SPACE = ROOT / "configs" / "smoke" / "diverge.yaml"
 
 
 # --- checkpoints ----------------------------------------------------------------------------------------------------

@@ -25,8 +25,6 @@ import requests
 from study import submit
 from tests.conftest import MINI_SPACE, ROOT
 
-pytestmark = [pytest.mark.ray]
-
 RAY = str(Path(sys.executable).parent / "ray")
 SUBMIT = [sys.executable, str(ROOT / "study" / "submit.py")]
 
@@ -179,6 +177,7 @@ def run_submit(*args: str, token: str | None, home: Path, timeout: float = 60, *
 
 
 # --- a real study on two nodes ---------------------------------------------------------------------------------------
+@pytest.mark.ray  # the module\'s two-node cluster
 @pytest.mark.timeout(420)
 def test_mini_study_runs_on_both_nodes(cluster, tmp_path):
     storage = tmp_path / "studies"
@@ -188,7 +187,7 @@ def test_mini_study_runs_on_both_nodes(cluster, tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert "submitted job raysubmit_" in proc.stdout and f"{storage}/mini/" in proc.stdout
-    assert "python study/run.py --address auto --space tests/study/spaces/mini.yaml" in proc.stdout
+    assert "python study/run.py --address auto --space configs/smoke/mini.yaml" in proc.stdout
     job_id = proc.stdout.split("submitted job ", 1)[1].split()[0]
     assert "SUCCEEDED" in proc.stdout
     run_dir = storage / "mini"
@@ -208,6 +207,7 @@ def test_mini_study_runs_on_both_nodes(cluster, tmp_path):
     assert missing.returncode == 2 and "no job raysubmit_nosuchjob" in missing.stderr, missing.stderr
 
 
+@pytest.mark.ray  # the module\'s two-node cluster
 @pytest.mark.timeout(120)
 def test_stop_a_running_job(cluster, tmp_path):
     proc = run_submit("--address", cluster.address, "--space", str(MINI_SPACE), "--name", "stopped",
@@ -226,6 +226,7 @@ def test_stop_a_running_job(cluster, tmp_path):
 
 
 # --- refusals: exit 2, quickly, before anything is submitted ---------------------------------------------------------
+@pytest.mark.ray  # the module\'s two-node cluster
 @pytest.mark.timeout(60)
 def test_local_storage_on_two_nodes_is_refused(cluster, tmp_path):
     proc = run_submit("--address", cluster.address, "--space", str(MINI_SPACE), "--storage", str(tmp_path),
@@ -235,6 +236,7 @@ def test_local_storage_on_two_nodes_is_refused(cluster, tmp_path):
     assert "s3://" in proc.stderr and "submitted" not in proc.stdout
 
 
+@pytest.mark.ray  # the module\'s two-node cluster
 @pytest.mark.timeout(60)
 def test_missing_and_wrong_token(cluster, tmp_path):
     start = time.time()

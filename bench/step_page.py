@@ -1,0 +1,84 @@
+"""The training-step benchmark (bench/step.py) behind the common benchmark interface: its title, its run from
+``bench/run.py``, its page section and its goals. bench/step.py measures; this module only calls and renders it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.common import Context
+from bench.page import Goal, both, goal_sentence, num, pct
+
+TITLE = "1. Training step"
+MAX_RATIO = 1.0  #: our step over the reference step (ratio of minimums): at least as fast
+MAX_SELECTION_SHARE = 0.05  #: selection + filter, as a share of a ResNet-18 step at B = 256
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    from bench import step
+
+    return step.run(ctx.quick, command="python bench/run.py (bench.step.run)")
+
+
+def worst_selection_share(r: dict) -> float:
+    """The largest added cost of selection + filter measured, as a share of a ResNet-18 step."""
+    return max([row.get(k, {}).get("added_share_of_resnet18_step", 0) for row in r.get("selection_cost", [])
+                for k in ("rho=0.5", "rho=0.8")] or [0])
+
+
+def render(r: dict, figs: Path) -> list[str]:
+    v = r["step_vs_reference"]
+    ratio, rmin = v.get("ratio_ours_over_reference"), v.get("ratio_of_minimums")
+    out = [f"ResNet-18 (CIFAR stem), B = {v['batch']}, K = {v['queue_size']}, 32x32 images; steps alternate ours / "
+           "reference; seconds per step.", "",
+           "| step | min | median | max | repetitions |", "|---|---|---|---|---|"]
+    for name in ("ours", "reference"):
+        t = v[name]
+        out.append(f"| {name} | {t['min_s']:.3f} | {t['median_s']:.3f} | {t['max_s']:.3f} | {t['n']} |")
+    met = rmin is not None and rmin <= MAX_RATIO
+    out += ["", f"Ratio ours / reference: median {num(ratio, 3)}, of minimums {num(rmin, 3)}. "
+            + goal_sentence(met, f"our step at least as fast as the reference (ratio of minimums <= {MAX_RATIO:g})")
+            + ("" if met else f" Ours is {100 * (rmin - 1):.1f} % slower.")
+            + (f" On medians ours is {100 * (ratio - 1):.0f} % slower; medians of a loaded shared machine are "
+               "noisy, compare the min-max spread." if ratio and ratio > 1 else ""), ""]
+    step256 = r.get("resnet18_step_b256", {})
+    out += [f"Selection + filter cost of the loss path at B = 256, d = 128 (median of repeats; share of a ResNet-18 "
+            f"step at B = 256 = {num(step256.get('seconds'), 2)} s, {step256.get('how', '')}):", "",
+            "| K | plain loss (s) | rho = 0.5 added (s) | share of step | rho = 0.8 added (s) | share of step |",
+            "|---|---|---|---|---|---|"]
+    for row in r.get("selection_cost", []):
+        a, b = row.get("rho=0.5", {}), row.get("rho=0.8", {})
+        out.append(f"| {row['queue_size']} | {row['plain_loss_s']:.4f} | {num(a.get('added_s'), 4)} | "
+                   f"{pct(a.get('added_share_of_resnet18_step'), 2)} | {num(b.get('added_s'), 4)} | "
+                   f"{pct(b.get('added_share_of_resnet18_step'), 2)} |")
+    worst = worst_selection_share(r)
+    out += ["", goal_sentence(worst <= MAX_SELECTION_SHARE, f"selection <= {pct(MAX_SELECTION_SHARE, 0)} of a "
+                              f"ResNet-18 step (worst measured {pct(worst, 2)})"), ""]
+    d = r.get("dual_view")
+    if d:
+        out += [f"Dual-view loss (B = {d['batch']}, K = {d['queue_size']}): one-way step {d['one_way_s']:.3f} s, "
+                f"dual-view step {d['dual_view_s']:.3f} s: added cost per extra view "
+                f"{pct(d['added_per_view_share'])} of a one-way step.", ""]
+    if r.get("precision"):
+        from bench.precision import render_step_part
+
+        out += render_step_part(r["precision"])
+    if r.get("lightly"):
+        from bench.lightly_step import render as render_lightly
+
+        out += render_lightly(r["lightly"])
+    return out
+
+
+def goals(r: dict) -> list[Goal]:
+    from bench.precision import step_goal
+
+    v = r["step_vs_reference"]
+    worst = worst_selection_share(r)
+    return [("training step at least as fast as the reference MoCo v2 step",
+             f"ours / reference: {v['ratio_of_minimums']:.3f} (minimums), {v['ratio_ours_over_reference']:.3f} "
+             "(medians)", both(v["ratio_of_minimums"] <= MAX_RATIO, v["ratio_ours_over_reference"] <= MAX_RATIO)),
+            (f"selection + filter <= {pct(MAX_SELECTION_SHARE, 0)} of a ResNet-18 step (K up to 65536)",
+             f"worst {pct(worst, 2)}", worst <= MAX_SELECTION_SHARE)] + (
+        [step_goal(r["precision"])] if r.get("precision") else [])
