@@ -34,11 +34,10 @@ from typing import Any
 from moco.config import ConfigError, TrainConfig, field_names, load_yaml
 from moco.safe_yaml import YamlError, load_value, short
 from moco.sources import check_sizes
-from moco.vocabulary import STUDY_METRICS
+from moco.vocabulary import PARAM_TYPES, STUDY_METRICS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 TOP_KEYS = ("base", "search", "variants", "seeds", "study", "confirm")
-PARAM_TYPES = ("float", "int", "categorical", "fixed")
 PARAM_KEYS = {"float": ("type", "low", "high", "log", "step", "when"),
               "int": ("type", "low", "high", "log", "step", "when"),
               "categorical": ("type", "choices", "when"),
