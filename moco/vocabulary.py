@@ -53,6 +53,8 @@ HISTORY_KEYS = (EPOCH, COMPUTE, "loss", "lr", "momentum", "images_per_s", "epoch
                 *RUN_SETTINGS)
 
 # --- search space (study/space.py reads space files, study/results.py writes study.json, analysis/ reads it) -----
+#: The sections of a space file (a training config has none of them: it is a flat mapping of TrainConfig keys).
+SPACE_SECTIONS = ("base", "search", "variants", "seeds", "study", "confirm")
 #: Kinds of a searched parameter.
 PARAM_TYPES = ("float", "int", "categorical", "fixed")
 
