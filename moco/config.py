@@ -186,7 +186,7 @@ class TrainConfig:
         values = load_yaml(path) or {}
         if isinstance(values, dict) and values and set(values) <= set(SPACE_SECTIONS):
             raise ConfigError("<top level>", ", ".join(map(str, values)), "a training config (a flat mapping of "
-                              "TrainConfig keys); this is a space file: give it to study/run.py --space", str(path))
+                              "TrainConfig keys), not a space file (that goes to study/run.py --space)", str(path))
         values = {**values, **(overrides or {})}
         return cls.from_dict(values, source=str(path))
 
