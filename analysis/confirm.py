@@ -32,6 +32,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis import ablation as abl
+from analysis.checks import read_csv, read_json
 from moco.vocabulary import BASELINE, COMPLETED, COMPUTE, FINAL_VAL_KNN, TEST_ENDPOINTS, VAL_ENDPOINTS, raw_name
 
 CSV, JSON = "confirm.csv", "confirm.json"  # as study/confirm.py writes them
@@ -90,8 +91,8 @@ def load(run_dir: str | Path) -> Confirmation | None:
     run_dir = Path(run_dir)
     if not (run_dir / CSV).is_file():
         return None
-    meta = json.loads((run_dir / JSON).read_text()) if (run_dir / JSON).is_file() else {}
-    table = pd.read_csv(run_dir / CSV, dtype={"candidate": str, "source_trial": str, "trial_id": str})
+    meta = read_json(run_dir / JSON) if (run_dir / JSON).is_file() else {}
+    table = read_csv(run_dir / CSV, ("candidate", "source_trial", "trial_id"))
     return Confirmation(table, meta) if len(table) else None
 
 

@@ -4,12 +4,11 @@ A study directory holds ``study.json`` (metadata and search space), ``trials.csv
 ``history.csv`` (one row per trial-epoch); see ``study/results.py`` for the writer. Loading is tolerant: extra
 columns are kept, missing optional columns are added empty, and incomplete studies (running, interrupted,
 errored or diverged trials) load with those trials marked in the ``status`` column. Anything that makes a study
-unusable raises :class:`ReportError` with one clear message.
+unusable (``analysis/checks.py``) raises :class:`ReportError` with one clear message.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,9 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 import pandas as pd
 
-from moco.vocabulary import VAL_KNN, raw_name
+from analysis.checks import (HISTORY_COLUMNS, TRIAL_COLUMNS, ReportError, check_columns, check_meta, check_numeric,
+                             check_unique_ids, read_csv, read_json)
+from moco.vocabulary import COMPUTE, EPOCH, VAL_KNN, raw_name
 from study.results import best_trial
 
 if TYPE_CHECKING:
@@ -32,10 +33,6 @@ NUMERIC_TRIAL_COLUMNS = (
     "best_val_knn_top1", "test_knn_top1", "linear_top1", "epochs", "max_epochs", "images_seen", "wall_s",
     "cpus", "gpus", "cpu_hours", "gpu_hours",
 )
-
-
-class ReportError(ValueError):
-    """The input cannot be reported on. The message says which path or name is wrong and what would be allowed."""
 
 
 @dataclass
@@ -130,26 +127,6 @@ class Study:
         return float(vals.mean()) if len(vals) else math.nan
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ReportError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(meta, dict):
-        raise ReportError(f"{path}: expected a JSON object, got {type(meta).__name__}")
-    return meta
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    try:
-        # ids stay text: "00017" must not become 17 (and must match between trials.csv and history.csv)
-        return pd.read_csv(path, dtype={"trial_id": str, "variant": str, "error": str})
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
-    except pd.errors.ParserError as e:
-        raise ReportError(f"{path}: not a readable CSV ({e})") from None
-
-
 def _as_bool(series: pd.Series) -> pd.Series:
     """Booleans written as True/False, true/false, 1/0 or empty (False)."""
     if series.dtype == bool:
@@ -210,20 +187,22 @@ def load_study(path: str | Path, metric: str | None = None) -> Study:
     missing = [f for f in ("study.json", "trials.csv") if not (path / f).is_file()]
     if missing:
         raise ReportError(f"{path}: not a study directory (missing {' and '.join(missing)})")
-    meta = _read_json(path / "study.json")
-    trials = _read_csv(path / "trials.csv")
+    meta = read_json(path / "study.json")
+    check_meta(meta, path / "study.json")
+    trials = read_csv(path / "trials.csv")
     if trials.empty:
         raise ReportError(f"{path}: the study has no trials yet (trials.csv is empty)")
 
+    check_columns(trials, TRIAL_COLUMNS, path / "trials.csv")
     trials = trials.copy()
-    if "trial_id" not in trials:
-        trials["trial_id"] = [f"trial_{i}" for i in range(len(trials))]
     trials["trial_id"] = trials["trial_id"].astype(str)
+    check_unique_ids(trials, path / "trials.csv")
+    metric = metric or str(meta.get("metric") or DEFAULT_METRIC)
+    check_numeric(trials, [*NUMERIC_TRIAL_COLUMNS, "trial_number"], path / "trials.csv")
     if "trial_number" not in trials:
         trials["trial_number"] = np.arange(len(trials))
     trials["trial_number"] = pd.to_numeric(trials["trial_number"], errors="coerce").fillna(-1).astype(int)
-    status = trials["status"] if "status" in trials else pd.Series("completed", index=trials.index)
-    trials["status"] = status.astype("string").str.strip().str.lower().fillna("pending").astype(object)
+    trials["status"] = trials["status"].astype("string").str.strip().str.lower().fillna("pending").astype(object)
     if "is_baseline" in trials:
         trials["is_baseline"] = _as_bool(trials["is_baseline"])
     else:
@@ -238,21 +217,23 @@ def load_study(path: str | Path, metric: str | None = None) -> Study:
             trials[col] = trials[col].astype("string").astype(object).where(trials[col].notna(), None)
     trials = trials.sort_values("trial_number", kind="stable").reset_index(drop=True)
 
-    metric = metric or str(meta.get("metric") or DEFAULT_METRIC)
     if metric not in trials.columns or metric in NON_METRIC_COLUMNS or metric.startswith("param_"):
         raise ReportError(
             f"{path}: metric {metric!r} does not exist; available metrics: "
             f"{', '.join(numeric_columns(trials)) or 'none'}"
         )
+    check_numeric(trials, [metric], path / "trials.csv")
     trials[metric] = pd.to_numeric(trials[metric], errors="coerce")
     if not trials[metric].notna().any() and metric != DEFAULT_METRIC:
         raise ReportError(
             f"{path}: metric {metric!r} has no values; available metrics: {', '.join(numeric_columns(trials))}"
         )
 
-    history = _read_csv(path / "history.csv") if (path / "history.csv").is_file() else pd.DataFrame()
+    history = read_csv(path / "history.csv") if (path / "history.csv").is_file() else pd.DataFrame()
     if history.empty:
         history = pd.DataFrame({"trial_id": pd.Series(dtype=object), "epoch": pd.Series(dtype=int)})
+    check_columns(history, HISTORY_COLUMNS, path / "history.csv")
+    check_numeric(history, [EPOCH, COMPUTE, metric, raw_name(metric)], path / "history.csv")
     history = history.copy()
     history["trial_id"] = history["trial_id"].astype(str)
     for col in history.columns:
@@ -266,6 +247,7 @@ def load_study(path: str | Path, metric: str | None = None) -> Study:
     if mode not in ("max", "min"):
         raise ReportError(f"{path}/study.json: mode {mode!r} is not allowed: max or min")
     params = _parse_params(meta.get("space") or {}, trials)
+    check_numeric(trials, [p.column for p in params if p.type != "categorical"], path / "trials.csv")
     for p in params:
         if p.type != "categorical":
             trials[p.column] = pd.to_numeric(trials[p.column], errors="coerce")

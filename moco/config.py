@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from moco.safe_yaml import YamlError, load_file, load_value, short
+from moco.vocabulary import SPACE_SECTIONS
 
 DATASETS = ("fashion_mnist", "digits", "cifar10", "cifar100", "stl10", "imagefolder")
 BACKBONES = ("convnet", "resnet18", "resnet50")
@@ -184,6 +185,9 @@ class TrainConfig:
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "TrainConfig":
         """Load a YAML file (a flat mapping of keys), apply ``overrides`` and validate."""
         values = load_yaml(path) or {}
+        if isinstance(values, dict) and values and set(values) <= set(SPACE_SECTIONS):
+            raise ConfigError("<top level>", ", ".join(map(str, values)), "a training config (a flat mapping of "
+                              "TrainConfig keys), not a space file (that goes to study/run.py --space)", str(path))
         values = {**values, **(overrides or {})}
         return cls.from_dict(values, source=str(path))
 

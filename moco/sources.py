@@ -92,8 +92,25 @@ def _how_to_provide(cfg: TrainConfig) -> str:
     return "; ".join(ways)
 
 
+def check_data_root(cfg: TrainConfig) -> None:
+    """A ``data_root`` that is given must be a folder: a file is a ``ConfigError``; a folder that does not exist (and
+    is not where ``download: true`` will put the files) is a :class:`DatasetNotFoundError`, never a silent fall-back
+    to the other places searched."""
+    if not cfg.data_root or "://" in cfg.data_root:
+        return
+    root = Path(cfg.data_root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise ConfigError("data_root", cfg.data_root, "a folder (this is a file), or null to search $"
+                          f"{ENV_VAR} and the system's copy")
+    if not root.exists() and not cfg.download:
+        raise DatasetNotFoundError(f"data_root = {cfg.data_root!r}: no such folder. Point it at the folder holding "
+                                   f"the dataset, or set it to null to search ${ENV_VAR} and the system's copy.")
+
+
 def locate(cfg: TrainConfig) -> Path | None:
-    """The folder holding ``cfg.dataset``'s files, or ``None`` (digits is bundled with scikit-learn: ``None``)."""
+    """The folder holding ``cfg.dataset``'s files, or ``None`` (digits is bundled with scikit-learn: ``None``);
+    a given ``data_root`` is checked first (:func:`check_data_root`)."""
+    check_data_root(cfg)
     if cfg.dataset == "digits":
         return None
     for place in _candidates(cfg):

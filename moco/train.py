@@ -253,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--workers", args.workers, "an integer >= 0")
         if args.gpus and args.address is None and not torch.cuda.is_available():
             raise ConfigError("--gpus", True, "a machine with a CUDA GPU (none found here)")
+        if cfg.device == "cuda" and args.workers > 0 and not args.gpus:
+            raise ConfigError("device", "cuda", "with --gpus only: without it Ray gives the workers no GPU (add "
+                              "--gpus, or use device: auto)", args.config)
+        if cfg.device == "cuda" and (args.workers == 0 or args.address is None) and not torch.cuda.is_available():
+            raise ConfigError("device", "cuda", "a machine with a CUDA GPU (none found here): use device: auto or "
+                              "cpu", args.config)
         check_dataset(cfg)
         name = plain_name(args.name if args.name is not None else f"train-{Path(args.config).stem}", "--name")
         address = check_address(args.address)  # a given address must answer within seconds

@@ -63,6 +63,12 @@ HISTORY_KEYS = (EPOCH, COMPUTE, "loss", "lr", "momentum", "images_per_s", "epoch
                 "time_total_s", "node_id", "world_size", "diverged", "startup_ray_s", "startup_setup_s",
                 *RUN_SETTINGS)
 
+# --- search space (study/space.py reads space files, study/results.py writes study.json, analysis/ reads it) -----
+#: The sections of a space file (a training config has none of them: it is a flat mapping of TrainConfig keys).
+SPACE_SECTIONS = ("base", "search", "variants", "seeds", "study", "confirm")
+#: Kinds of a searched parameter.
+PARAM_TYPES = ("float", "int", "categorical", "fixed")
+
 # --- trial statuses ----------------------------------------------------------------------------------------------
 COMPLETED, PRUNED, DIVERGED, ERRORED = "completed", "pruned", "diverged", "errored"
 RUNNING, PENDING = "running", "pending"

@@ -393,13 +393,31 @@ def _report(run_dir: Path) -> None:
         print(f"[study] the report failed ({err}); run `python -m analysis.report {run_dir}` to retry")
 
 
+#: every refusal of :func:`check_args`
+CHECK_ERRORS = (SpaceError, ConfigError, StudyError, ConfirmError)
+
+
+def check_args(args: argparse.Namespace) -> tuple[Space, str]:
+    """The checks that need neither Ray, a cluster nor this machine's files (the dry run, the real run and
+    study/submit.py make them alike): the space with the command line applied, and the study's name."""
+    space = apply_cli(load_space(args.space), args)
+    name = plain_name(args.name if args.name is not None else Path(space.source).stem, "--name")
+    if not args.storage.strip():
+        raise StudyError("--storage '': a folder or a URI (s3://, gs://, file://)")
+    if args.address not in (None, "auto", "local"):
+        from moco.ray_address import AddressError, host_port
+
+        try:
+            host_port(args.address)
+        except AddressError as err:
+            raise StudyError(str(err)) from None
+    return space, name
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        space = apply_cli(load_space(args.space), args)
-        name = plain_name(args.name if args.name is not None else Path(space.source).stem, "--name")
-        if not args.storage.strip():
-            raise StudyError("--storage '': a folder or a URI (s3://, gs://, file://)")
+        space, name = check_args(args)
         remote = "://" in args.storage
         if not remote and Path(args.storage).exists() and not Path(args.storage).is_dir():
             raise StudyError(f"--storage {args.storage}: a file, not a folder")
@@ -437,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
             from study.confirm import preflight
 
             preflight(space, run_dir)
-    except (SpaceError, ConfigError, DatasetNotFoundError, StudyError, ConfirmError) as err:
+    except (*CHECK_ERRORS, DatasetNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:

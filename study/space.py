@@ -34,11 +34,10 @@ from typing import Any
 from moco.config import ConfigError, TrainConfig, field_names, load_yaml
 from moco.safe_yaml import YamlError, load_value, short
 from moco.sources import check_sizes
-from moco.vocabulary import STUDY_METRICS
+from moco.vocabulary import PARAM_TYPES, SPACE_SECTIONS, STUDY_METRICS
+from study.checks import check_devices
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-TOP_KEYS = ("base", "search", "variants", "seeds", "study", "confirm")
-PARAM_TYPES = ("float", "int", "categorical", "fixed")
 PARAM_KEYS = {"float": ("type", "low", "high", "log", "step", "when"),
               "int": ("type", "low", "high", "log", "step", "when"),
               "categorical": ("type", "choices", "when"),
@@ -268,10 +267,10 @@ def load_space(name_or_path: str) -> Space:
     except ConfigError as err:
         raise SpaceError(source, "yaml", f"{err.value}: {err.allowed}") from None
     if not isinstance(raw, dict):
-        raise SpaceError(source, "<top level>", "a mapping with sections " + ", ".join(TOP_KEYS))
+        raise SpaceError(source, "<top level>", "a mapping with sections " + ", ".join(SPACE_SECTIONS))
     for key in raw:
-        if key not in TOP_KEYS:
-            raise SpaceError(source, str(key), "unknown section" + _closest(key, TOP_KEYS))
+        if key not in SPACE_SECTIONS:
+            raise SpaceError(source, str(key), "unknown section" + _closest(key, SPACE_SECTIONS))
     base, base_name, overrides = _load_base(raw.get("base"), source)
     settings = _load_settings(raw.get("study") or {}, source)
     space = Space(source, base, base_name, overrides, settings=settings)
@@ -301,6 +300,7 @@ def check_study(space: Space, cli: bool = False) -> None:
     """Checks across sections, before anything starts (also after command-line overrides, with ``cli``)."""
     s, source = space.settings, space.source
     check_settings(s, source, cli)
+    check_devices(space)
     for overrides in space.variants.values() or [{}]:  # split sizes against the dataset (no worker would start)
         try:
             check_sizes(space.config_with(overrides))

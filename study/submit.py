@@ -34,10 +34,9 @@ DEFAULT_TOKEN_FILE = "~/.ray/auth_token"
 #: the project's .gitignore.
 EXCLUDES = ["/.venv/", "/runs/", "/.git/", "/data/", "/build/", "/dist/", "/.pytest_cache/", "__pycache__/",
             "*.pyc", "*.egg-info/", "/bench/results/"]
-#: study/run.py options forwarded as they are: (option, takes a value)
-FORWARDED = [("--name", True), ("--num-samples", True), ("--max-concurrent", True), ("--workers-per-trial", True),
-             ("--gpus-per-worker", True), ("--cpus-per-worker", True), ("--seed", True), ("--resume", False),
-             ("--no-report", False)]
+#: study/run.py options that submit sets itself (the job joins its cluster with --address auto); every other
+#: option of study/run.py's parser is forwarded as it is, parsed and checked by study/run.py's own code
+OWN_OPTIONS = ("--space", "--storage", "--address", "--dry-run", "--help")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -77,13 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
                         " or an absolute path (a plain path only on a one-node cluster, or with --shared-storage)")
     s.add_argument("--shared-storage", action="store_true",
                    help="--storage is a path on a filesystem every node mounts at the same place (NFS, Lustre...)")
-    for option, takes_value in FORWARDED:
-        if takes_value:
-            s.add_argument(option, default=None, help="see study/run.py --help")
-        else:
-            s.add_argument(option, action="store_true", help="see study/run.py --help")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="see study/run.py --help")
+    for action in forwarded_actions():
+        s._add_action(action)  # the action itself (as argparse's parents= does): same type, default and help
     return p
+
+
+def forwarded_actions() -> list[argparse.Action]:
+    """study/run.py's options that a job forwards (all but :data:`OWN_OPTIONS`), from its own parser."""
+    from study.run import build_parser as run_parser
+
+    return [a for a in run_parser()._actions if a.option_strings and not set(a.option_strings) & set(OWN_OPTIONS)]
 
 
 # --- the job ---------------------------------------------------------------------------------------------------------
@@ -131,17 +133,36 @@ def storage_argument(storage: str | None, shared: bool) -> tuple[str, bool]:
     return storage.rstrip("/") or "/", not shared
 
 
-def entrypoint(args: argparse.Namespace, space: str, storage: str) -> str:
-    parts = [args.python, "study/run.py", "--address", "auto", "--space", space, "--storage", storage]
-    for option, takes_value in FORWARDED:
-        value = getattr(args, option[2:].replace("-", "_"))
-        if takes_value and value is not None:
-            parts += [option, str(value)]
-        elif not takes_value and value:
+def forwarded(args: argparse.Namespace) -> list[str]:
+    """The study options given, as study/run.py's command line (options left at their default are left out)."""
+    parts: list[str] = []
+    for action in forwarded_actions():
+        value, option = getattr(args, action.dest), action.option_strings[-1]
+        if value == action.default:
+            continue
+        if action.nargs == 0:  # a flag
             parts.append(option)
-    for item in args.set:
-        parts += ["--set", item]
-    return shlex.join(parts)
+        elif isinstance(value, list):  # a repeatable option (--set)
+            parts += [x for item in value for x in (option, str(item))]
+        else:
+            parts += [option, str(value)]
+    return parts
+
+
+def check_study(args: argparse.Namespace, storage: str) -> None:
+    """study/run.py's own checks of the study options (``check_args``: the space, the command line, the name), here,
+    before anything is contacted: a refusal says what study/run.py would say on the cluster."""
+    from study import run
+
+    try:
+        run.check_args(run.build_parser().parse_args(["--space", args.space, "--storage", storage, *forwarded(args)]))
+    except run.CHECK_ERRORS as err:
+        raise SubmitError(str(err)) from None
+
+
+def entrypoint(args: argparse.Namespace, space: str, storage: str) -> str:
+    return shlex.join([args.python, "study/run.py", "--address", "auto", "--space", space, "--storage", storage,
+                       *forwarded(args)])
 
 
 def runtime_env(args: argparse.Namespace) -> dict[str, Any]:
@@ -318,6 +339,7 @@ def job_info(client, job_id: str):
 def submit(args: argparse.Namespace) -> int:
     space = space_argument(args.space)
     storage, local = storage_argument(args.storage, args.shared_storage)
+    check_study(args, storage)
     command = entrypoint(args, space, storage)
     env = runtime_env(args)
     if args.dry_run:
