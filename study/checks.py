@@ -1,9 +1,13 @@
-"""Checks of a whole space against how its trials will run, made with the space file's other checks
-(``study/space.py``'s ``check_study``) before anything starts; each refusal is a ``SpaceError``."""
+"""Checks of a whole space against the training config and how its trials will run, made with the space file's
+other checks (``study/space.py``) before anything starts; each refusal is a ``SpaceError``."""
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import TYPE_CHECKING
+
+from moco.config import ConfigError
 
 if TYPE_CHECKING:
     from study.space import Space
@@ -24,3 +28,37 @@ def check_devices(space: Space) -> None:
         if device == "cuda":
             raise SpaceError(space.source, key, "cuda, but gpus_per_worker = 0 gives the trials' workers no GPU: "
                              "set study.gpus_per_worker: 1 (or --gpus-per-worker 1), or device: auto")
+
+
+EPOCHS_FOLLOW = ("trials are budgeted in compute, and their epochs follow from it (compute_budget / views): "
+                  "set or search compute_budget instead of epochs")
+
+
+def check_against_config(space: Space) -> None:
+    """Every value a trial can take must be a valid training config (corners of the space, or every variant)."""
+    from study.space import SpaceError
+
+    if space.variants:
+        for name, overrides in space.variants.items():
+            if "epochs" in overrides:
+                raise SpaceError(space.source, f"variants.{name}.epochs", EPOCHS_FOLLOW)
+            try:
+                space.config_with(overrides)
+            except ConfigError as err:
+                raise SpaceError(space.source, f"variants.{name}.{err.key}",
+                                 f"{err.value!r} is not allowed: {err.allowed}") from None
+        return
+    if any(p.name == "epochs" for p in space.params):
+        raise SpaceError(space.source, "search.epochs", EPOCHS_FOLLOW)
+    options = [p.extremes() for p in space.params]
+    # Every corner when there are few; else each parameter's values with the others at their first value.
+    combos = itertools.product(*options) if math.prod(len(o) for o in options) <= 4096 else (
+        [tuple(q.extremes()[0] if q is not p else v for q in space.params) for p in space.params for v in p.extremes()])
+    for combo in combos:
+        values = {p.name: v for p, v in zip(space.params, combo)}
+        try:
+            space.config_with(values)
+        except ConfigError as err:
+            key = f"search.{err.key}" if err.key in values else f"search (with {values})"
+            raise SpaceError(space.source, key, f"the training config rejects {err.key} = {err.value!r} "
+                             f"(reached with {values}): {err.allowed}") from None

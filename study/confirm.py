@@ -32,8 +32,10 @@ from typing import Any
 import pandas as pd
 
 from moco.config import ConfigError, TrainConfig, field_names
+from moco.safe_yaml import short
 from moco.vocabulary import BASELINE, COMPLETED, FINAL_OF, FINAL_VAL_KNN, top_name
-from study.space import _EPOCHS_FOLLOW, Space, SpaceError, _check_against_config, _closest
+from study.checks import EPOCHS_FOLLOW, check_against_config
+from study.space import MAX_SEED, Space, SpaceError, _closest
 
 CONFIRM_DIR = "confirm"  #: the Tune experiment (and its Train runs) under the study's folder
 CSV, JSON = "confirm.csv", "confirm.json"
@@ -108,8 +110,9 @@ def load_confirm(section: Any, space: Space) -> ConfirmSettings:
     seeds = settings.seeds
     if seeds is not None:
         if not isinstance(seeds, list) or not seeds or not all(
-                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-            raise SpaceError(source, "confirm.seeds", f"{seeds!r}: a non-empty list of non-negative integers")
+                isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds):
+            raise SpaceError(source, "confirm.seeds", f"{short(seeds)}: a non-empty list of non-negative "
+                             f"integers, at most {MAX_SEED} (numpy's largest seed)")
         if len(set(seeds)) != len(seeds):
             raise SpaceError(source, "confirm.seeds", f"{seeds!r}: duplicate seeds")
     _check_overrides(settings.overrides, space)
@@ -135,7 +138,7 @@ def _check_overrides(overrides: Any, space: Space) -> None:
         if key == "seed":
             raise SpaceError(source, where, "the confirmation's seeds are confirm.seeds")
         if key == "epochs":
-            raise SpaceError(source, where, _EPOCHS_FOLLOW)
+            raise SpaceError(source, where, EPOCHS_FOLLOW)
         if key in searched:
             raise SpaceError(source, where, "a searched (or variant) key: the confirmation re-trains the values "
                              "the search chose; override only the budget and fixed keys")
@@ -149,7 +152,7 @@ def _check_overrides(overrides: Any, space: Space) -> None:
         raise SpaceError(source, key, f"{err.key} = {err.value!r} is not allowed (with the base config): "
                          f"{err.allowed}") from None
     try:
-        _check_against_config(probe)  # every configuration the search can reach, at the confirmation's budget
+        check_against_config(probe)  # every configuration the search can reach, at the confirmation's budget
     except SpaceError as err:
         raise SpaceError(source, "confirm.overrides", f"with these overrides, {err}") from None
 

@@ -402,8 +402,9 @@ def check_args(args: argparse.Namespace) -> tuple[Space, str]:
     study/submit.py make them alike): the space with the command line applied, and the study's name."""
     space = apply_cli(load_space(args.space), args)
     name = plain_name(args.name if args.name is not None else Path(space.source).stem, "--name")
-    if not args.storage.strip():
-        raise StudyError("--storage '': a folder or a URI (s3://, gs://, file://)")
+    if not args.storage.strip() or not args.storage.partition("://")[2].strip("/ ") and "://" in args.storage:
+        raise StudyError(f"--storage {args.storage!r}: a folder or a URI with a bucket or path (s3://bucket/studies, "
+                         "gs://..., file:///shared/studies)")
     if args.address not in (None, "auto", "local"):
         from moco.ray_address import AddressError, host_port
 

@@ -24,18 +24,17 @@ Every error is a :class:`SpaceError` naming the file, the key and what is allowe
 from __future__ import annotations
 
 import difflib
-import itertools
 import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moco.config import ConfigError, TrainConfig, field_names, load_yaml
+from moco.config import ConfigError, TrainConfig, field_names, load_yaml, plain_name
 from moco.safe_yaml import YamlError, load_value, short
 from moco.sources import check_sizes
 from moco.vocabulary import PARAM_TYPES, SPACE_SECTIONS, STUDY_METRICS
-from study.checks import check_devices
+from study.checks import check_against_config, check_devices
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PARAM_KEYS = {"float": ("type", "low", "high", "log", "step", "when"),
@@ -287,7 +286,7 @@ def load_space(name_or_path: str) -> Space:
         space.params = _load_params(raw.get("search"), base, source)
         if settings.num_samples < 1:
             raise SpaceError(source, "study.num_samples", f"{settings.num_samples!r}: an integer >= 1")
-    _check_against_config(space)
+    check_against_config(space)
     check_study(space)
     if "confirm" in raw:
         from study.confirm import load_confirm  # the confirmation stage owns its section's schema
@@ -531,41 +530,13 @@ def _load_variants(section: Any, seeds: Any, base: TrainConfig, source: str):
             section[name] = {}
         elif not isinstance(overrides, dict):
             raise SpaceError(source, f"variants.{name}", "a mapping of TrainConfig keys (or {})")
+        try:
+            plain_name(str(name), "variant name")
+        except ConfigError as err:
+            raise SpaceError(source, f"variants.{short(name)}", err.allowed) from None
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                              for s in seeds):
-        raise SpaceError(source, "seeds", f"{seeds!r}: a non-empty list of integers")
+                                                              and 0 <= s <= MAX_SEED for s in seeds):
+        raise SpaceError(source, "seeds", f"{short(seeds)}: a non-empty list of integers in [0, {MAX_SEED}]")
     if len(set(seeds)) != len(seeds):
         raise SpaceError(source, "seeds", f"{seeds!r}: duplicate seeds")
     return section, seeds
-
-
-_EPOCHS_FOLLOW = ("trials are budgeted in compute, and their epochs follow from it (compute_budget / views): "
-                  "set or search compute_budget instead of epochs")
-
-
-def _check_against_config(space: Space) -> None:
-    """Every value a trial can take must be a valid training config (corners of the space, or every variant)."""
-    if space.variants:
-        for name, overrides in space.variants.items():
-            if "epochs" in overrides:
-                raise SpaceError(space.source, f"variants.{name}.epochs", _EPOCHS_FOLLOW)
-            try:
-                space.config_with(overrides)
-            except ConfigError as err:
-                raise SpaceError(space.source, f"variants.{name}.{err.key}",
-                                 f"{err.value!r} is not allowed: {err.allowed}") from None
-        return
-    if any(p.name == "epochs" for p in space.params):
-        raise SpaceError(space.source, "search.epochs", _EPOCHS_FOLLOW)
-    options = [p.extremes() for p in space.params]
-    # Every corner when there are few; else each parameter's values with the others at their first value.
-    combos = itertools.product(*options) if math.prod(len(o) for o in options) <= 4096 else (
-        [tuple(q.extremes()[0] if q is not p else v for q in space.params) for p in space.params for v in p.extremes()])
-    for combo in combos:
-        values = {p.name: v for p, v in zip(space.params, combo)}
-        try:
-            space.config_with(values)
-        except ConfigError as err:
-            key = f"search.{err.key}" if err.key in values else f"search (with {values})"
-            raise SpaceError(space.source, key, f"the training config rejects {err.key} = {err.value!r} "
-                             f"(reached with {values}): {err.allowed}") from None

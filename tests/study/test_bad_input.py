@@ -25,6 +25,7 @@ study:
   num_samples: 3
 """
 ABLATION = str(CONFIGS / "ablation.yaml")
+ABLATION_TEXT = (CONFIGS / "ablation.yaml").read_text()
 
 
 def _space(search: str = "", study: str = "", **replace: str) -> str:
@@ -82,6 +83,8 @@ BAD = {
     "5 two GPUs per worker": (SPACE, ["--gpus-per-worker", "2"], "--gpus-per-worker"),
     "5 max_concurrent true": (_space(study="  max_concurrent: true\n"), [], "study.max_concurrent"),
     "5 a billion trials": (SPACE, ["--num-samples", str(10**9)], "--num-samples"),
+    "5 variant seed above numpy": (ABLATION_TEXT.replace("seeds: [0, 1, 2]", "seeds: [0, 5000000000]"), [], "seeds"),
+    "5 confirmation seed below 0": (SPACE + "confirm: {seeds: [-1]}\n", [], "confirm.seeds"),
     "5 address port out of range": (SPACE, ["--address", "127.0.0.1:99999"], "--address"),
     "5 address port not a number": (SPACE, ["--address", "head:abc"], "--address"),
     # 6. accepted by --dry-run before, failing only after Ray started
@@ -122,6 +125,8 @@ BAD = {
     "8 empty name": (SPACE, ["--name", ""], "--name"),
     "8 empty storage": (SPACE, ["--storage", " "], "--storage"),
     "8 data_root is a file": (SPACE, ["--set", f"data_root={CONFIGS / 'digits.yaml'}"], "data_root"),
+    "8 variant name with a slash": (ABLATION_TEXT.replace("  filter:", "  filter/x:"), [], "variants.'filter/x'"),
+    "8 storage URI without a bucket": (SPACE, ["--storage", "s3://"], "--storage"),
     "8 name of dots only": (SPACE, ["--name", ".."], "--name"),
     # 12. unclear refusals made clear
     "12 a space file as the base config": (SPACE.replace("config: digits", f"config: {CONFIGS / 'hardneg.yaml'}"),
