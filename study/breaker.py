@@ -39,7 +39,8 @@ class StartFailureBreaker(Callback):
 
     def message(self) -> str:
         cause = self.causes[-1] if self.causes else "unknown"
-        return (f"{self.in_a_row} trials in a row failed to start (--max-start-failures {self.limit}); the study "
+        trials = "1 trial" if self.in_a_row == 1 else f"{self.in_a_row} trials in a row"
+        return (f"{trials} failed to start (--max-start-failures {self.limit}); the study "
                 f"stopped instead of trying more. Last cause: {cause}")
 
     def __getstate__(self):  # Tune pickles its run config with the experiment; a restored study starts afresh

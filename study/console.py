@@ -97,13 +97,14 @@ def duration(seconds: float) -> str:
 class Console:
     """The study's console state; :func:`tune_callback` feeds it Tune's trial events. ``out`` is where it prints."""
 
-    def __init__(self, space, out=None, clock=time.time):
+    def __init__(self, space, out=None, clock=time.time, done_before: int = 0):
         self.space, self.metric, self.mode = space, space.settings.metric, space.settings.mode
         self.params = [p.name for p in space.params] or ["variant", "seed"]
         self.planned = space.num_trials
         self.budget = space.num_trials * space.max_budget
         self.out, self.clock = out or sys.stdout, clock
         self.started_at = clock()
+        self.done_before = done_before  #: trials a resumed study had finished before this run
         self.rows: dict[str, dict[str, Any]] = {}  # trial id -> number, status, params, epoch, compute, metric
         self.best: tuple[float, int] | None = None  # (value, trial number)
         self._epochs_seen: set[tuple[str, int]] = set()
@@ -151,6 +152,12 @@ class Console:
         self.progress()
         self._dirty = True
 
+    def retrying(self, trial_id: str, error: str | None) -> None:
+        row = self.rows.get(trial_id)
+        if row is not None:
+            self._print(f"[trial {row['number']}] failed, retrying from its latest checkpoint: "
+                        f"{error or 'see the trial error.txt'}")
+
     def tick(self) -> None:
         """Called on every Tune step: a progress line and the table when due."""
         now = self.clock()
@@ -166,11 +173,12 @@ class Console:
     def progress(self) -> None:
         now = self.clock()
         self._last_progress = now
-        done = sum(row["status"] not in ("running",) for row in self.rows.values())
+        now_done = sum(row["status"] != "running" for row in self.rows.values())
+        done = self.done_before + now_done
         used = sum(row[COMPUTE] for row in self.rows.values())
         elapsed = now - self.started_at
-        eta = (f"ETA ~{duration(elapsed / done * (self.planned - done))}" if 0 < done < self.planned
-               else "ETA after the first trial" if not done else "done")
+        eta = ("done" if done >= self.planned else f"ETA ~{duration(elapsed / now_done * (self.planned - done))}"
+               if now_done else "ETA after the first trial")
         best = f"best {self.metric} {self.best[0]:.2f} (trial {self.best[1]})" if self.best else "no result yet"
         self._print(f"[study] {done}/{self.planned} trials done, {self.running()} running | compute {used}/"
                     f"{self.budget} | {best} | {duration(elapsed)}, {eta}")
@@ -228,6 +236,9 @@ def tune_callback(console: Console, error_of):
 
         def on_trial_error(self, iteration, trials, trial, **info):
             console.ended(trial.trial_id, ERRORED, error_of(trial))
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            console.retrying(trial.trial_id, error_of(trial))
 
         def on_step_end(self, iteration, trials, **info):
             console.tick()

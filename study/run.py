@@ -294,7 +294,7 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
     from ray import tune
 
     from moco.faults import FAULT_ENV, parse_fault
-    from study.results import write_results, write_study_json
+    from study.results import finished_trials, write_results, write_study_json
     from study.search import make_scheduler, make_searcher
     from study.breaker import StartFailureBreaker
     from study.console import Console, tune_callback, tune_verbosity
@@ -309,7 +309,7 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
                      use_gpu=bool(resources["gpus_per_worker"]), fault=parse_fault(os.environ.get(FAULT_ENV)))
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), driver_resources())
     s = space.settings
-    console = Console(space)
+    console = Console(space, done_before=len(finished_trials(run_dir)) if args.resume else 0)
     if mirror is None:
         console.watch_hint(run_dir)
     breaker = StartFailureBreaker(args.max_start_failures, trial_error)
@@ -362,8 +362,6 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
         print(f"error: {breaker.message()}\n[study] after fixing the cause, continue with:\n  "
               f"{resume_command(args, run_dir.name)}", file=sys.stderr, flush=True)
         return 1
-    from study.results import finished_trials
-
     finished = len(finished_trials(run_dir))
     complete = finished >= space.num_trials and not interrupted["flag"]
     write_study_json(run_dir, space, status="finished" if complete else "interrupted", resources=resources)
