@@ -294,7 +294,7 @@ def test_dry_run_prints_the_job(tmp_path):
     proc = run_submit("--space", "hardneg.yaml", "--storage", "gs://b/studies", "--max-concurrent", "2",
                       "--set", "compute_budget=4", "--pip", "--dry-run", token=None, home=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert ("entrypoint  python study/run.py --address auto --space moco/configs/hardneg.yaml --storage gs://b/studies "
+    assert ("entrypoint  python study/run.py --address auto --space configs/hardneg.yaml --storage gs://b/studies "
             "--max-concurrent 2 --set compute_budget=4") in proc.stdout
     env = json.loads(proc.stdout.split("runtime_env ", 1)[1].splitlines()[0])
     assert env["working_dir"] == str(ROOT) and {"/.venv/", "/runs/", "/.git/", "/data/"} <= set(env["excludes"])
