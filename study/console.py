@@ -128,9 +128,12 @@ class Console:
             return  # a resumed trial may repeat an epoch's report: printed once
         self._epochs_seen.add((trial_id, epoch))
         value = result.get(self.metric)
-        row.update(epoch=epoch, compute=int(result.get(COMPUTE, epoch)), metric=value)
-        if value is not None and not result.get("diverged") and self._better(value):
-            self.best = (float(value), row["number"])
+        row.update(epoch=epoch, compute=int(result.get(COMPUTE, epoch)), metric=value,
+                   diverged=bool(result.get("diverged")))
+        self.best = None  # as the study ranks trials: by each trial's latest value, not its best epoch
+        for r in self.rows.values():
+            if isinstance(r["metric"], (int, float)) and not r.get("diverged") and self._better(r["metric"]):
+                self.best = (float(r["metric"]), r["number"])
         best = f"  (best {self.best[0]:.2f}, trial {self.best[1]})" if self.best else ""
         shown = f"{value:.2f}" if isinstance(value, (int, float)) else "n/a"
         self._print(f"[trial {row['number']}] epoch {epoch}/{row['max_epochs']}  compute {row[COMPUTE]}/"

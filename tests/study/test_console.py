@@ -46,6 +46,8 @@ def test_each_epoch_is_printed_once_with_the_metric_and_the_best_so_far():
     assert "[trial 1] started: queue_size 1024, hard_negative_ratio 0.304, temperature 0.24" in text
     assert "[trial 1] epoch 1/2  compute 2/4  val_knn_top1 85.50  (best 85.50, trial 1)" in text
     assert "[trial 0] epoch 2/4  compute 2/4  val_knn_top1 81.00  (best 85.50, trial 1)" in text
+    console.epoch("b", {"epoch": 2, "compute": 4, "val_knn_top1": 79.0})  # best: each trial's latest value
+    assert "[trial 1] epoch 2/2  compute 4/4  val_knn_top1 79.00  (best 81.00, trial 0)" in out.getvalue()
     assert "[trial 1] pruned at compute 2: val_knn_top1 85.50" in text
     # 1 of 4 trials in 90 s: about 270 s for the 3 left.
     assert "[study] 1/4 trials done, 1 running | compute 4/16 | best val_knn_top1 85.50 (trial 1) | 1m30s, " \
