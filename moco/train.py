@@ -26,10 +26,11 @@ from typing import Any
 
 import torch
 
+from moco.catalog import resolve
 from moco.config import ConfigError, TrainConfig, parse_overrides, plain_name
 from moco.data import DatasetNotFoundError, check_dataset, load_dataset
 from moco.engine import DistInfo, DivergedError, Engine, resolve_device
-from moco.faults import FAULT_ENV, maybe_inject_fault, parse_fault
+from moco.faults import FAULT_ENV, maybe_fail_start, maybe_inject_fault, parse_fault
 from moco.precision import describe
 from moco.ray_address import AddressError, check_address, start_local_ray
 from moco.vocabulary import COMPUTE, EPOCH, MONITOR_METRICS
@@ -106,6 +107,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     loop_start = time.time()
+    maybe_fail_start(loop_config.get("fault"))
     cfg = TrainConfig.from_dict(loop_config["train"])
     if loop_config.get("threads"):
         torch.set_num_threads(int(loop_config["threads"]))
@@ -224,16 +226,29 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
 
 # --- command line -------------------------------------------------------------------------------------------------
+TRAIN_EXAMPLES = """examples:
+  moco-train --config fashion_mnist                       # a shipped config (mocostudy --list), 1 Ray Train worker
+  moco-train --config fashion_mnist --workers 2 --set temperature=0.1
+  moco-train --config runs/hardneg/best_config.yaml        # the best trial of a study
+  moco-train --config digits --workers 0                   # in this process, no Ray (debugging)
+Rerunning the same command (same --name and --storage) resumes from the latest checkpoint.
+Also runs as `python -m moco.train`."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m moco.train", description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True, help="training config YAML (see configs/)")
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (0 = in-process local mode)")
+    p = argparse.ArgumentParser(prog="moco-train", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Train one MoCo v2 configuration under Ray Train, with checkpoints "
+                                            "and resume.", epilog=TRAIN_EXAMPLES)
+    p.add_argument("--config", required=True,
+                   help="training config: a shipped name (fashion_mnist, digits, cifar10) or a YAML path")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers; 0 trains in this process (default: 1)")
     p.add_argument("--gpus", action="store_true", help="one GPU per worker")
     p.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per worker (default: all / workers)")
-    p.add_argument("--epochs", type=int, default=None, help="override epochs")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
-    p.add_argument("--storage", default="runs", help="where runs are written (path or URI; default ./runs)")
-    p.add_argument("--name", default=None, help="run name (default: train-<config stem>); reuse it to resume")
+    p.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key (repeatable)")
+    p.add_argument("--storage", default="runs", help="where runs are written, a path or URI (default: ./runs)")
+    p.add_argument("--name", default=None, help="run name; reuse it to resume (default: train-<config name>)")
     p.add_argument("--address", default=None,
                    help="existing Ray cluster (HOST:PORT, auto, ray://...); it must answer within 5 s (default: a new "
                         "local Ray instance, none with --workers 0)")
@@ -248,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides["epochs"] = args.epochs
         if args.gpus:
             overrides.setdefault("device", "cuda")
-        cfg = absolute_paths(TrainConfig.from_yaml(args.config, overrides))
+        cfg = absolute_paths(TrainConfig.from_yaml(resolve(args.config), overrides))
         if args.workers < 0:
             raise ConfigError("--workers", args.workers, "an integer >= 0")
         if args.gpus and args.address is None and not torch.cuda.is_available():

@@ -118,6 +118,7 @@ def run(space: Space, job: Confirmation, run_dir: Path, storage: str, resources:
     from study.results import finished_trials, record_trial
     from study.run import driver_resources
     from study.search import trial_outcome
+    from study.console import tune_verbosity
     from study.trial import TrialPlan, run_trial
 
     experiment = f"{storage}/{run_dir.name}"
@@ -132,7 +133,8 @@ def run(space: Space, job: Confirmation, run_dir: Path, storage: str, resources:
                       use_gpu=bool(resources["gpus_per_worker"]), configs=job.configs)
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan_), driver_resources())
     callbacks = [_callback(run_dir, job, mirror)]
-    run_config = tune.RunConfig(name=CONFIRM_DIR, storage_path=experiment, callbacks=callbacks, verbose=1,
+    run_config = tune.RunConfig(name=CONFIRM_DIR, storage_path=experiment, callbacks=callbacks,
+                                verbose=tune_verbosity(),
                                 failure_config=tune.FailureConfig(max_failures=1))
     if tune.Tuner.can_restore(f"{experiment}/{CONFIRM_DIR}"):
         tuner = tune.Tuner.restore(f"{experiment}/{CONFIRM_DIR}", trainable=trainable, resume_unfinished=True,

@@ -13,7 +13,6 @@ import contextlib
 import json
 import math
 import os
-import shlex
 import shutil
 import signal
 import sys
@@ -39,23 +38,36 @@ class StudyError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="study/run.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--space", default="hardneg", help="space file: a name in configs/ (hardneg) or a path")
-    p.add_argument("--name", default=None, help="study name (default: the space file's stem)")
-    p.add_argument("--storage", default="runs", help="where studies are written: a path or a URI (s3://, gs://)")
-    p.add_argument("--num-samples", type=int, default=None, help="number of trials (overrides the space file)")
-    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: what fits)")
-    p.add_argument("--workers-per-trial", type=int, default=None, help="Ray Train workers per trial")
-    p.add_argument("--gpus-per-worker", type=int, default=None, help="GPUs per Ray Train worker (0 or 1)")
-    p.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per Ray Train worker")
-    p.add_argument("--address", default=None, help="an existing Ray cluster (default: start Ray locally)")
+    from study.console import STUDY_EXAMPLES
+
+    p = argparse.ArgumentParser(prog="mocostudy", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Run a hyperparameter study of MoCo v2 (dual-view loss, hard negatives) "
+                                            "with Ray Tune + Optuna and ASHA; resumable.", epilog=STUDY_EXAMPLES)
+    p.add_argument("--space", default="hardneg",
+                   help="space file: a shipped name (see --list) or a path (default: hardneg)")
+    p.add_argument("--list", action="store_true", help="list the shipped space files and training configs, then exit")
+    p.add_argument("--name", default=None, help="study name (default: the space file's name)")
+    p.add_argument("--storage", default="runs", help="where studies are written, a path or URI (s3://, gs://) "
+                   "(default: ./runs)")
+    p.add_argument("--num-samples", type=int, default=None, help="number of trials (default: the space file's)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as many as fit)")
+    p.add_argument("--workers-per-trial", type=int, default=None,
+                   help="Ray Train workers per trial (default: the space file's)")
+    p.add_argument("--gpus-per-worker", type=int, default=None,
+                   help="GPUs per Ray Train worker, 0 or 1 (default: the space file's)")
+    p.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="CPUs per Ray Train worker (default: 1, or the node's CPUs per GPU)")
+    p.add_argument("--address", default=None, help="an existing Ray cluster (default: a private local one)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
     p.add_argument("--confirm", action="store_true", help="run (or continue) the confirmation of the finished "
                    "study --name: its best trials and baseline re-trained with fresh seeds (the space's confirm:)")
-    p.add_argument("--seed", type=int, default=None, help="searcher seed (overrides the space file)")
+    p.add_argument("--seed", type=int, default=None, help="searcher seed (default: the space file's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the base training config")
+                   help="override a key of the base training config (repeatable)")
+    p.add_argument("--max-start-failures", type=int, default=3, metavar="N",
+                   help="stop the study after N trials in a row fail to start (default: 3)")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show Ray's own progress table and the workers' output")
     p.add_argument("--no-report", action="store_true", help="do not write the analysis report at the end")
     p.add_argument("--dry-run", action="store_true", help="validate and print the plan without starting Ray")
     return p
@@ -156,10 +168,12 @@ def describe_plan(space: Space, resources: dict[str, Any], run_dir: str) -> str:
 
 
 def resume_command(args: argparse.Namespace, name: str) -> str:
-    parts = [sys.executable, "study/run.py", "--space", args.space, "--name", name, "--storage", args.storage]
+    from study.console import command
+
+    parts = ["--space", args.space, "--name", name, "--storage", args.storage]
     if args.address:
         parts += ["--address", args.address]
-    return shlex.join(parts + ["--confirm" if getattr(args, "confirm", False) else "--resume"])
+    return command(*parts, "--confirm" if getattr(args, "confirm", False) else "--resume")
 
 
 # --- running ------------------------------------------------------------------------------------------------------
@@ -168,8 +182,6 @@ def _tune_callback(run_dir: Path, space: Space, mirror=None):
 
     from study.results import append_result, record_trial
     from study.search import trial_outcome
-
-    metric = space.settings.metric
 
     class StudyFiles(Callback):
         """Records trials and every epoch report as they happen, and rewrites the result files as trials end."""
@@ -182,7 +194,6 @@ def _tune_callback(run_dir: Path, space: Space, mirror=None):
             record_trial(run_dir, trial.trial_id, params=dict(trial.config), number=number, status="running")
             if mirror is not None:  # the searcher has just created this trial in the Optuna database
                 mirror.push(LIVE_FILES)
-            print(f"[study] trial {number} ({trial.trial_id}) started: {dict(trial.config)}", flush=True)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             append_result(run_dir, trial.trial_id, result)
@@ -193,14 +204,11 @@ def _tune_callback(run_dir: Path, space: Space, mirror=None):
             last = trial.last_result or {}
             outcome = trial_outcome(last, space.trial_config(trial.config).epochs, error=False)
             record_trial(run_dir, trial.trial_id, status=outcome, error=last.get("error"))
-            print(f"[study] trial {trial.trial_id} {outcome}: {metric} = {last.get(metric, float('nan')):.2f} "
-                  f"after {last.get('epoch', 0)} epochs", flush=True)
             _write(run_dir, space, mirror)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            error = _last_line(getattr(trial, "error_file", None)) or "see the trial's error.txt"
+            error = trial_error(trial) or "see the trial's error.txt"
             record_trial(run_dir, trial.trial_id, status="errored", error=error)
-            print(f"[study] trial {trial.trial_id} errored: {error}", flush=True)
             _write(run_dir, space, mirror)
 
         def on_step_end(self, iteration, trials, **info):
@@ -227,6 +235,11 @@ def _write(run_dir: Path, space: Space, mirror=None) -> None:
                            "written before this error are intact") from err
 
 
+def trial_error(trial) -> str | None:
+    """The last line of a Tune trial's error file (the exception), if any."""
+    return _last_line(getattr(trial, "error_file", None))
+
+
 def _last_line(path: str | None) -> str | None:
     try:
         lines = [line for line in Path(path).read_text().splitlines() if line.strip()] if path else []
@@ -235,7 +248,7 @@ def _last_line(path: str | None) -> str | None:
     return lines[-1][:500] if lines else None
 
 
-def start_ray(address: str | None, stack: contextlib.ExitStack) -> None:
+def start_ray(address: str | None, stack: contextlib.ExitStack, verbose: bool = False) -> None:
     """Connect to ``address`` (checked by :func:`check_address`), or start a private local cluster that is stopped
     when ``stack`` closes; never the cluster Ray's temp dir names (a head that may be gone)."""
     if not address or address == "local":
@@ -245,7 +258,7 @@ def start_ray(address: str | None, stack: contextlib.ExitStack) -> None:
         address = stack.enter_context(LocalCluster(resources={DRIVER_RESOURCE: 1000}))
     import ray
 
-    ray.init(address=address, log_to_driver=True)
+    ray.init(address=address, log_to_driver=verbose)  # the workers' own output only with --verbose
     stack.callback(ray.shutdown)
 
 
@@ -263,7 +276,10 @@ def run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: st
 
     signal.signal(signal.SIGTERM, stop)
     with contextlib.ExitStack() as stack:
-        start_ray(args.address, stack)
+        from study.console import quiet_ray
+
+        start_ray(args.address, stack, args.verbose)
+        quiet_ray(args.verbose)
         if mirror is not None:
             stack.callback(mirror.push)
         if args.confirm:
@@ -278,8 +294,10 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
     from ray import tune
 
     from moco.faults import FAULT_ENV, parse_fault
-    from study.results import write_results, write_study_json
+    from study.results import finished_trials, write_results, write_study_json
     from study.search import make_scheduler, make_searcher
+    from study.breaker import StartFailureBreaker
+    from study.console import Console, tune_callback, tune_verbosity
     from study.trial import TrialPlan, run_trial
 
     cluster = ray.cluster_resources()
@@ -291,11 +309,14 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
                      use_gpu=bool(resources["gpus_per_worker"]), fault=parse_fault(os.environ.get(FAULT_ENV)))
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), driver_resources())
     s = space.settings
-    run_config = tune.RunConfig(
-        name=run_dir.name, storage_path=storage, callbacks=[_tune_callback(run_dir, space, mirror)],
-        failure_config=tune.FailureConfig(max_failures=1), verbose=1,
-        progress_reporter=tune.CLIReporter(metric_columns=["epoch", s.metric, "loss"], max_report_frequency=60,
-                                           max_progress_rows=12))
+    console = Console(space, done_before=len(finished_trials(run_dir)) if args.resume else 0)
+    if mirror is None:
+        console.watch_hint(run_dir)
+    breaker = StartFailureBreaker(args.max_start_failures, trial_error)
+    callbacks = [_tune_callback(run_dir, space, mirror), tune_callback(console, trial_error), breaker]
+    run_config = tune.RunConfig(  # Tune's own table only with --verbose (verbose 0: Tune prints no status)
+        name=run_dir.name, storage_path=storage, callbacks=callbacks, stop=breaker.stopper,
+        failure_config=tune.FailureConfig(max_failures=1), verbose=tune_verbosity())
     experiment = f"{storage}/{run_dir.name}"
     if args.resume and tune.Tuner.can_restore(experiment):
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False,
@@ -303,6 +324,7 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
         local = getattr(tuner, "_local_tuner", None)
         if local is not None:  # the pickled callbacks may not survive; attach fresh ones
             local.get_run_config().callbacks = run_config.callbacks
+            local.get_run_config().stop = breaker.stopper
     else:
         if space.variants:
             param_space = {"variant": tune.grid_search(list(space.variants)), "seed": tune.grid_search(space.seeds)}
@@ -334,8 +356,12 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
     if grid is not None and not interrupted["flag"]:
         _record_grid(grid, run_dir, space)
     summary = write_results(run_dir, space)
-    from study.results import finished_trials
-
+    console.table()
+    if breaker.tripped:
+        write_study_json(run_dir, space, status="interrupted", resources=resources)
+        print(f"error: {breaker.message()}\n[study] after fixing the cause, continue with:\n  "
+              f"{resume_command(args, run_dir.name)}", file=sys.stderr, flush=True)
+        return 1
     finished = len(finished_trials(run_dir))
     complete = finished >= space.num_trials and not interrupted["flag"]
     write_study_json(run_dir, space, status="finished" if complete else "interrupted", resources=resources)
@@ -400,6 +426,8 @@ CHECK_ERRORS = (SpaceError, ConfigError, StudyError, ConfirmError)
 def check_args(args: argparse.Namespace) -> tuple[Space, str]:
     """The checks that need neither Ray, a cluster nor this machine's files (the dry run, the real run and
     study/submit.py make them alike): the space with the command line applied, and the study's name."""
+    if getattr(args, "max_start_failures", 1) < 1:
+        raise StudyError(f"--max-start-failures {args.max_start_failures}: an integer >= 1")
     space = apply_cli(load_space(args.space), args)
     name = plain_name(args.name if args.name is not None else Path(space.source).stem, "--name")
     if not args.storage.strip() or not args.storage.partition("://")[2].strip("/ ") and "://" in args.storage:
@@ -417,6 +445,11 @@ def check_args(args: argparse.Namespace) -> tuple[Space, str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.list:
+        from moco.catalog import listing
+
+        print(listing())
+        return 0
     try:
         space, name = check_args(args)
         remote = "://" in args.storage

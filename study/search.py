@@ -26,6 +26,7 @@ from study.space import Space
 logger = logging.getLogger(__name__)
 
 WORST = {"max": 0.0, "min": float("inf")}
+TUNE_TRIAL_ID = "tune_trial_id"  #: the Optuna user attribute naming a trial's Tune trial id
 
 
 def trial_outcome(result: dict[str, Any] | None, max_epochs: int, error: bool) -> str:
@@ -47,6 +48,21 @@ class EpochAwareOptunaSearch(OptunaSearch):
         self._max_epochs = max_epochs
         self.outcomes: dict[str, str] = {}
         self._reported: dict[str, set[int]] = {}
+
+    def _setup_study(self, mode):
+        super()._setup_study(mode)
+        # The objective's name in optuna.db (optuna-dashboard shows it instead of "Objective 0").
+        import warnings
+
+        with warnings.catch_warnings():  # set_metric_names is marked experimental
+            warnings.simplefilter("ignore")
+            self._ot_study.set_metric_names([self._metric])
+
+    def suggest(self, trial_id: str) -> dict | None:
+        params = super().suggest(trial_id)
+        if trial_id in self._ot_trials:  # which Tune trial this Optuna trial is (results.jsonl, trials.csv)
+            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
+        return params
 
     def _epochs_of(self, trial_id: str) -> int:
         ot_trial = self._ot_trials[trial_id]

@@ -3,7 +3,7 @@
 A space file is YAML with these sections::
 
     base:                          # the training config every trial starts from
-      config: fashion_mnist        # a name in configs/ or a path
+      config: fashion_mnist        # a shipped name (mocostudy --list) or a path
       overrides: {epochs: 8}       # any TrainConfig keys
     search:                        # searched parameters (TrainConfig keys)
       temperature: {type: float, low: 0.05, high: 0.5, log: true}
@@ -30,13 +30,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moco.catalog import CONFIG_DIR, resolve
 from moco.config import ConfigError, TrainConfig, field_names, load_yaml, plain_name
 from moco.safe_yaml import YamlError, load_value, short
 from moco.sources import check_sizes
 from moco.vocabulary import PARAM_TYPES, SPACE_SECTIONS, STUDY_METRICS
 from study.checks import check_against_config, check_devices
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PARAM_KEYS = {"float": ("type", "low", "high", "log", "step", "when"),
               "int": ("type", "low", "high", "log", "step", "when"),
               "categorical": ("type", "choices", "when"),
@@ -244,15 +244,9 @@ class Space:
 
 
 # --- loading ------------------------------------------------------------------------------------------------------
-def resolve_path(name_or_path: str, directory: Path = CONFIG_DIR) -> Path:
-    """A bare name (``hardneg`` or ``hardneg.yaml``) resolves in ``configs/``; anything else is a path."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    for candidate in (directory / name_or_path, directory / f"{name_or_path}.yaml"):
-        if candidate.is_file():
-            return candidate
-    return path
+def resolve_path(name_or_path: str) -> Path:
+    """A bare name (``hardneg`` or ``hardneg.yaml``) resolves among the shipped configs (:mod:`moco.catalog`)."""
+    return resolve(name_or_path)
 
 
 def load_space(name_or_path: str) -> Space:

@@ -107,6 +107,10 @@ def space_argument(space: str) -> str:
     except SpaceError as err:
         raise SubmitError(str(err)) from None
     source = Path(loaded.source).resolve()
+    from moco.catalog import CONFIG_DIR
+
+    if source.parent == CONFIG_DIR:  # a shipped file: by the checkout's configs/ link, as the cluster templates name it
+        return f"configs/{source.name}"
     try:
         return str(source.relative_to(ROOT))
     except ValueError:

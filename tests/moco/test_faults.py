@@ -20,3 +20,16 @@ def test_fault_fires_once_at_its_epoch_and_rank(tmp_path):
     with pytest.raises(RuntimeError, match="injected fault at epoch 2"):
         maybe_inject_fault(fault, epoch=2, rank=0, run_dir=str(tmp_path))
     maybe_inject_fault(fault, epoch=2, rank=0, run_dir=str(tmp_path))  # the resumed run goes on
+
+
+def test_start_fault_fails_every_start_and_no_epoch(tmp_path):
+    from moco.faults import StartupFault, maybe_fail_start
+
+    fault = parse_fault("kind=start")
+    assert fault == {"kind": "start"}
+    for _ in range(2):  # every attempt: no marker
+        with pytest.raises(StartupFault, match="failed to start"):
+            maybe_fail_start(fault)
+    maybe_inject_fault(fault, epoch=1, rank=0, run_dir=str(tmp_path))  # the epoch switch ignores it
+    maybe_fail_start(parse_fault("epoch=2,kind=raise"))  # an epoch fault does not fail the start
+    maybe_fail_start(None)

@@ -144,3 +144,32 @@ def test_resume_after_sigkill_keeps_finished_trials(tmp_path):
         new = after[after.trial_id.astype(str) == trial_id].iloc[0]
         assert new.status == old.status and new.val_knn_top1 == pytest.approx(old.val_knn_top1)
         assert new.epochs == old.epochs
+
+
+def test_console_prints_each_epoch_once_and_no_ray_dumps(mini_study):
+    """One line per trial event from the driver (study/console.py), none of Ray's per-report dumps (issue #18)."""
+    run_dir, stdout = mini_study
+    history = pd.read_csv(run_dir / "history.csv")
+    trials = pd.read_csv(run_dir / "trials.csv")
+    numbers = dict(zip(trials.trial_id.astype(str), trials.trial_number))
+    for row in history.itertuples():
+        line = f"[trial {numbers[str(row.trial_id)]}] epoch {row.epoch}/"
+        assert stdout.count(line) == 1, (line, stdout[-3000:])
+    for row in trials.itertuples():
+        assert stdout.count(f"[trial {row.trial_number}] started: ") == 1
+        assert stdout.count(f"[trial {row.trial_number}] {row.status}") == 1
+    assert "TrainingReport(" not in stdout and "Reporting training result" not in stdout
+    assert "Tuner.restore" not in stdout and "AIR_VERBOSITY" not in stdout
+    assert "[study] 4/4 trials done" in stdout
+    assert any(line.startswith("trial  status") and "best so far" in line for line in stdout.splitlines())
+
+
+def test_optuna_db_names_the_metric_and_tags_each_trial_with_its_tune_trial(mini_study):
+    import optuna
+
+    run_dir, _ = mini_study
+    study = optuna.load_study(study_name="mini", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    assert study.metric_names == ["val_knn_top1"]
+    trials = pd.read_csv(run_dir / "trials.csv")
+    tags = {t.number: t.user_attrs.get("tune_trial_id") for t in study.trials}
+    assert tags == dict(zip(trials.trial_number, trials.trial_id.astype(str)))
