@@ -1,6 +1,7 @@
 """The shared look of every report figure: style, labels, figure set-up, parameter axes and reference lines.
 
-Figure functions (``analysis/plots.py``) draw inside :func:`styled`, return a :class:`Plot` or raise :class:`Skip`.
+Figure functions (``analysis/plots.py``, ``analysis/curves.py``) draw inside :func:`styled`, return a :class:`Plot`
+or raise :class:`Skip`.
 Parameter axes (:func:`param_axis`) span the searched range; a log-scaled parameter gets a log axis whose ticks are
 a short 1-2-5 (or 1-3, or decade) sequence inside the range, printed as plain numbers, and no minor-tick labels, so
 labels never crowd or overlap (:func:`log_ticks`).
@@ -21,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa: E402
 
 from analysis.load import Param  # noqa: E402
@@ -191,3 +193,9 @@ def raw_line(ax: plt.Axes, value: float, text: str = RAW_LABEL, color: str | Non
     style = dict(RAW_STYLE, **({"color": color} if color else {}))
     ax.axhline(value, label=text, **style)
     return True
+
+
+def legend_handles(raw: bool) -> list[Line2D]:
+    """Legend entries of the baseline marker and, when ``raw``, of the raw-pixel reference line."""
+    handles = [Line2D([], [], ls="", marker="*", ms=14, color="tab:red", mec="black", label="baseline")]
+    return handles + ([Line2D([], [], label=RAW_LABEL, **RAW_STYLE)] if raw else [])
