@@ -20,7 +20,7 @@ from analysis.style import (  # noqa: E402
     BASELINE_MARK, CMAP, PANEL, RAW_LABEL, RAW_STYLE, STATUS_STYLE, STUDY_COLORS, Plot, Skip, label, log_axis,
     new_figure, param_range, raw_line, styled,
 )
-from moco.vocabulary import VAL_KNN  # noqa: E402
+from moco.vocabulary import COMPLETED, DIVERGED, PRUNED, RUNNING, VAL_KNN  # noqa: E402
 
 
 def _best_so_far(values: np.ndarray, maximize: bool) -> np.ndarray:
@@ -52,18 +52,18 @@ def learning_curves(study: Study) -> Plot:
     for tid, g in h.groupby("trial_id", sort=False):
         g = g.sort_values("epoch")
         status = g["status"].iloc[0]
-        style = dict(STATUS_STYLE.get(status, STATUS_STYLE["completed"]))
+        style = dict(STATUS_STYLE.get(status, STATUS_STYLE[COMPLETED]))
         if g["is_baseline"].iloc[0]:
             style.update(color="black", ls="-", alpha=1, lw=2.4, zorder=4)
         elif tid == best_id:
             style.update(color="tab:orange", ls="-", alpha=1, lw=2.4, zorder=4)
         ax.plot(g["epoch"], g[metric], marker="o" if len(g) == 1 else None, ms=4, **style)
-        if status == "pruned":
+        if status == PRUNED:
             ax.plot(g["epoch"].iloc[-1], g[metric].iloc[-1], "x", color="0.3", ms=8, mew=2)
     handles = [Line2D([], [], label=s, **{k: v for k, v in STATUS_STYLE[s].items() if k != "alpha"})
-               for s in ("completed", "pruned", "diverged", "running") if (h["status"] == s).any()]
-    if any(s == "pruned" for s in h["status"]):
-        handles[[x.get_label() for x in handles].index("pruned")] = Line2D(
+               for s in (COMPLETED, PRUNED, DIVERGED, RUNNING) if (h["status"] == s).any()]
+    if any(s == PRUNED for s in h["status"]):
+        handles[[x.get_label() for x in handles].index(PRUNED)] = Line2D(
             [], [], color="0.55", ls="--", marker="x", mec="0.3", label="pruned (stopped early)")
     handles += [Line2D([], [], color="black", lw=2.4, label="baseline")]
     if best_id is not None:
@@ -91,7 +91,7 @@ def optimization_history(studies: list[Study]) -> Plot:
     for i, s in enumerate(studies):
         color = STUDY_COLORS[i % len(STUDY_COLORS)]
         t = s.trials.sort_values("trial_number")
-        done = (t["status"] == "completed").to_numpy()
+        done = (t["status"] == COMPLETED).to_numpy()
         values = np.where(done, t[s.metric].to_numpy(dtype=float), np.nan)
         best = _best_so_far(values, s.maximize)
         cum = t[hours].fillna(0).cumsum().to_numpy()

@@ -26,6 +26,7 @@ from analysis.style import (  # noqa: E402,F401 - Plot, Skip, label, save_figure
     BASELINE_MARK, CMAP, PANEL, STUDY_COLORS, Plot, Skip, categorical_positions, label, legend_handles, new_figure,
     param_axis, raw_line, save_figure, styled,
 )
+from moco.vocabulary import COMPLETED  # noqa: E402
 
 TOO_FEW_SHORT = ("too few seeds to conclude", "too few seeds")
 
@@ -194,7 +195,7 @@ def parallel_coordinates(study: Study, top: int = 10) -> Plot:
     if len(done) < 2:
         raise Skip(f"needs at least 2 trials ({study.fidelity_label}), found {len(done)}")
     ranked = done.sort_values(study.metric, ascending=not study.maximize).head(top)
-    base = study.baseline[study.baseline["status"] == "completed"].head(1)
+    base = study.baseline[study.baseline["status"] == COMPLETED].head(1)
     rows = pd.concat([ranked, base[~base["trial_id"].isin(ranked["trial_id"])]])
     axes_names = [p.column for p in study.params] + [study.metric]
     coords, ticks = {}, {}

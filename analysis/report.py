@@ -39,7 +39,7 @@ from analysis.document import Doc, fmt, slug  # noqa: E402
 from analysis.fidelity import MIN_TRIALS, at_rung, common_rung  # noqa: E402
 from analysis.importance import RESAMPLES  # noqa: E402
 from analysis.load import ReportError, Study, load_studies  # noqa: E402
-from moco.vocabulary import DIVERGED, ERRORED, PENDING, RUNNING  # noqa: E402
+from moco.vocabulary import COMPLETED, DIVERGED, ERRORED, PENDING, PRUNED, RUNNING  # noqa: E402
 
 __all__ = ["ReportError", "build_report", "main"]
 
@@ -61,8 +61,8 @@ def summary_table(studies: Sequence[Study]) -> pd.DataFrame:
         best_v = float(best[s.metric]) if best is not None else math.nan
         row = {"study": s.name, "kind": s.kind, "study_status": s.meta.get("status", ""),
                "searcher": s.meta.get("searcher", ""), "scheduler": s.meta.get("scheduler", ""), "trials": len(t)}
-        row.update({st: int(counts.get(st, 0)) for st in ("completed", "pruned", *FAILED, *UNFINISHED)})
-        other = len(t) - sum(int(counts.get(st, 0)) for st in ("completed", "pruned", *FAILED, *UNFINISHED))
+        row.update({st: int(counts.get(st, 0)) for st in (COMPLETED, PRUNED, *FAILED, *UNFINISHED)})
+        other = len(t) - sum(int(counts.get(st, 0)) for st in (COMPLETED, PRUNED, *FAILED, *UNFINISHED))
         if other:
             row["other_status"] = other
         row.update({"best_trial": best["trial_id"] if best is not None else "", f"best_{s.metric}": best_v,

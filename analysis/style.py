@@ -26,6 +26,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa: E402
 
 from analysis.load import Param  # noqa: E402
+from moco.vocabulary import COMPLETED, DIVERGED, ERRORED, PENDING, PRUNED, RUNNING  # noqa: E402
 
 #: one style for every figure: readable at slide size
 STYLE = {
@@ -37,12 +38,12 @@ STYLE = {
 PANEL = (5.4, 4.0)  #: inches per panel
 CMAP = "viridis"
 STATUS_STYLE = {  # learning-curve style per trial status
-    "completed": dict(color="tab:blue", ls="-", alpha=0.55, lw=1.4),
-    "pruned": dict(color="0.55", ls="--", alpha=0.8, lw=1.2),
-    "diverged": dict(color="tab:red", ls=":", alpha=0.9, lw=1.4),
-    "errored": dict(color="tab:red", ls=":", alpha=0.9, lw=1.4),
-    "running": dict(color="tab:purple", ls="-.", alpha=0.8, lw=1.2),
-    "pending": dict(color="tab:purple", ls="-.", alpha=0.8, lw=1.2),
+    COMPLETED: dict(color="tab:blue", ls="-", alpha=0.55, lw=1.4),
+    PRUNED: dict(color="0.55", ls="--", alpha=0.8, lw=1.2),
+    DIVERGED: dict(color="tab:red", ls=":", alpha=0.9, lw=1.4),
+    ERRORED: dict(color="tab:red", ls=":", alpha=0.9, lw=1.4),
+    RUNNING: dict(color="tab:purple", ls="-.", alpha=0.8, lw=1.2),
+    PENDING: dict(color="tab:purple", ls="-.", alpha=0.8, lw=1.2),
 }
 BASELINE_MARK = dict(marker="*", s=260, color="tab:red", edgecolor="black", linewidth=0.8, zorder=5)
 #: the raw-pixel reference: a horizontal line at the metric of raw pixels (same bank and protocol)
