@@ -1,7 +1,7 @@
 """Report sections that compare trials at one fidelity (``analysis/fidelity.py``): which rung, importance with
 bootstrap intervals and its warning, and boundary warnings.
 
-Each function adds blocks to the report's document (``analysis.report.Doc``: ``heading``, ``para``, ``bullets``,
+Each function adds blocks to the report's document (``analysis.document.Doc``: ``heading``, ``para``, ``bullets``,
 ``table``, ``figure``); ``study`` is the study as recorded and ``view`` the same study at its common rung.
 """
 

@@ -201,7 +201,7 @@ def budget_text(conf: Confirmation) -> str:
 
 
 def section(doc, name: str, run_dir: Path, prefix: str = "") -> None:
-    """Add the confirmation of the study in ``run_dir`` to ``doc`` (an analysis.report.Doc; tables named with
+    """Add the confirmation of the study in ``run_dir`` to ``doc`` (an analysis.document.Doc; tables named with
     ``prefix``); nothing when the study has none."""
     conf = load(run_dir)
     if conf is None:

@@ -1,6 +1,7 @@
 """The shared look of every report figure: style, labels, figure set-up, parameter axes and reference lines.
 
-Figure functions (``analysis/plots.py``) draw inside :func:`styled`, return a :class:`Plot` or raise :class:`Skip`.
+Figure functions (``analysis/plots.py``, ``analysis/curves.py``) draw inside :func:`styled`, return a :class:`Plot`
+or raise :class:`Skip`.
 Parameter axes (:func:`param_axis`) span the searched range; a log-scaled parameter gets a log axis whose ticks are
 a short 1-2-5 (or 1-3, or decade) sequence inside the range, printed as plain numbers, and no minor-tick labels, so
 labels never crowd or overlap (:func:`log_ticks`).
@@ -21,9 +22,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa: E402
 
 from analysis.load import Param  # noqa: E402
+from moco.vocabulary import COMPLETED, DIVERGED, ERRORED, PENDING, PRUNED, RUNNING  # noqa: E402
 
 #: one style for every figure: readable at slide size
 STYLE = {
@@ -35,12 +38,12 @@ STYLE = {
 PANEL = (5.4, 4.0)  #: inches per panel
 CMAP = "viridis"
 STATUS_STYLE = {  # learning-curve style per trial status
-    "completed": dict(color="tab:blue", ls="-", alpha=0.55, lw=1.4),
-    "pruned": dict(color="0.55", ls="--", alpha=0.8, lw=1.2),
-    "diverged": dict(color="tab:red", ls=":", alpha=0.9, lw=1.4),
-    "errored": dict(color="tab:red", ls=":", alpha=0.9, lw=1.4),
-    "running": dict(color="tab:purple", ls="-.", alpha=0.8, lw=1.2),
-    "pending": dict(color="tab:purple", ls="-.", alpha=0.8, lw=1.2),
+    COMPLETED: dict(color="tab:blue", ls="-", alpha=0.55, lw=1.4),
+    PRUNED: dict(color="0.55", ls="--", alpha=0.8, lw=1.2),
+    DIVERGED: dict(color="tab:red", ls=":", alpha=0.9, lw=1.4),
+    ERRORED: dict(color="tab:red", ls=":", alpha=0.9, lw=1.4),
+    RUNNING: dict(color="tab:purple", ls="-.", alpha=0.8, lw=1.2),
+    PENDING: dict(color="tab:purple", ls="-.", alpha=0.8, lw=1.2),
 }
 BASELINE_MARK = dict(marker="*", s=260, color="tab:red", edgecolor="black", linewidth=0.8, zorder=5)
 #: the raw-pixel reference: a horizontal line at the metric of raw pixels (same bank and protocol)
@@ -191,3 +194,9 @@ def raw_line(ax: plt.Axes, value: float, text: str = RAW_LABEL, color: str | Non
     style = dict(RAW_STYLE, **({"color": color} if color else {}))
     ax.axhline(value, label=text, **style)
     return True
+
+
+def legend_handles(raw: bool) -> list[Line2D]:
+    """Legend entries of the baseline marker and, when ``raw``, of the raw-pixel reference line."""
+    handles = [Line2D([], [], ls="", marker="*", ms=14, color="tab:red", mec="black", label="baseline")]
+    return handles + ([Line2D([], [], label=RAW_LABEL, **RAW_STYLE)] if raw else [])

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from moco.vocabulary import COMPLETED, COMPUTE, FINISHED, HISTORY_KEYS, PRUNED
+from moco.vocabulary import COMPLETED, COMPUTE, FINISHED, HISTORY_KEYS, PENDING, PRUNED, RUNNING
 from study.space import Space
 
 STATUS_FILE = "trial_status.json"  # per trial: params, number, status, error
@@ -83,10 +83,10 @@ def write_study_json(run_dir: Path, space: Space, *, status: str, command: list[
         "budget": {COMPUTE: space.budget, "max": space.max_budget}, "seed": s.seed,
         "command": previous.get("command") or " ".join(command or sys.argv), "resumes": previous.get("resumes", 0),
         "versions": previous.get("versions") or versions(), "git_commit": previous.get("git_commit") or git_commit(),
-        "started": previous.get("started") or now(), "ended": now() if status != "running" else None,
+        "started": previous.get("started") or now(), "ended": now() if status != RUNNING else None,
         "status": status, "resources": resources or previous.get("resources"),
     }
-    if status == "running" and previous:
+    if status == RUNNING and previous:
         doc["resumes"] = previous.get("resumes", 0) + 1
     atomic_write(path, json.dumps(doc, indent=2, default=str))
 
@@ -150,7 +150,7 @@ def collect(run_dir: Path, space: Space) -> tuple[pd.DataFrame, pd.DataFrame]:
             history.append({"trial_id": trial_id, **{k: r.get(k) for k in HISTORY_KEYS}, "epoch": epoch})
         last = by_epoch[max(by_epoch)] if by_epoch else {}
         cfg = space.trial_config(params)
-        status = record.get("status") or ("running" if results else "pending")
+        status = record.get("status") or (RUNNING if results else PENDING)
         metric_values = [r[s.metric] for r in by_epoch.values()
                          if isinstance(r.get(s.metric), (int, float)) and not r.get("diverged")]
         best = (max if s.mode == "max" else min)(metric_values) if metric_values else math.nan

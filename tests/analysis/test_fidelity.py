@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import plots
+from analysis import curves, plots, style
 from analysis.bounds import boundary_table, boundary_warnings
 from analysis.fidelity import ASHA, OBSERVED, at_rung, common_rung, rung_counts, time_attribute, values_at
 from analysis.importance import MIN_TRUSTED, compute_importance
@@ -186,7 +186,7 @@ def test_boundary_warning_at_a_limit_of_the_key_does_not_ask_to_widen(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ raw pixels
 def _raw_lines(fig):
-    return [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_label() == plots.RAW_LABEL]
+    return [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_label() == style.RAW_LABEL]
 
 
 def test_raw_pixel_line_on_every_metric_figure(rung_study):
@@ -194,7 +194,7 @@ def test_raw_pixel_line_on_every_metric_figure(rung_study):
     first = rung_study.history.dropna(subset=["raw_val_knn_top1"]).groupby("trial_id")["raw_val_knn_top1"].first()
     assert raw == pytest.approx(float(np.median(first)))
     view = at_rung(rung_study, common_rung(rung_study))
-    for p in (plots.learning_curves(rung_study), plots.optimization_history([rung_study]),
+    for p in (curves.learning_curves(rung_study), curves.optimization_history([rung_study]),
               plots.metric_vs_params(view, rung_study)):
         lines = _raw_lines(p.fig)
         assert lines and all(ln.get_ydata()[0] == pytest.approx(raw) for ln in lines), p.name
@@ -208,7 +208,7 @@ def test_old_studies_render_without_raw_line(tmp_path, column):
         s.history["raw_val_knn_top1"] = math.nan
     assert "raw_val_knn_top1" in s.history.columns or column == "absent"
     assert math.isnan(s.raw_pixel_value())
-    for p in (plots.learning_curves(s), plots.optimization_history([s]), plots.metric_vs_params(s)):
+    for p in (curves.learning_curves(s), curves.optimization_history([s]), plots.metric_vs_params(s)):
         assert not _raw_lines(p.fig)
         plt.close(p.fig)
 
@@ -226,7 +226,7 @@ def test_log_axes_have_readable_ticks(rung_study):
     fig_mv = plots.metric_vs_params(at_rung(rung_study, common_rung(rung_study)), rung_study)
     hn = load_study(make_search_study(rung_study.path.parent / "hn", n=12))
     hn.param("hard_negative_ratio").log = True  # as in the default space
-    fig_hn = plots.hard_negative_diagnostics(hn)
+    fig_hn = curves.hard_negative_diagnostics(hn)
     checked = 0
     for p in (fig_mv, fig_hn):
         for ax in p.fig.axes:
@@ -243,7 +243,7 @@ def test_log_axes_have_readable_ticks(rung_study):
 
 
 def test_log_ticks_are_short_sequences():
-    assert plots.log_axis is not None
+    assert style.log_axis is not None
     from analysis.style import log_ticks
 
     assert log_ticks(0.05, 0.5) == [0.05, 0.1, 0.2, 0.5]

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from analysis import ablation as abl
-from analysis import plots
+from analysis import curves, plots
 from analysis.importance import compute_importance, rebuild_optuna_study
 from analysis.load import ReportError, load_studies, load_study
 
@@ -44,7 +44,7 @@ def test_string_booleans_and_missing_history(tmp_path):
     assert s.trials["is_baseline"].tolist() == [True, False, False, False]
     assert s.history.empty
     with pytest.raises(plots.Skip, match="no values"):
-        plots.learning_curves(s)
+        curves.learning_curves(s)
 
 
 def test_load_studies_rejects_different_modes(tmp_path):
@@ -113,7 +113,7 @@ def test_figures_use_log_axes_and_mark_pruned(study):
     assert scales[plots.label("temperature")] == "log"
     assert scales[plots.label("hard_negative_ratio")] == "linear"
     plt.close(p.fig)
-    lc = plots.learning_curves(study)
+    lc = curves.learning_curves(study)
     styles = {line.get_linestyle() for line in lc.fig.axes[0].get_lines()}
     assert "--" in styles and "-" in styles  # pruned trials dashed, completed solid
     assert set(lc.tables["learning_curves"]["status"]) >= {"completed", "pruned"}
