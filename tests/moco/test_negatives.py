@@ -331,3 +331,25 @@ def test_config_accepts_each_strategy_at_its_defaults_and_identity():
     TrainConfig.from_dict({"negatives": "mochi", "mochi_mixes": 0, "mochi_query_mixes": 0, "mochi_hardest": 1})
     with pytest.raises(ValueError, match="one of select, hcl, ring, mochi"):
         Negatives("hlc")
+
+
+# --- through the engine ----------------------------------------------------------------------------------------------
+def test_engine_mochi_is_reproducible_and_plain_moco_during_the_warm_up():
+    from moco.data import load_dataset
+    from moco.engine import Engine
+    from tests.conftest import CONFIGS
+
+    def cfg(**kw):
+        return TrainConfig.from_yaml(CONFIGS / "digits.yaml", {"epochs": 2, "final_eval": False, "train_subset": 640,
+                                                                "selection_warmup_epochs": 1, **kw})
+
+    data = load_dataset(cfg())
+    mochi = cfg(negatives="mochi", mochi_hardest=64, mochi_mixes=32, mochi_query_mixes=16)
+    runs = [[Engine(c, data, torch.device("cpu")).train_epoch() for _ in range(1)] for c in (cfg(), mochi)]
+    assert runs[0][0]["loss"] == runs[1][0]["loss"]  # warm-up: no synthetic negatives, same augmentations
+    a = Engine(mochi, data, torch.device("cpu"))  # engines seed torch's global generator: build each when used
+    first = [a.train_epoch() for _ in range(2)]
+    b = Engine(mochi, data, torch.device("cpu"))
+    again = [b.train_epoch() for _ in range(2)]
+    assert first[1]["loss"] == again[1]["loss"] and first[1]["kept_negatives"] == again[1]["kept_negatives"]
+    assert first[1]["kept_negatives"] > first[0]["kept_negatives"]
