@@ -80,9 +80,10 @@ class ContrastiveInfo:
     pos_sim: Tensor
     sim: Tensor
     selection: _Selection
-    #: [B, K] float or None: how much each kept entry counts in the diagnostics (hcl: its softmax mass, scaled to sum
-    #: to num_kept per row); None counts every kept entry once.
-    mass: Tensor | None = None
+    #: None: every kept entry counts once in the diagnostics; else a kept entry counts in proportion to
+    #: exp(mass_scale * sim) (hcl: its softmax mass, mass_scale = (1 + beta) / tau), scaled to sum to num_kept per row
+    #: (built on demand by ``mass_rows``).
+    mass_scale: float | None = None
     #: synthetic negatives appended to the kept ones (mochi; moco.negatives.Synthetic), or None.
     synthetic: object | None = None
 
@@ -100,6 +101,15 @@ class ContrastiveInfo:
 
     def keep_rows(self, rows: int) -> Tensor:
         return self.selection.keep_rows(tuple(self.sim.shape), rows)
+
+    def mass_rows(self, rows: int) -> Tensor:
+        """[min(rows, B), K] float: how much each entry of the first ``rows`` queries counts (0 when not kept)."""
+        keep = self.keep_rows(rows)
+        if self.mass_scale is None:
+            return keep.float()
+        logits = (self.mass_scale * self.sim[:rows].float()).masked_fill(~keep, float("-inf"))
+        share = torch.nan_to_num(logits.softmax(dim=1), nan=0.0)  # rows without kept entries: 0
+        return share * self.num_kept[:rows].view(-1, 1)
 
 
 # --- argument checks (one place, reused by the model) ------------------------------------------------------------

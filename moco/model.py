@@ -251,8 +251,8 @@ def _step_stats(infos: list[ContrastiveInfo], labels: Tensor | None, queue_label
     the first ``_QUANTILE_ROWS`` queries of each term only: neg_sim_q10/50/90, quantiles of the similarity of the
     negatives in the loss (kept and synthetic; over a strided subsample of at most ``_QUANTILE_VALUES``; NaN while the
     queue is empty), and false_neg_rate (only with labels), the share of the effective negatives with a known label
-    (>= 0) equal to the query's label (NaN when there is none). Each kept negative counts with its ``mass`` (1, or
-    hcl's softmax share scaled to sum to the kept count); a synthetic one by its sources, each with its mixing
+    (>= 0) equal to the query's label (NaN when there is none). Each kept negative counts with its ``mass_rows`` (1,
+    or hcl's softmax share scaled to sum to the kept count); a synthetic one by its sources, each with its mixing
     coefficient (the query itself counts as its own class).
     """
     device = infos[0].sim.device
@@ -282,8 +282,8 @@ def _step_stats(infos: list[ContrastiveInfo], labels: Tensor | None, queue_label
         same = labels.view(-1, 1) == queue_labels.view(1, -1)
         known = (queue_labels >= 0).view(1, -1)
         hits, total = torch.zeros((), device=device), torch.zeros((), device=device)
-        for info, (_, keep) in zip(infos, rows):
-            weight = keep.float() if info.mass is None else info.mass[:_QUANTILE_ROWS] * keep
+        for info in infos:
+            weight = info.mass_rows(_QUANTILE_ROWS)
             hits = hits + (weight * same).sum()
             total = total + (weight * known).sum()
             if info.synthetic is not None:

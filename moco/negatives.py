@@ -114,7 +114,7 @@ def hcl_loss(q: Tensor, k: Tensor, queue_keys: Tensor, temperature: float, *, qu
     than with detached weights, and the easiest are pulled slightly (detaching w would keep only the first part
     and change the method). Where the lower bound N exp(-1/tau) binds, the negatives get no gradient.
 
-    The info's ``mass`` [B, K] is each candidate's share of sum_i w_i neg_i (softmax of (1 + beta) s / tau), scaled
+    The info's ``mass_rows`` give each candidate's share of sum_i w_i neg_i (softmax of (1 + beta) s / tau), scaled
     to sum to N per row: what the diagnostics weight false negatives by.
     """
     check_hcl(beta, tau_plus)
@@ -123,13 +123,8 @@ def hcl_loss(q: Tensor, k: Tensor, queue_keys: Tensor, temperature: float, *, qu
     pos_logit = l_pos.squeeze(1) / temperature
     log_ng = hcl_log_ng(pos_logit, l_neg / temperature, dropped, counts, beta, tau_plus, temperature)
     loss = (torch.stack([pos_logit, log_ng], dim=1).logsumexp(dim=1) - pos_logit).mean()
-    with torch.no_grad():
-        hard = (1.0 + beta) * sim / temperature
-        if dropped is not None:
-            hard = hard.masked_fill(dropped, float("-inf"))
-        mass = torch.nan_to_num(hard.softmax(dim=1), nan=0.0) * counts.view(-1, 1)
     info = ContrastiveInfo(pos_sim=l_pos.detach().squeeze(1), sim=sim,
-                           selection=_Selection(counts, counts, dropped=dropped), mass=mass)
+                           selection=_Selection(counts, counts, dropped=dropped), mass_scale=(1.0 + beta) / temperature)
     return loss, info
 
 
