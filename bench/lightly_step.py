@@ -1,4 +1,4 @@
-"""Step benchmark, part 5: our MoCo v2 training step against lightly 1.6's, in the same run, fp32 and bf16.
+"""Step benchmark, part 6: our MoCo v2 training step against lightly 1.6's, in the same run, fp32 and bf16.
 
 Both steps train the same backbone (``moco.backbones.build_backbone`` with the default config's ConvNet, width 32) on
 the same random inputs [B, 1, 28, 28], B = 256, with a 2-layer MLP head to 128 dimensions, a 4,096-key queue,

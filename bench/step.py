@@ -19,9 +19,15 @@
    ``moco.engine.Engine`` (augmentation included) in ``precision: fp32`` and in ``auto``, alternating. Ratios are of
    medians taken side by side. The CPU model and its bf16 flags are in every result file (``machine``).
 
+5. Negative sampling (:func:`bench_negatives`): the bare step of the default config with K = 16384, B = 256 (a full
+   queue of random keys) under each strategy of moco/negatives.py at its defaults (and top-rho = 0.05), alternating
+   with plain MoCo v2; the added share of a plain step (goal: at most 10 %), and the loss path alone (forward and
+   backward to q) for each.
+
 ``python -m bench.step [--quick] [--parts NAMES]`` prints the results and writes ``bench/results/step.json``;
-``--parts precision`` runs part 4 only and replaces just that part of an existing result file (likewise ``lightly``).
-5. Against lightly 1.6 (``bench/lightly_step.py``): our step and lightly's MoCo recipe on the same backbone, fp32 and
+``--parts precision`` (or ``negatives``, ``lightly``) runs that part only and replaces just that part of an existing
+result file.
+6. Against lightly 1.6 (``bench/lightly_step.py``): our step and lightly's MoCo recipe on the same backbone, fp32 and
    bf16, alternating.
 """
 
@@ -55,7 +61,7 @@ IMAGE = 32
 DIM, HIDDEN = 128, 512
 RESULTS = Path(__file__).parent / "results" / "step.json"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist.yaml"
-PARTS = ("reference", "precision", "lightly")  # parts 1-3 (ResNet-18 step, selection, dual view), 4 and 5
+PARTS = ("reference", "precision", "negatives", "lightly")  # parts 1-3 (ResNet-18 step, selection, dual view), 4-6
 #: (name, precision, memory format) of the bare-step variants of part 4
 LAYOUTS = (("fp32", "fp32", "contiguous"), ("channels_last", "fp32", "channels_last"),
            ("bf16", "bf16", "contiguous"), ("channels_last+bf16", "bf16", "channels_last"))
@@ -252,6 +258,63 @@ def bench_precision(repeats: int, epoch_steps: int, epoch_repeats: int) -> dict:
                       "speedup_auto_over_fp32": epochs["auto"]["images_per_s"] / epochs["fp32"]["images_per_s"]}}
 
 
+#: part 5's strategies: name -> TrainConfig overrides (each strategy at its defaults)
+NEGATIVE_VARIANTS = {"plain": {}, "top_rho=0.05": {"hard_negative_ratio": 0.05}, "hcl": {"negatives": "hcl"},
+                     "ring": {"negatives": "ring"}, "mochi": {"negatives": "mochi"}}
+
+
+def bench_negatives(repeats: int, queue_size: int = 16384) -> dict:
+    """Part 5: bare steps of the default config (B = 256) with a full queue of ``queue_size`` random keys under each
+    of NEGATIVE_VARIANTS, alternating; the loss path alone (fp32, B = 256, d = 128) likewise."""
+    from moco.negatives import for_step
+
+    cpu = torch.device("cpu")
+    base = TrainConfig.from_yaml(DEFAULT_CONFIG).replace(queue_size=queue_size)
+    precision = resolve_precision("auto", cpu)
+    fns, paths = {}, {}
+    for name, overrides in NEGATIVE_VARIANTS.items():
+        cfg = base.replace(**overrides)
+        torch.manual_seed(0)
+        model = build_model(cfg, 1)
+        with torch.no_grad():
+            model.queue.enqueue(F.normalize(torch.randn(queue_size, cfg.feature_dim), dim=1),
+                                torch.arange(queue_size) + 10**6)
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.sgd_momentum)
+        g = torch.Generator().manual_seed(1)
+        x1, x2 = (torch.randn(cfg.batch_size, 1, 28, 28, generator=g) for _ in range(2))
+        ids = torch.arange(cfg.batch_size)
+        negatives = for_step(cfg, 0, 1, torch.Generator().manual_seed(2))
+
+        def step(model=model, opt=opt, x1=x1, x2=x2, ids=ids, negatives=negatives):
+            with autocast(cpu, precision):
+                loss = model(x1, x2, ids, negatives=negatives)[0]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            model.momentum_update(0.99)
+
+        fns[name] = step
+        q = F.normalize(torch.randn(cfg.batch_size, DIM, generator=g), dim=1).requires_grad_()
+        k = F.normalize(torch.randn(cfg.batch_size, DIM, generator=g), dim=1)
+        keys = F.normalize(torch.randn(queue_size, DIM, generator=g), dim=1)
+        qids, kids = ids, torch.randint(0, 50000, (queue_size,), generator=g)
+
+        def path(q=q, k=k, keys=keys, qids=qids, kids=kids, negatives=negatives):
+            q.grad = None
+            negatives.term(q, k, keys, 0.2, query_ids=qids, queue_ids=kids, threshold=1.0)[0].backward()
+
+        paths[name] = path
+    steps = {name: statistics.median(ts) for name, ts in _alternating(fns, repeats, warmup=2).items()}
+    losses = {name: statistics.median(ts) for name, ts in _alternating(paths, repeats, warmup=2).items()}
+    plain = steps["plain"]
+    return {"config": DEFAULT_CONFIG.name, "batch": base.batch_size, "queue_size": queue_size, "precision": precision,
+            "repeats": repeats, "goal_added_share": 0.10,
+            "strategies": {name: {"overrides": NEGATIVE_VARIANTS[name], "step_s": steps[name],
+                                  "added_share_of_plain_step": steps[name] / plain - 1.0,
+                                  "loss_path_s": losses[name], "loss_path_added_s": losses[name] - losses["plain"]}
+                           for name in NEGATIVE_VARIANTS}}
+
+
 def _environment(command: str) -> dict:
     return {"command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -272,7 +335,10 @@ def run(quick: bool = False, command: str = "python -m bench.step", parts: tuple
         out["precision"] = {**bench_precision(repeats=5 if quick else 15, epoch_steps=10 if quick else 30,
                                               epoch_repeats=2 if quick else 3), "quick": quick, "command": command,
                             "date": out["date"], "machine": out["machine"]}
-    if "lightly" in parts:  # part 5: bench/lightly_step.py
+    if "negatives" in parts:
+        out["negatives"] = {**bench_negatives(repeats=5 if quick else 15), "quick": quick, "command": command,
+                            "date": out["date"], "machine": out["machine"]}
+    if "lightly" in parts:  # part 6: bench/lightly_step.py
         from bench.lightly_step import bench_lightly
 
         out["lightly"] = {**bench_lightly(repeats=5 if quick else 15), "command": command, "date": out["date"]}
@@ -303,9 +369,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--parts {args.parts!r} is not allowed: expected a comma-separated subset of {', '.join(PARTS)}")
     result = run(args.quick, command="python -m bench.step " + " ".join(argv if argv is not None else sys.argv[1:]),
                  parts=parts)
-    if "reference" not in parts and args.output.is_file():  # keep the parts of the previous run not run now
-        result = {**json.loads(args.output.read_text()), **{k: result[k] for k in ("precision", "lightly")
-                                                             if k in result}}
+    if "reference" not in parts and args.output.is_file():  # keep the other parts of the previous full run
+        result = {**json.loads(args.output.read_text()), **{p: result[p] for p in parts if p in result}}
     text = json.dumps(result, indent=2)
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)

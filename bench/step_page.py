@@ -27,6 +27,29 @@ def worst_selection_share(r: dict) -> float:
                 for k in ("rho=0.5", "rho=0.8")] or [0])
 
 
+def _negatives(n: dict) -> list[str]:
+    """Part 5: each negative-sampling strategy's bare step and loss path against plain MoCo v2."""
+    load = (n.get("machine") or {}).get("load_average_at_start")
+    out = [f"Negative sampling (part 5; `{n.get('command')}`, {n.get('date')}, {n['precision']}, K = "
+           f"{n['queue_size']}, B = {n['batch']}, {n['repeats']} alternating repeats"
+           + (f"; load average at start {load[0]:.1f} on {(n.get('machine') or {}).get('cpu_count')} cores" if load
+              else "") + "):", "",
+           "| strategy | step (s) | added share of a plain step | loss path (s) | loss path added (s) |",
+           "|---|---|---|---|---|"]
+    for name, row in n["strategies"].items():
+        out.append(f"| {name} | {row['step_s']:.3f} | {pct(row['added_share_of_plain_step'])} | "
+                   f"{row['loss_path_s']:.3f} | {row['loss_path_added_s']:+.3f} |")
+    goal = n.get("goal_added_share", 0.1)
+    noisy = load and load[0] > 2 * ((n.get("machine") or {}).get("cpu_count") or 1)
+    out += ["", f"Goal: each strategy's step at most {100 * goal:.0f} % over plain MoCo v2: "
+            + ("**not judged**: measured on a machine loaded far beyond its cores, where whole-step differences are "
+               "noise; the loss-path column is the steadier figure." if noisy else
+               ("**met**." if all(row["added_share_of_plain_step"] <= goal for row in n["strategies"].values())
+                else "**MISSED** for " + ", ".join(k for k, row in n["strategies"].items()
+                                                 if row["added_share_of_plain_step"] > goal) + ".")), ""]
+    return out
+
+
 def render(r: dict, figs: Path) -> list[str]:
     v = r["step_vs_reference"]
     ratio, rmin = v.get("ratio_ours_over_reference"), v.get("ratio_of_minimums")
@@ -64,6 +87,8 @@ def render(r: dict, figs: Path) -> list[str]:
         from bench.precision import render_step_part
 
         out += render_step_part(r["precision"])
+    if r.get("negatives"):
+        out += _negatives(r["negatives"])
     if r.get("lightly"):
         from bench.lightly_step import render as render_lightly
 

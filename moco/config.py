@@ -29,6 +29,9 @@ MOMENTUM_SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")  #: encoder compute precision (moco/precision.py resolves auto)
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  #: layout of the encoders' 4-d tensors
+#: negative-sampling strategies (moco/negatives.py) and the keys that only they read
+NEGATIVES = {"select": ("hard_negative_ratio",), "hcl": ("hcl_beta", "hcl_tau_plus"),
+             "ring": ("ring_low", "ring_high"), "mochi": ("mochi_hardest", "mochi_mixes", "mochi_query_mixes")}
 
 
 class ConfigError(ValueError):
@@ -72,6 +75,15 @@ class TrainConfig:
     hard_negative_ratio: float = 1.0  #: rho; keep the hardest ceil(rho * K') negatives per query (1 = all)
     false_negative_threshold: float = 1.0  #: delta; drop negatives with cosine > delta (1 = off)
     selection_warmup_epochs: int = 0  #: epochs with rho = 1 and no filtering before selection starts
+    # Negative sampling (moco/negatives.py). Each strategy's keys default to a literature setting, not its identity.
+    negatives: str = "select"  #: select (top-rho + delta), hcl, ring or mochi; the threshold delta applies to all
+    hcl_beta: float = 1.0  #: HCL hardness beta >= 0 (identity 0); Robinson et al.'s default 1
+    hcl_tau_plus: float = 0.1  #: HCL class prior tau+ in [0, 1) (identity 0); Robinson et al.'s default 0.1
+    ring_low: float = 0.001  #: ring: drop the hardest ceil(rho_lo N) (identity 0); hardest 0.1 % harmful (Cai et al.)
+    ring_high: float = 0.05  #: ring: keep ranks to ceil(rho_hi N) (identity 1); hardest 5 % sufficient (Cai et al.)
+    mochi_hardest: int = 1024  #: MoCHi N_h, mixed from the N_h hardest; (N_h, s, s') = (1024, 512, 256): Kalantidis
+    mochi_mixes: int = 512  #: MoCHi s_mix, mixes of two hard negatives (identity 0)
+    mochi_query_mixes: int = 256  #: MoCHi s_q, mixes of the query and a hard negative (identity 0)
     bn_mode: str = "split"  #: split (SplitBatchNorm, one device), shuffle (ShuffleBN, DDP), sync (SyncBN), none
     bn_splits: int = 8  #: number of splits for SplitBatchNorm
 
@@ -131,6 +143,7 @@ class TrainConfig:
         need(0.0 < self.hard_negative_ratio <= 1.0, "hard_negative_ratio", "a number in (0, 1]")
         need(-1.0 < self.false_negative_threshold <= 1.0, "false_negative_threshold", "a number in (-1, 1]")
         need(self.selection_warmup_epochs >= 0, "selection_warmup_epochs", "an integer >= 0")
+        self._validate_negatives(need)
         need(self.bn_mode in BN_MODES, "bn_mode", f"one of {', '.join(BN_MODES)}")
         need(self.bn_splits >= 1, "bn_splits", "an integer >= 1")
         need(self.bn_mode != "split" or self.batch_size % self.bn_splits == 0, "bn_splits",
@@ -165,6 +178,25 @@ class TrainConfig:
         need(self.checkpoint_every >= 1, "checkpoint_every", "an integer >= 1")
         need(self.keep_checkpoints >= 1, "keep_checkpoints", "an integer >= 1")
         return self
+
+    def _validate_negatives(self, need) -> None:
+        close = difflib.get_close_matches(str(self.negatives), list(NEGATIVES), n=1)
+        need(self.negatives in NEGATIVES, "negatives", f"one of {', '.join(NEGATIVES)}"
+             + (f" (did you mean {close[0]!r}?)" if close else ""))
+        need(self.hcl_beta >= 0, "hcl_beta", "a number >= 0 (0 = no hardness weighting)")
+        need(0.0 <= self.hcl_tau_plus < 1.0, "hcl_tau_plus", "a number in [0, 1) (0 = no debiasing)")
+        need(0.0 < self.ring_high <= 1.0, "ring_high", "a number in (0, 1]")
+        need(0.0 <= self.ring_low < self.ring_high, "ring_low", f"a number in [0, ring_high = {self.ring_high})")
+        need(self.mochi_mixes >= 0, "mochi_mixes", "an integer >= 0")
+        need(self.mochi_query_mixes >= 0, "mochi_query_mixes", "an integer >= 0")
+        need(self.mochi_hardest >= (2 if self.mochi_mixes else 1), "mochi_hardest",
+             "an integer >= 1, and >= 2 with mochi_mixes > 0 (a mix needs two hard negatives i != j)")
+        defaults = TrainConfig.__dataclass_fields__
+        for strategy, keys in NEGATIVES.items():
+            for key in keys:  # another strategy's key left at its default is fine; a changed one is a mistake
+                need(strategy == self.negatives or getattr(self, key) == defaults[key].default, key,
+                     f"its default {defaults[key].default!r} here: only negatives = {strategy} reads it, and "
+                     f"negatives = {self.negatives} (set negatives: {strategy}, or leave {key} out)")
 
     # --- construction -----------------------------------------------------------------------------------------
     @classmethod

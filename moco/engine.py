@@ -23,6 +23,7 @@ from moco.config import TrainConfig
 from moco.data import Dataset, eval_batches, train_batches
 from moco.evaluate import alignment, knn_accuracy, linear_probe, ridge_probe, uniformity
 from moco.model import MoCo, build_model
+from moco.negatives import for_step
 from moco.precision import autocast, resolve_memory_format, resolve_precision, torch_memory_format
 from moco.schedules import cosine_momentum, warmup_cosine_lr
 from moco.vocabulary import (COMPUTE, EPOCH, FINAL_VAL_KNN, FINAL_VAL_PROBE, STEP_STATS, TEST_KNN, TEST_LINEAR,
@@ -113,9 +114,10 @@ class Engine:
         return self.epoch * self.cfg.views
 
     # --- training ---------------------------------------------------------------------------------------------
-    def _generator(self, epoch: int) -> torch.Generator:
+    def _generator(self, epoch: int, stream: int = 0) -> torch.Generator:
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(hash((self.cfg.seed, epoch, self.dist.rank)) % 2**62)
+        key = (self.cfg.seed, epoch, self.dist.rank) + ((stream,) if stream else ())
+        gen.manual_seed(hash(key) % 2**62)
         return gen
 
     def selection(self, epoch: int) -> tuple[float, float]:
@@ -135,6 +137,7 @@ class Engine:
         self.model.train()
         ratio, threshold = self.selection(epoch)
         gen = self._generator(epoch)
+        negatives_gen = self._generator(epoch, stream=1)  # MoCHi's draws: augmentations stay those of any strategy
         labels_known = self.dataset.num_classes > 0
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, torch.Tensor] = {}
@@ -153,8 +156,9 @@ class Engine:
             view1, view2 = view1.contiguous(memory_format=self._layout), view2.contiguous(memory_format=self._layout)
             data_s += time.perf_counter() - t0
             with autocast(self.device, self.precision):
-                loss, stats = self.net(view1, view2, ids, ratio=ratio, threshold=threshold,
-                                       labels=labels if labels_known else None)
+                loss, stats = self.net(view1, view2, ids, threshold=threshold,
+                                       labels=labels if labels_known else None,
+                                       negatives=for_step(cfg, step, self.steps_per_epoch, negatives_gen))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             # The gradient norm is identical on every rank after DDP's all-reduce, so all ranks stop together.

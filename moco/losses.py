@@ -29,14 +29,15 @@ With ``ratio = 1``, ``threshold = 1`` and no ids, :func:`contrastive_loss` compu
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ContrastiveInfo", "select_negatives", "contrastive_loss", "dual_view_loss", "check_ratio",
-           "check_threshold", "check_temperature", "check_weight"]
+__all__ = ["ContrastiveInfo", "select_negatives", "contrastive_loss", "selected_infonce", "dual_view_loss",
+           "check_ratio", "check_threshold", "check_temperature", "check_weight"]
 
 
 @dataclass
@@ -79,6 +80,12 @@ class ContrastiveInfo:
     pos_sim: Tensor
     sim: Tensor
     selection: _Selection
+    #: None: every kept entry counts once in the diagnostics; else a kept entry counts in proportion to
+    #: exp(mass_scale * sim) (hcl: its softmax mass, mass_scale = (1 + beta) / tau), scaled to sum to num_kept per row
+    #: (built on demand by ``mass_rows``).
+    mass_scale: float | None = None
+    #: synthetic negatives appended to the kept ones (mochi; moco.negatives.Synthetic), or None.
+    synthetic: object | None = None
 
     @property
     def num_candidates(self) -> Tensor:
@@ -94,6 +101,15 @@ class ContrastiveInfo:
 
     def keep_rows(self, rows: int) -> Tensor:
         return self.selection.keep_rows(tuple(self.sim.shape), rows)
+
+    def mass_rows(self, rows: int) -> Tensor:
+        """[min(rows, B), K] float: how much each entry of the first ``rows`` queries counts (0 when not kept)."""
+        keep = self.keep_rows(rows)
+        if self.mass_scale is None:
+            return keep.float()
+        logits = (self.mass_scale * self.sim[:rows].float()).masked_fill(~keep, float("-inf"))
+        share = torch.nan_to_num(logits.softmax(dim=1), nan=0.0)  # rows without kept entries: 0
+        return share * self.num_kept[:rows].view(-1, 1)
 
 
 # --- argument checks (one place, reused by the model) ------------------------------------------------------------
@@ -223,40 +239,60 @@ def contrastive_loss(q: Tensor, k: Tensor, queue_keys: Tensor, temperature: floa
     l_neg = q @ queue_keys.t()  # [B, K]
     sim = l_neg.detach()
     selection = _select(sim, query_ids, queue_ids, ratio, threshold)
+    loss = selected_infonce(l_pos, l_neg, selection, temperature)
+    info = ContrastiveInfo(pos_sim=l_pos.detach().squeeze(1), sim=sim, selection=selection)
+    return loss, info
+
+
+def selected_infonce(l_pos: Tensor, l_neg: Tensor, selection: _Selection, temperature: float,
+                     extra: Tensor | None = None) -> Tensor:
+    """Batch mean of l(q, k, N(q)) from l_pos [B, 1] and l_neg [B, K] (cosines, with gradient) and a selection;
+    ``extra`` [B, S]: further negative cosines appended to every row (-inf where a row has none)."""
     if selection.picks is not None:  # only the kept logits enter the softmax (and receive gradient)
         index, valid = selection.picks
         l_neg = l_neg.gather(1, index).masked_fill(~valid, float("-inf"))
     elif selection.dropped is not None:  # dropped logits become -inf: no softmax mass, no gradient
         l_neg = l_neg.masked_fill(selection.dropped, float("-inf"))
-    logits = torch.cat([l_pos, l_neg], dim=1) / temperature
-    target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-    loss = F.cross_entropy(logits, target)
-    info = ContrastiveInfo(pos_sim=l_pos.detach().squeeze(1), sim=sim, selection=selection)
-    return loss, info
+    logits = torch.cat([l_pos, l_neg] + ([extra] if extra is not None else []), dim=1) / temperature
+    target = torch.zeros(l_pos.shape[0], dtype=torch.long, device=l_pos.device)
+    return F.cross_entropy(logits, target)
 
 
 def dual_view_loss(q1: Tensor | None, k2: Tensor | None, queue_keys: Tensor, temperature: float, *,
                    weight: float = 1.0, q2: Tensor | None = None, k1: Tensor | None = None,
                    query_ids: Tensor | None = None, queue_ids: Tensor | None = None,
-                   ratio: float = 1.0, threshold: float = 1.0) -> tuple[Tensor, list[ContrastiveInfo]]:
+                   ratio: float = 1.0, threshold: float = 1.0,
+                   term: Callable[..., tuple[Tensor, ContrastiveInfo]] | None = None
+                   ) -> tuple[Tensor, list[ContrastiveInfo]]:
     """L = lambda * l(q1, k2, N(q1)) + (1 - lambda) * l(q2, k1, N(q2)), each a batch mean: a weighted *mean*.
 
     Both terms use the same ``queue_keys`` snapshot (the caller enqueues k1 and k2 only afterwards). A term whose
     weight is 0 is not computed, so with ``weight = 1`` (one-way MoCo v2) ``q2`` and ``k1`` may be None, and with
     ``weight = 0`` ``q1`` and ``k2`` may be None. ``query_ids`` [B] are the image ids, shared by both views.
 
+    ``term`` computes one direction's term instead of :func:`contrastive_loss` (another negative-sampling strategy,
+    :mod:`moco.negatives`): ``term(q, k, queue_keys, temperature, query_ids=, queue_ids=, threshold=)``; it takes
+    the place of ``ratio``, which must then be 1.
+
     Returns:
         (loss, infos): the 0-d loss and one :class:`ContrastiveInfo` per computed term (view-1 query term first).
     """
     check_weight(weight)
+    if term is not None and ratio != 1.0:
+        raise ValueError(f"ratio = {ratio!r} is not allowed with another strategy's term: expected 1 (top-rho is the "
+                         "select strategy's)")
     terms = []
     for w, q, k, names in ((weight, q1, k2, "q1, k2"), (1.0 - weight, q2, k1, "q2, k1")):
         if w == 0.0:
             continue
         if q is None or k is None:
             raise ValueError(f"{names} are required when their weight is {w} (weight = {weight!r}, allowed [0, 1])")
-        loss, info = contrastive_loss(q, k, queue_keys, temperature, query_ids=query_ids, queue_ids=queue_ids,
-                                      ratio=ratio, threshold=threshold)
+        if term is None:
+            loss, info = contrastive_loss(q, k, queue_keys, temperature, query_ids=query_ids, queue_ids=queue_ids,
+                                          ratio=ratio, threshold=threshold)
+        else:
+            loss, info = term(q, k, queue_keys, temperature, query_ids=query_ids, queue_ids=queue_ids,
+                              threshold=threshold)
         terms.append((w, loss, info))
     total = terms[0][1] if len(terms) == 1 else sum(w * loss for w, loss, _ in terms)
     return total, [info for _, _, info in terms]

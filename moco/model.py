@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from moco.backbones import build_backbone
 from moco.losses import ContrastiveInfo, check_ratio, check_temperature, check_threshold, dual_view_loss
+from moco.negatives import Negatives
 from moco.queue import KeyQueue, gather_from_ranks
 
 __all__ = ["MoCo", "SplitBatchNorm", "build_model", "update_momentum", "BN_MODES"]
@@ -202,8 +203,12 @@ class MoCo(nn.Module):
 
     # --- the step ----------------------------------------------------------------------------------------------
     def forward(self, view1: Tensor, view2: Tensor, image_ids: Tensor, *, ratio: float = 1.0,
-                threshold: float = 1.0, labels: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                threshold: float = 1.0, labels: Tensor | None = None,
+                negatives: Negatives | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """One MoCo step on views [B, C, H, W] of images with ids [B] (labels [B] only for diagnostics).
+
+        ``negatives`` (moco.negatives.for_step) chooses the strategy; None is ``select`` with ``ratio``, which must be
+        1 otherwise. ``threshold`` is the false-negative filter of every strategy.
 
         Returns ``(loss, stats)``, an fp32 loss also under autocast; ``stats`` maps :data:`moco.vocabulary.STEP_STATS`
         (``false_neg_rate`` only when ``labels`` are given) to detached 0-d tensors. The keys of the computed views
@@ -228,7 +233,8 @@ class MoCo(nn.Module):
         # softmax, loss and statistics are computed with autocast off, so in fp32 like the queue.
         with torch.autocast(view1.device.type, enabled=False):
             loss, infos = dual_view_loss(q1, k2, queue_keys, self.temperature, weight=lam, q2=q2, k1=k1,
-                                         query_ids=image_ids, queue_ids=queue_ids, ratio=ratio, threshold=threshold)
+                                         query_ids=image_ids, queue_ids=queue_ids, ratio=ratio, threshold=threshold,
+                                         term=None if negatives is None else negatives.term)
             stats = _step_stats(infos, labels, queue_labels)
         new_keys = torch.cat([k for k in (k1, k2) if k is not None])
         self.queue.enqueue(new_keys, image_ids.repeat(views), None if labels is None else labels.repeat(views),
@@ -241,19 +247,24 @@ def _step_stats(infos: list[ContrastiveInfo], labels: Tensor | None, queue_label
     """Diagnostics from what the loss computed anyway, pooled over the computed terms.
 
     pos_sim: mean q.k. filtered_frac: share of (query, queue entry) pairs dropped by the same-id and threshold
-    filters. kept_negatives: mean negatives per query. To bound the cost, the following use the first
-    ``_QUANTILE_ROWS`` queries of each term only: neg_sim_q10/50/90, quantiles of the similarity of selected
-    negatives (over a strided subsample of at most ``_QUANTILE_VALUES``; NaN while the queue is empty), and
-    false_neg_rate (only with labels), the share of selected negatives with a known label (>= 0) equal to the
-    query's label (NaN when there is none).
+    filters. kept_negatives: mean negatives per query (synthetic ones included). To bound the cost, the following use
+    the first ``_QUANTILE_ROWS`` queries of each term only: neg_sim_q10/50/90, quantiles of the similarity of the
+    negatives in the loss (kept and synthetic; over a strided subsample of at most ``_QUANTILE_VALUES``; NaN while the
+    queue is empty), and false_neg_rate (only with labels), the share of the effective negatives with a known label
+    (>= 0) equal to the query's label (NaN when there is none). Each kept negative counts with its ``mass_rows`` (1,
+    or hcl's softmax share scaled to sum to the kept count); a synthetic one by its sources, each with its mixing
+    coefficient (the query itself counts as its own class).
     """
     device = infos[0].sim.device
     nan = torch.tensor(float("nan"), device=device)
     pairs = sum(i.sim.numel() for i in infos)
     candidates = torch.cat([i.num_candidates for i in infos]).sum()
-    kept = torch.cat([i.num_kept for i in infos]).float().mean()
+    extra = [i.synthetic.valid.sum(dim=1) if i.synthetic is not None else 0 for i in infos]
+    kept = torch.cat([i.num_kept + e for i, e in zip(infos, extra)]).float().mean()
     rows = [(i.sim[:_QUANTILE_ROWS], i.keep_rows(_QUANTILE_ROWS)) for i in infos]
-    selected = torch.cat([sim[keep] for sim, keep in rows]).float()
+    synthetic = [i.synthetic for i in infos if i.synthetic is not None]
+    selected = torch.cat([sim[keep] for sim, keep in rows]
+                         + [s.sim[:_QUANTILE_ROWS][s.valid[:_QUANTILE_ROWS]] for s in synthetic]).float()
     if selected.numel() > _QUANTILE_VALUES:  # a deterministic strided subsample bounds the sort
         selected = selected[:: -(-selected.numel() // _QUANTILE_VALUES)]
     if selected.numel():
@@ -270,9 +281,20 @@ def _step_stats(infos: list[ContrastiveInfo], labels: Tensor | None, queue_label
         labels = labels.to(queue_labels.device)[:_QUANTILE_ROWS]
         same = labels.view(-1, 1) == queue_labels.view(1, -1)
         known = (queue_labels >= 0).view(1, -1)
-        hits = sum((keep & same).sum() for _, keep in rows)
-        total = sum((keep & known).sum() for _, keep in rows)
-        stats["false_neg_rate"] = hits.float() / total if int(total) else nan
+        hits, total = torch.zeros((), device=device), torch.zeros((), device=device)
+        for info in infos:
+            weight = info.mass_rows(_QUANTILE_ROWS)
+            hits = hits + (weight * same).sum()
+            total = total + (weight * known).sum()
+            if info.synthetic is not None:
+                s = info.synthetic
+                src = s.sources[:len(labels)]
+                weights = s.weights[:len(labels)] * s.valid[:len(labels)].unsqueeze(-1)
+                src_labels = queue_labels[src.clamp_min(0)]
+                is_query = src < 0
+                hits = hits + (weights * (is_query | (src_labels == labels.view(-1, 1, 1)))).sum()
+                total = total + (weights * (is_query | (src_labels >= 0))).sum()
+        stats["false_neg_rate"] = hits.float() / total if float(total) > 0 else nan
     return {name: value.detach() for name, value in stats.items()}
 
 

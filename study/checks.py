@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from moco.config import ConfigError
 
 if TYPE_CHECKING:
-    from study.space import Space
+    from study.space import Param, Space
 
 
 def check_devices(space: Space) -> None:
@@ -50,15 +50,28 @@ def check_against_config(space: Space) -> None:
         return
     if any(p.name == "epochs" for p in space.params):
         raise SpaceError(space.source, "search.epochs", EPOCHS_FOLLOW)
-    options = [p.extremes() for p in space.params]
-    # Every corner when there are few; else each parameter's values with the others at their first value.
-    combos = itertools.product(*options) if math.prod(len(o) for o in options) <= 4096 else (
-        [tuple(q.extremes()[0] if q is not p else v for q in space.params) for p in space.params for v in p.extremes()])
-    for combo in combos:
-        values = {p.name: v for p, v in zip(space.params, combo)}
+    for values in _corners(space.params):
         try:
             space.config_with(values)
         except ConfigError as err:
             key = f"search.{err.key}" if err.key in values else f"search (with {values})"
             raise SpaceError(space.source, key, f"the training config rejects {err.key} = {err.value!r} "
                              f"(reached with {values}): {err.allowed}") from None
+
+
+def _corners(params: list[Param]):
+    """Points that bound the space, honouring ``when``: for every combination of the values of the parameters that
+    conditions refer to, the active parameters' corners when there are few, else each one's values with the others
+    at their first value."""
+    drivers = [p for p in params if any(q.when is not None and q.condition()[0] == p.name for q in params)]
+    for fixed in itertools.product(*(d.extremes() for d in drivers)):
+        chosen, drawn, active = dict(zip((d.name for d in drivers), fixed)), {}, []
+        for p in params:
+            if p.active(drawn):
+                active.append(p)
+                drawn[p.name] = chosen.get(p.name, p.extremes()[0])
+        options = [[chosen[p.name]] if p.name in chosen else p.extremes() for p in active]
+        combos = itertools.product(*options) if math.prod(len(o) for o in options) <= 4096 else (
+            [tuple(o[0] if q is not p else v for q, o in zip(active, options)) for p, opts in zip(active, options)
+             for v in opts])
+        yield from ({p.name: v for p, v in zip(active, combo)} for combo in combos)

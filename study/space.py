@@ -212,7 +212,8 @@ class Space:
         """The MoCo v2 baseline as a point of the search space (lambda = rho = delta = 1, base tau and K)."""
         if self.variants or not self.settings.baseline:
             return None
-        forced = {"dual_view_weight": 1.0, "hard_negative_ratio": 1.0, "false_negative_threshold": 1.0}
+        forced = {"dual_view_weight": 1.0, "hard_negative_ratio": 1.0, "false_negative_threshold": 1.0,
+                  "negatives": "select"}
         point: dict[str, Any] = {}
         for p in self.params:
             if not p.active(point):
