@@ -235,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default="runs", help="where runs are written (path or URI; default ./runs)")
     p.add_argument("--name", default=None, help="run name (default: train-<config stem>); reuse it to resume")
     p.add_argument("--address", default=None,
-                   help="existing Ray cluster (HOST:PORT, auto, ray://...); it must answer within 5 s (default: a new "
-                        "local Ray instance, none with --workers 0)")
+                   help="existing Ray cluster (HOST:PORT or auto; ray:// is refused: submit a Ray Job instead); "
+                        "it must answer within 5 s (default: a new local Ray instance, none with --workers 0)")
     return p
 
 

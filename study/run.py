@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers-per-trial", type=int, default=None, help="Ray Train workers per trial")
     p.add_argument("--gpus-per-worker", type=int, default=None, help="GPUs per Ray Train worker (0 or 1)")
     p.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per Ray Train worker")
-    p.add_argument("--address", default=None, help="an existing Ray cluster (default: start Ray locally)")
+    p.add_argument("--address", default=None, help="an existing Ray cluster, HOST:PORT or auto (default: start Ray "
+                   "locally; ray:// is refused: submit with study/submit.py)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
     p.add_argument("--confirm", action="store_true", help="run (or continue) the confirmation of the finished "
                    "study --name: its best trials and baseline re-trained with fresh seeds (the space's confirm:)")
