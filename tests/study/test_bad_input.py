@@ -60,7 +60,7 @@ BAD = {
     "seed above numpy": (SPACE, ["--seed", str(2**40)], "--seed"),
     "base seed above numpy": (SPACE.replace("config: digits", "config: digits\n  overrides: {seed: 5000000000}"), [],
                               "seed"),
-    "two GPUs per worker": (SPACE, ["--gpus-per-worker", "2"], "--gpus-per-worker"),
+    "1.5 GPUs per worker": (SPACE, ["--gpus-per-worker", "1.5"], "--gpus-per-worker"),
     "max_concurrent true": (_space(study="  max_concurrent: true\n"), [], "study.max_concurrent"),
     "a billion trials": (SPACE, ["--num-samples", str(10**9)], "--num-samples"),
     # 6. accepted by --dry-run before, failing only after Ray started
