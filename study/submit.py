@@ -37,7 +37,11 @@ EXCLUDES = ["/.venv/", "/runs/", "/.git/", "/data/", "/build/", "/dist/", "/.pyt
 #: study/run.py options forwarded as they are: (option, takes a value)
 FORWARDED = [("--name", True), ("--num-samples", True), ("--max-concurrent", True), ("--workers-per-trial", True),
              ("--gpus-per-worker", True), ("--cpus-per-worker", True), ("--seed", True), ("--resume", False),
-             ("--no-report", False)]
+             ("--no-report", False), ("--wait-for-nodes", True), ("--resume-if-exists", False),
+             ("--optuna-storage", True)]
+#: Seconds Ray's job supervisor waits after SIGTERM (--stop) before SIGKILL: Ray's default, 3 s, cuts a study off
+#: before Tune has stopped its trials and the study has written its files.
+STOP_WAIT_S = 180
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -148,7 +152,7 @@ def runtime_env(args: argparse.Namespace) -> dict[str, Any]:
     env: dict[str, Any] = {"working_dir": str(ROOT), "excludes": list(EXCLUDES)}
     if args.pip:
         env["pip"] = requirements()
-    env_vars = {"PYTHONUNBUFFERED": "1"}
+    env_vars = {"PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S)}
     for item in args.env:
         key, sep, value = item.partition("=")
         if not sep or not key:
