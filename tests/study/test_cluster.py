@@ -138,3 +138,17 @@ def test_templates_resume_wait_for_nodes_and_stop_gracefully():
                                              "--resume-if-exists"])
     assert "--wait-for-nodes 60 --resume-if-exists" in submit.entrypoint(args, "configs/hardneg.yaml", "/nfs/s")
     assert int(submit.runtime_env(args)["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"]) >= 60
+
+
+def test_dockerfile_matches_setup():
+    """The image's Ray and Python match setup.cfg's pins, and it installs the project as scripts/setup.sh does."""
+    docker = (CLUSTER / "Dockerfile").read_text()
+    setup_cfg = (ROOT / "setup.cfg").read_text()
+    ray_pin = setup_cfg.split("ray[", 1)[1].split("==", 1)[1].split()[0]
+    base = next(line.split()[1] for line in docker.splitlines() if line.startswith("FROM "))
+    assert base == f"rayproject/ray:{ray_pin}-py311-gpu"
+    install = 'pip install -q -e ".[dev]"'
+    assert install in docker and install in (ROOT / "scripts" / "setup.sh").read_text()
+    job = yaml.safe_load((CLUSTER / "rayjob.yaml").read_text())
+    image = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.endswith(f":ray{ray_pin}-gpu") and "Dockerfile" in (CLUSTER / "README.md").read_text()
