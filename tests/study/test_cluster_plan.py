@@ -130,3 +130,50 @@ def test_storage_that_one_node_cannot_see_is_refused(tmp_path):
     assert f"--storage {storage} is not shared by every node: 1 of 2 cannot read" in proc.stderr
     assert worker[:8] in proc.stderr and "Traceback" not in proc.stderr
     assert not list(storage.glob(".mocostudy-probe-*"))
+
+
+class GrowingCluster(LoopbackCluster):
+    """A head with no CPU for workers (the drivers' resource only), to which a 2-CPU worker node is added later."""
+
+    def start(self) -> "GrowingCluster":
+        self._start(["--head", "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
+                     "--dashboard-port", str(self.dashboard_port), "--include-dashboard", "true",
+                     "--ray-client-server-port", str(_free_port()), *self._node_ports("h"), "--num-cpus", "0",
+                     "--resources", '{"mocostudy_driver": 100}'], "head.log")
+        self.wait_for_nodes(1)
+        return self
+
+    def add_worker(self) -> None:
+        self._start(["--address", f"127.0.0.1:{self.gcs_port}", *self._node_ports("w"), "--num-cpus", "2"],
+                    "worker.log")
+        self.wait_for_nodes(2)
+
+
+@pytest.mark.timeout(900)
+def test_a_node_that_joins_after_the_start_receives_the_trials(tmp_path):
+    """The head holds no worker: the study waits (--wait-for-nodes) instead of failing, and the trials run on the
+    node that joins later. Both node ids are recorded at their start and required."""
+    cluster = GrowingCluster()
+    try:
+        cluster.start()
+        (head,) = [n["node_id"] for n in cluster.nodes()]
+        proc = subprocess.Popen(study_command("--space", str(MINI_SPACE), "--address", f"127.0.0.1:{cluster.gcs_port}",
+                                              "--storage", str(tmp_path / "runs"), "--name", "grow", "--no-report",
+                                              "--num-samples", "2", "--set", "compute_budget=2",
+                                              "--wait-for-nodes", "400"),
+                                cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in proc.stdout:  # wait until the study says it is waiting, then add the node
+            lines.append(line)
+            if "waiting up to 400 s for nodes" in line:
+                break
+        assert any("waiting up to 400 s for nodes" in line for line in lines), "".join(lines)[-3000:]
+        cluster.add_worker()
+        (worker,) = [n["node_id"] for n in cluster.nodes() if n["node_id"] != head]
+        rest, _ = proc.communicate(timeout=800)
+    finally:
+        cluster.stop()
+    out = "".join(lines) + rest
+    assert proc.returncode == 0, out[-4000:]
+    trials = pd.read_csv(tmp_path / "runs" / "grow" / "trials.csv")
+    assert len(trials) == 2 and set(trials.node_id.astype(str)) == {worker}
