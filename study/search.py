@@ -99,6 +99,9 @@ class EpochAwareOptunaSearch(OptunaSearch):
             storage = pickle.loads(self._storage) if isinstance(self._storage, bytes) else self._storage
         self._storage = storage
         ref = self.__dict__.pop("_ot_study_ref", None)
+        pickled = self.__dict__.get("_ot_study")  # a searcher pickled whole (by an earlier version of this module)
+        if ref is None and pickled is not None:
+            ref = (pickled.study_name, pickled.sampler, pickled.pruner)
         if ref is None:
             self._ot_study = None
             return

@@ -95,6 +95,25 @@ def test_a_restored_searcher_uses_this_runs_database_not_the_pickled_path(tmp_pa
     assert [t.state.name for t in trials] == ["COMPLETE", "RUNNING"] and trials[0].value == 50.0
 
 
+def test_a_searcher_pickled_whole_by_an_earlier_version_is_attached_too(tmp_path):
+    """Studies started before the re-attach pickled the searcher with its live storage: resuming them re-attaches it
+    to this run's storage as well."""
+    from study.search import EpochAwareOptunaSearch, make_searcher, use_storage
+    from study.space import load_space
+
+    run_dir = tmp_path / "old"
+    run_dir.mkdir()
+    searcher = make_searcher(load_space(str(MINI_SPACE)), run_dir)
+    searcher.suggest("t0")
+    state = dict(searcher.__dict__)  # what OptunaSearch.save pickled
+    restored = EpochAwareOptunaSearch.__new__(EpochAwareOptunaSearch)
+    use_storage("old", ost.open_storage(ost.resolve(None, run_dir)))
+    restored.__setstate__(state)
+    assert restored._ot_study is not None and restored._ot_study._storage is not searcher._ot_study._storage
+    restored.on_trial_complete("t0", {"val_knn_top1": 40.0, "epoch": 4, "compute": 4})
+    assert restored._ot_study.trials[0].value == 40.0
+
+
 # --- real mini studies --------------------------------------------------------------------------------------------
 TINY = ["--num-samples", "2", "--max-concurrent", "1", "--no-report"]
 
