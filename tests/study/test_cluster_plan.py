@@ -93,6 +93,7 @@ class BlindWorkerCluster(LoopbackCluster):
     def __init__(self, hidden: str):
         super().__init__()
         self.hidden = hidden
+        self.env["RAY_raylet_start_wait_time_s"] = "180"  # a node registers slowly on a loaded 2-core machine
 
     def start(self) -> "BlindWorkerCluster":
         self._start(["--head", "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
