@@ -88,9 +88,9 @@ def host_port(address: str) -> tuple[str, int]:
     try:
         port = parsed.port or default
     except ValueError:
-        raise AddressError(f"--address {address}: not a Ray address (HOST:PORT or ray://HOST:PORT)") from None
+        raise AddressError(f"--address {address}: not a Ray address (HOST:PORT or auto)") from None
     if not parsed.hostname:
-        raise AddressError(f"--address {address}: not a Ray address (HOST:PORT or ray://HOST:PORT)")
+        raise AddressError(f"--address {address}: not a Ray address (HOST:PORT or auto)")
     return parsed.hostname, port
 
 
@@ -142,6 +142,7 @@ def check_address(address: str | None, timeout: float = 5.0) -> str | None:
     if not address or address == "local":
         return None
     target, source = resolve_auto() if address == "auto" else (address, "")
+    refuse_ray_client(address, target, source)
     host, port = host_port(target)
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -151,6 +152,20 @@ def check_address(address: str | None, timeout: float = 5.0) -> str | None:
         raise AddressError(f"--address {address}: cannot reach {host}:{port} ({err.strerror or err}){found}; "
                            "check that the Ray head node is running and the address and port are right") from None
     return address
+
+
+RAY_JOBS_POINTER = ("run the command on the cluster instead, as a Ray Job: `python study/submit.py --address "
+                    "http://HEAD:8265 --space ...` for a study, `ray job submit --address http://HEAD:8265 "
+                    "--working-dir . -- python -m moco.train ...` for one training run (cluster/README.md)")
+
+
+def refuse_ray_client(address: str, target: str, source: str = "") -> None:
+    """Ray Client addresses (``ray://``) cannot work here: Tune and Train would run on the cluster while this process
+    writes the study's files and checkpoints' index locally, and the study would end as "0/N trials, interrupted"."""
+    if target.strip().lower().startswith("ray://"):
+        found = f" (found {source}: {target})" if source else ""
+        raise AddressError(f"--address {address}{found}: a Ray Client address (ray://) is not supported; "
+                           + RAY_JOBS_POINTER)
 
 
 # --- a new instance -----------------------------------------------------------------------------------------------

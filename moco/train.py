@@ -112,6 +112,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if loop_config.get("threads"):
         torch.set_num_threads(int(loop_config["threads"]))
     dist_info = DistInfo.current()
+    if cfg.device == "cuda" and declared_gpus_on_cpu():
+        cfg = cfg.replace(device="cpu")
     device = resolve_device(cfg.device)
     if device.type == "cuda":
         device = ray.train.torch.get_device()
@@ -169,6 +171,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         release_free_memory()
 
 
+#: Test-only switch: Ray schedules on GPUs that nodes declare (``ray start --num-gpus 1``) whether or not CUDA is
+#: there, so planning, placement and fractional GPUs can be tested on machines without one. With this variable set to
+#: 1 in the cluster's environment and no CUDA on the node, a run placed on a GPU trains on the CPU (gloo instead of
+#: NCCL). Never set it on a real cluster: a GPU node without working CUDA would then train slowly instead of failing.
+DECLARED_GPUS_ON_CPU_ENV = "MOCO_TEST_DECLARED_GPUS_ON_CPU"
+
+
+def declared_gpus_on_cpu() -> bool:
+    return os.environ.get(DECLARED_GPUS_ON_CPU_ENV) == "1" and not torch.cuda.is_available()
+
+
 def release_free_memory() -> None:
     """Give the C heap's free pages back to the OS (glibc keeps ~200 MB of an epoch's freed CPU tensors otherwise;
     with several trials per machine that adds up). A no-op where glibc's ``malloc_trim`` is not available."""
@@ -193,20 +206,23 @@ def _node_id() -> str:
 
 # --- trainer construction (shared with study/) -------------------------------------------------------------------
 def make_trainer(cfg: TrainConfig, *, workers: int, use_gpu: bool, cpus_per_worker: float, storage: str, name: str,
-                 max_failures: int = 2, callbacks: list | None = None, fault: dict | None = None):
-    """A ``TorchTrainer`` for one run of ``cfg``; rerunning with the same ``storage``/``name`` resumes it."""
+                 max_failures: int = 2, callbacks: list | None = None, fault: dict | None = None,
+                 gpus_per_worker: float = 1.0):
+    """A ``TorchTrainer`` for one run of ``cfg``; rerunning with the same ``storage``/``name`` resumes it.
+    ``gpus_per_worker`` (with ``use_gpu``) may be a fraction: workers of several runs then share a GPU."""
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     run_dir = storage.rstrip("/") + "/" + name
     loop_config = {"train": cfg.to_dict(), "threads": max(1, int(cpus_per_worker)), "run_dir": run_dir,
                    "fault": fault, "created_unix": time.time()}
     resources = {"CPU": cpus_per_worker}
     if use_gpu:
-        resources["GPU"] = 1
+        resources["GPU"] = gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="gloo") if use_gpu and declared_gpus_on_cpu() else None,
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker=resources if workers else None),
         run_config=ray.train.RunConfig(
@@ -250,8 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default="runs", help="where runs are written, a path or URI (default: ./runs)")
     p.add_argument("--name", default=None, help="run name; reuse it to resume (default: train-<config name>)")
     p.add_argument("--address", default=None,
-                   help="existing Ray cluster (HOST:PORT, auto, ray://...); it must answer within 5 s (default: a new "
-                        "local Ray instance, none with --workers 0)")
+                   help="existing Ray cluster (HOST:PORT or auto; ray:// is refused: submit a Ray Job instead); "
+                        "it must answer within 5 s (default: a new local Ray instance, none with --workers 0)")
     return p
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: a virtual environment with every Python dependency, and (where apt-get is
-# available and we are root) Debian's Fashion-MNIST package, the default study's dataset.
+# available and we are root) Debian's Fashion-MNIST package, the default study's dataset, and PostgreSQL (for a test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -10,6 +10,16 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
   apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
     || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } \
     || echo "[setup] warning: could not install dataset-fashion-mnist; set data_root or MOCO_DATA_DIR to Fashion-MNIST"
+fi
+
+# PostgreSQL's server binaries (initdb, pg_ctl) for the test of --optuna-storage postgresql://...; the test starts a
+# throw-away server of its own and is skipped, saying why, where they are missing.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1 \
+    && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "[setup] installing Debian's postgresql (for the Optuna storage test)"
+  apt-get install -y -q postgresql >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q postgresql >/dev/null 2>&1; } \
+    || echo "[setup] warning: could not install postgresql; the PostgreSQL storage test will be skipped"
 fi
 
 if [ ! -x .venv/bin/python ]; then

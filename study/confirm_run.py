@@ -116,7 +116,7 @@ def run(space: Space, job: Confirmation, run_dir: Path, storage: str, resources:
     from ray import tune
 
     from study.results import finished_trials, record_trial
-    from study.run import driver_resources
+    from study.cluster import driver_resources
     from study.search import trial_outcome
     from study.console import tune_verbosity
     from study.trial import TrialPlan, run_trial
@@ -130,7 +130,7 @@ def run(space: Space, job: Confirmation, run_dir: Path, storage: str, resources:
     _write(run_dir, job, mirror)
     plan_ = TrialPlan(space=space, train_storage=f"{experiment}/{CONFIRM_DIR}/train",
                       workers=resources["workers_per_trial"], cpus_per_worker=resources["cpus_per_worker"],
-                      use_gpu=bool(resources["gpus_per_worker"]), configs=job.configs)
+                      gpus_per_worker=resources["gpus_per_worker"], configs=job.configs)
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan_), driver_resources())
     callbacks = [_callback(run_dir, job, mirror)]
     run_config = tune.RunConfig(name=CONFIRM_DIR, storage_path=experiment, callbacks=callbacks,
@@ -182,13 +182,17 @@ def stage(space: Space, args, run_dir: Path, storage: str, resources: dict[str, 
 
     Returns 0; 130 when interrupted (with the command that continues it); 2 when it cannot start (the search's report
     is still written)."""
-    import ray
 
-    from study.run import _report, plan_resources, resume_command
+    from study.cluster import plan_on_cluster
+    from study.plan import PlanError
+    from study.run import _report, resume_command
 
     if resources is None:
-        cluster = ray.cluster_resources()
-        resources = plan_resources(space, cluster.get("CPU", 0), cluster.get("GPU", 0))
+        try:
+            resources = plan_on_cluster(space.settings).as_dict(space.num_trials)
+        except PlanError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            return 2
     try:
         job = plan(space, run_dir)
     except (ConfirmError, SpaceError) as err:

@@ -66,8 +66,9 @@ def git_commit() -> str | None:
 
 
 def write_study_json(run_dir: Path, space: Space, *, status: str, command: list[str] | None = None,
-                     resources: dict | None = None) -> None:
-    """Create or update ``study.json``; ``started`` and ``command`` of the first run are kept on resume."""
+                     resources: dict | None = None, optuna_storage: str | None = None) -> None:
+    """Create or update ``study.json``; ``started`` and ``command`` of the first run are kept on resume.
+    ``optuna_storage``: a non-default Optuna storage URL, password hidden (study/optuna_storage.py)."""
     path = run_dir / "study.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
     s = space.settings
@@ -85,6 +86,7 @@ def write_study_json(run_dir: Path, space: Space, *, status: str, command: list[
         "versions": previous.get("versions") or versions(), "git_commit": previous.get("git_commit") or git_commit(),
         "started": previous.get("started") or now(), "ended": now() if status != RUNNING else None,
         "status": status, "resources": resources or previous.get("resources"),
+        "optuna_storage": optuna_storage or previous.get("optuna_storage"),
     }
     if status == RUNNING and previous:
         doc["resumes"] = previous.get("resumes", 0) + 1

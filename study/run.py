@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -27,9 +26,10 @@ if __package__ in (None, ""):  # `python study/run.py` puts study/ on sys.path, 
 from moco.config import ConfigError, plain_name  # noqa: E402
 from moco.sources import DatasetNotFoundError, check_dataset  # noqa: E402
 from study.confirm import ConfirmError  # noqa: E402
+from study.optuna_storage import OptunaStorageError, check_url  # noqa: E402
+from study.plan import DRIVER_RESOURCE, Node, PlanError, make_plan  # noqa: E402
 from study.space import Space, SpaceError, check_settings, check_study, load_space  # noqa: E402
 
-DRIVER_RESOURCE = "mocostudy_driver"  # a custom resource that keeps trial drivers off the workers' CPUs
 LIVE_FILES = ("trial_status.json", "results.jsonl", "optuna.db")  # mirrored at every trial start and epoch report
 
 
@@ -50,15 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default="runs", help="where studies are written, a path or URI (s3://, gs://) "
                    "(default: ./runs)")
     p.add_argument("--num-samples", type=int, default=None, help="number of trials (default: the space file's)")
-    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as many as fit)")
+    p.add_argument("--max-concurrent", type=int, default=None,
+                   help="trials at once (default: as many as the nodes hold, re-planned as nodes come and go)")
     p.add_argument("--workers-per-trial", type=int, default=None,
                    help="Ray Train workers per trial (default: the space file's)")
-    p.add_argument("--gpus-per-worker", type=int, default=None,
-                   help="GPUs per Ray Train worker, 0 or 1 (default: the space file's)")
+    p.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="GPUs per Ray Train worker: 0, a fraction (0.5: two workers share a GPU) or a whole number "
+                   "(default: the space file's)")
     p.add_argument("--cpus-per-worker", type=float, default=None,
                    help="CPUs per Ray Train worker (default: 1, or the node's CPUs per GPU)")
-    p.add_argument("--address", default=None, help="an existing Ray cluster (default: a private local one)")
+    p.add_argument("--address", default=None, help="an existing Ray cluster, HOST:PORT or auto (default: a private "
+                   "local one; ray:// is refused: submit with study/submit.py)")
+    p.add_argument("--optuna-storage", default=None, metavar="URL",
+                   help="where Optuna keeps the trials: a SQLAlchemy URL (postgresql://user:pw@host/db, "
+                   "sqlite:////path.db) or journal:///path/file.log (default: optuna.db in the study folder)")
+    p.add_argument("--wait-for-nodes", type=float, default=0.0, metavar="SECONDS",
+                   help="with --address: while the nodes up cannot hold one trial, wait this long for more (an "
+                   "autoscaling cluster, nodes still joining) instead of stopping with exit status 2 (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
+    p.add_argument("--resume-if-exists", action="store_true",
+                   help="resume the study of this name if it exists, else start it (for jobs that a scheduler "
+                   "restarts: KubeRay backoffLimit, SLURM --requeue)")
     p.add_argument("--confirm", action="store_true", help="run (or continue) the confirmation of the finished "
                    "study --name: its best trials and baseline re-trained with fresh seeds (the space's confirm:)")
     p.add_argument("--seed", type=int, default=None, help="searcher seed (default: the space file's)")
@@ -108,26 +120,17 @@ def apply_cli(space: Space, args: argparse.Namespace) -> Space:
 
 
 def plan_resources(space: Space, cpus: float, gpus: float) -> dict[str, Any]:
-    """Resources of one trial and how many trials fit at once on ``cpus`` / ``gpus``."""
+    """Resources of one trial and how many fit at once on one machine of ``cpus`` / ``gpus`` (study/plan.py)."""
     s = space.settings
-    workers = s.workers_per_trial
-    if s.gpus_per_worker and gpus < 1:
-        raise StudyError(f"--gpus-per-worker = {s.gpus_per_worker} but the cluster has no GPU "
-                         "(run without GPUs, or pass --address of a cluster with GPUs)")
-    cpw = s.cpus_per_worker or (1.0 if not s.gpus_per_worker else max(1.0, math.floor(cpus / max(gpus, 1))))
-    per_trial_cpu = max(workers, 1) * cpw
-    per_trial_gpu = workers * s.gpus_per_worker
-    if per_trial_cpu > cpus or per_trial_gpu > gpus:
-        raise StudyError(f"one trial needs {per_trial_cpu:g} CPUs and {per_trial_gpu:g} GPUs "
-                         f"({workers} workers x {cpw:g} CPUs, {s.gpus_per_worker} GPUs), but the cluster has "
-                         f"{cpus:g} CPUs and {gpus:g} GPUs: lower --workers-per-trial or --cpus-per-worker")
-    fits = math.floor(cpus / per_trial_cpu)
-    if per_trial_gpu:
-        fits = min(fits, math.floor(gpus / per_trial_gpu))
-    concurrent = min(s.max_concurrent or fits, space.num_trials)
-    return {"workers_per_trial": workers, "cpus_per_worker": cpw, "gpus_per_worker": s.gpus_per_worker,
-            "cpus_per_trial": per_trial_cpu, "gpus_per_trial": per_trial_gpu, "max_concurrent": max(concurrent, 1),
-            "fit_at_once": max(fits, 1), "cluster_cpus": cpus, "cluster_gpus": gpus}
+    try:
+        plan = make_plan([Node("local", cpus, gpus, driver=True)], workers_per_trial=s.workers_per_trial,
+                         cpus_per_worker=s.cpus_per_worker, gpus_per_worker=s.gpus_per_worker,
+                         max_concurrent=s.max_concurrent)
+    except PlanError as err:
+        lower = "--gpus-per-worker (this machine has no GPU), " if s.gpus_per_worker and not gpus else ""
+        raise StudyError(f"{err}: lower {lower}--workers-per-trial or --cpus-per-worker, or pass --address of a "
+                         "cluster that holds it") from None
+    return plan.as_dict(space.num_trials)
 
 
 def describe_plan(space: Space, resources: dict[str, Any], run_dir: str) -> str:
@@ -158,6 +161,9 @@ def describe_plan(space: Space, resources: dict[str, Any], run_dir: str) -> str:
                   f" (only {resources['fit_at_once']} fit(s) now: the others wait for resources)"
                   if resources.get("fit_at_once", resources["max_concurrent"]) < resources["max_concurrent"]
                   else ""),
+              *[f"  node {node_id[:8]} ({n['cpus']:g} CPU, {n['gpus']:g} GPU{', drivers' if n['driver'] else ''}): "
+                f"{n['workers']} worker(s)" for node_id, n in (resources.get("nodes") or {}).items()
+                if len(resources["nodes"]) > 1 or node_id != "local"],
               f"budget     at most {space.num_trials * space.max_budget} compute "
               f"({space.num_trials} trials x {space.max_budget}; one-way epochs, a dual-view epoch counts 2)"]
     if space.confirm is not None:
@@ -262,14 +268,6 @@ def start_ray(address: str | None, stack: contextlib.ExitStack, verbose: bool = 
     stack.callback(ray.shutdown)
 
 
-def driver_resources() -> dict[str, float]:
-    import ray
-
-    if ray.cluster_resources().get(DRIVER_RESOURCE):
-        return {DRIVER_RESOURCE: 1}
-    return {"CPU": 0.01}
-
-
 def run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: str, mirror=None) -> int:
     def stop(signum, frame):  # until Tune takes over: unwind, so the local cluster is stopped
         raise KeyboardInterrupt
@@ -290,7 +288,6 @@ def run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: st
 
 
 def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: str, mirror=None) -> int:
-    import ray
     from ray import tune
 
     from moco.faults import FAULT_ENV, parse_fault
@@ -300,14 +297,25 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
     from study.console import Console, tune_callback, tune_verbosity
     from study.trial import TrialPlan, run_trial
 
-    cluster = ray.cluster_resources()
-    resources = plan_resources(space, cluster.get("CPU", 0), cluster.get("GPU", 0))
+    from study.cluster import driver_resources, follow_cluster, prepare
+    from study.storage_probe import StorageNotShared
+
+    try:
+        cluster_plan = prepare(space.settings, storage, external=bool(args.address), wait_s=args.wait_for_nodes)
+    except (PlanError, StorageNotShared) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    resources = cluster_plan.as_dict(space.num_trials)
     print(describe_plan(space, resources, str(run_dir)), flush=True)
-    write_study_json(run_dir, space, status="running", resources=resources)
+    from study.optuna_storage import display, masked_argv
+
+    optuna_storage = display(args.optuna_storage) if args.optuna_storage else None
+    write_study_json(run_dir, space, status="running", resources=resources, command=masked_argv(sys.argv),
+                     optuna_storage=optuna_storage)
     plan = TrialPlan(space=space, train_storage=f"{storage}/{run_dir.name}/train",
                      workers=resources["workers_per_trial"], cpus_per_worker=resources["cpus_per_worker"],
-                     use_gpu=bool(resources["gpus_per_worker"]), fault=parse_fault(os.environ.get(FAULT_ENV)))
-    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), driver_resources())
+                     gpus_per_worker=resources["gpus_per_worker"], fault=parse_fault(os.environ.get(FAULT_ENV)))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), driver_resources(cluster_plan.nodes))
     s = space.settings
     console = Console(space, done_before=len(finished_trials(run_dir)) if args.resume else 0)
     if mirror is None:
@@ -319,6 +327,11 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
         failure_config=tune.FailureConfig(max_failures=1), verbose=tune_verbosity())
     experiment = f"{storage}/{run_dir.name}"
     if args.resume and tune.Tuner.can_restore(experiment):
+        if not space.variants:  # the searcher pickled by Tune is rebound to this run's storage (study/search.py)
+            from study.optuna_storage import open_storage, resolve
+            from study.search import use_storage
+
+            use_storage(run_dir.name, open_storage(resolve(args.optuna_storage, run_dir)))
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
         local = getattr(tuner, "_local_tuner", None)
@@ -326,16 +339,18 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
             local.get_run_config().callbacks = run_config.callbacks
             local.get_run_config().stop = breaker.stopper
     else:
-        if space.variants:
+        searcher, param_space, concurrent = make_searcher(space, run_dir, args.optuna_storage), {}, None
+        if space.variants:  # a grid: Tune's own generator, its concurrency planned now
             param_space = {"variant": tune.grid_search(list(space.variants)), "seed": tune.grid_search(space.seeds)}
-        else:
-            param_space = {}
+            concurrent = resources["max_concurrent"]
+        else:  # a search: the concurrency follows the cluster's nodes as they come and go (study/cluster.py)
+            searcher = follow_cluster(searcher, s, space.num_trials)
         tuner = tune.Tuner(
             trainable, param_space=param_space, run_config=run_config,
             tune_config=tune.TuneConfig(
-                metric=s.metric, mode=s.mode, search_alg=make_searcher(space, run_dir),
-                scheduler=make_scheduler(space), num_samples=1 if space.variants else space.num_trials,
-                max_concurrent_trials=resources["max_concurrent"], reuse_actors=False))
+                metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=make_scheduler(space),
+                num_samples=1 if space.variants else space.num_trials, max_concurrent_trials=concurrent,
+                reuse_actors=False))
     interrupted = {"flag": False}
 
     def on_sigterm(signum, frame):  # Tune stops cleanly on SIGINT; treat SIGTERM the same way
@@ -364,7 +379,8 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
         return 1
     finished = len(finished_trials(run_dir))
     complete = finished >= space.num_trials and not interrupted["flag"]
-    write_study_json(run_dir, space, status="finished" if complete else "interrupted", resources=resources)
+    write_study_json(run_dir, space, status="finished" if complete else "interrupted", resources=resources,
+                     optuna_storage=optuna_storage)
     print(f"[study] {finished}/{space.num_trials} trials finished; {json.dumps(summary, default=str)}")
     if not complete:
         print(f"[study] interrupted; continue with:\n  {resume_command(args, run_dir.name)}", flush=True)
@@ -420,7 +436,7 @@ def _report(run_dir: Path) -> None:
 
 
 #: every refusal of :func:`check_args`
-CHECK_ERRORS = (SpaceError, ConfigError, StudyError, ConfirmError)
+CHECK_ERRORS = (SpaceError, ConfigError, StudyError, ConfirmError, OptunaStorageError)
 
 
 def check_args(args: argparse.Namespace) -> tuple[Space, str]:
@@ -466,6 +482,10 @@ def main(argv: list[str] | None = None) -> int:
         where = mirror.uri if mirror else str(run_dir)
         exists = mirror.exists() if mirror else run_dir.exists()
         if not args.dry_run:
+            if args.resume_if_exists:  # a scheduler's restart (KubeRay backoffLimit, SLURM --requeue)
+                args.resume = mirror.exists() if mirror else (run_dir / "study.json").is_file()
+                exists = exists and args.resume
+                print(f"[study] --resume-if-exists: {'resuming' if args.resume else 'starting'} {where}", flush=True)
             if exists and not (args.resume or args.confirm):
                 raise StudyError(f"study {where} already exists: continue it with --resume, "
                                  "or choose another --name")
@@ -474,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
                 flag = "--confirm" if args.confirm else "--resume"
                 raise StudyError(f"{flag}: no study named {name!r} under {storage} (no {where}/study.json)")
         if args.dry_run:
+            check_url(args.optuna_storage)
             return dry_run(space, args, run_dir)
         check_address(args.address)
         if args.address is None:
@@ -485,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)  # the staging copy is rebuilt from the remote folder
             mirror.pull() if args.resume or args.confirm else mirror.push()
         run_dir.mkdir(parents=True, exist_ok=True)
+        args.optuna_storage = _optuna_storage(args, run_dir)
         if args.confirm:  # refused before Ray starts: not finished, another base config, nothing to confirm
             from study.confirm import preflight
 
@@ -496,6 +518,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --storage {args.storage}: {err}", file=sys.stderr)
         return 2
     return run_study(space, args, run_dir, storage, mirror)
+
+
+def _optuna_storage(args: argparse.Namespace, run_dir: Path) -> str | None:
+    """The checked --optuna-storage URL (on resume, the one study.json recorded), its database opened once here."""
+    from study.optuna_storage import for_study, open_storage
+
+    recorded = json.loads((run_dir / "study.json").read_text()).get("optuna_storage") if args.resume else None
+    url = for_study(args.optuna_storage, recorded, args.resume)
+    if url is not None:
+        open_storage(url)
+    return url
 
 
 def dry_run(space: Space, args: argparse.Namespace, run_dir: Path) -> int:

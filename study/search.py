@@ -12,8 +12,10 @@ compute.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
+import pickle
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,8 +42,21 @@ def trial_outcome(result: dict[str, Any] | None, max_epochs: int, error: bool) -
     return COMPLETED if int(result.get(EPOCH, 0)) >= max_epochs else PRUNED
 
 
+#: The Optuna storage this process uses, by study name (:func:`use_storage`). A restored searcher is attached to it:
+#: the storage pickled in Tune's ``tuner.pkl`` and ``searcher-state-*.pkl`` names the database as it was when the
+#: study last ran (for the default SQLite file, an absolute path into the old working directory or study folder).
+_CURRENT_STORAGE: dict[str, Any] = {}
+
+
+def use_storage(study_name: str, storage) -> None:
+    """Make ``storage`` (an Optuna storage) the one a searcher of ``study_name`` uses, also after it is unpickled by
+    ``Tuner.restore``: call it before restoring."""
+    _CURRENT_STORAGE[study_name] = storage
+
+
 class EpochAwareOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` that reports at the trial's own epoch and tells Optuna the truth about early stops."""
+    """``OptunaSearch`` that reports at the trial's own epoch and tells Optuna the truth about early stops; restored
+    from Tune's pickles, it uses this run's storage (:func:`use_storage`), not the one it was pickled with."""
 
     def __init__(self, *args, max_epochs: Callable[[dict[str, Any]], int] | int, **kwargs):
         super().__init__(*args, **kwargs)
@@ -63,6 +78,53 @@ class EpochAwareOptunaSearch(OptunaSearch):
         if trial_id in self._ot_trials:  # which Tune trial this Optuna trial is (results.jsonl, trials.csv)
             self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
         return params
+
+    # Tune pickles the searcher twice (tuner.pkl; searcher-state-*.pkl through save/restore). Optuna's storages
+    # reconnect when unpickled (an RDBStorage at its pickled URL, creating tables), so the storage, the study and the
+    # trials' links to them are pickled apart and re-attached to this run's storage (:func:`use_storage`) when loaded.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        study = state.pop("_ot_study", None)
+        state["_ot_study_ref"] = None if study is None else (study.study_name, study.sampler, study.pruner)
+        state["_storage"] = pickle.dumps(state.get("_storage"))  # used only where no storage is bound
+        trials = {}
+        for trial_id, ot_trial in state.get("_ot_trials", {}).items():
+            trials[trial_id] = copy.copy(ot_trial)
+            trials[trial_id].study = trials[trial_id].storage = None
+        state["_ot_trials"] = trials
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._attach()
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__getstate__(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+        self._attach()
+
+    def _attach(self) -> None:
+        import optuna
+
+        storage = _CURRENT_STORAGE.get(self._study_name)
+        if storage is None:
+            storage = pickle.loads(self._storage) if isinstance(self._storage, bytes) else self._storage
+        self._storage = storage
+        ref = self.__dict__.pop("_ot_study_ref", None)
+        pickled = self.__dict__.get("_ot_study")  # a searcher pickled whole (by an earlier version of this module)
+        if ref is None and pickled is not None:
+            ref = (pickled.study_name, pickled.sampler, pickled.pruner)
+        if ref is None:
+            self._ot_study = None
+            return
+        name, sampler, pruner = ref
+        self._ot_study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        for ot_trial in self._ot_trials.values():  # same ids: the same database, wherever it is now
+            ot_trial.study, ot_trial.storage = self._ot_study, self._ot_study._storage
 
     def _epochs_of(self, trial_id: str) -> int:
         ot_trial = self._ot_trials[trial_id]
@@ -126,13 +188,16 @@ def make_sampler(space: Space):
     return optuna.samplers.TPESampler(seed=settings.seed, multivariate=True, constant_liar=True)
 
 
-def make_searcher(space: Space, run_dir: Path):
-    """The Tune searcher for a study; ``None`` for variant grids (Tune's grid over variants x seeds)."""
+def make_searcher(space: Space, run_dir: Path, optuna_storage: str | None = None):
+    """The Tune searcher for a study; ``None`` for variant grids (Tune's grid over variants x seeds).
+    ``optuna_storage``: a URL checked by :func:`study.optuna_storage.check_url` (default: ``optuna.db`` in
+    ``run_dir``)."""
     if space.variants:
         return None
-    import optuna
+    from study.optuna_storage import open_storage, resolve
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}")
+    storage = open_storage(resolve(optuna_storage, run_dir))
+    use_storage(run_dir.name, storage)
     baseline = space.baseline_point()
     max_epochs = functools.partial(trial_epochs, space)  # picklable: Tune saves the searcher with the study
     return EpochAwareOptunaSearch(

@@ -153,7 +153,7 @@ class StudySettings:
     max_concurrent: int | None = None  #: trials at once (default: what the cluster holds)
     workers_per_trial: int = 1
     cpus_per_worker: float | None = None  #: default: 1 without GPUs, else cluster CPUs / GPUs
-    gpus_per_worker: int = 0
+    gpus_per_worker: float = 0  #: 0, a fraction (0.5: two workers share a GPU) or a whole number
     max_failures: int = 2  #: worker failures per trial retried from its latest checkpoint
     baseline: bool = True  #: evaluate the MoCo v2 baseline (lambda = rho = delta = 1) as the first trial
 
@@ -373,7 +373,7 @@ def check_settings(settings: StudySettings, source: str, cli: bool = False) -> N
 
     types = {"metric": str, "mode": str, "num_samples": int, "searcher": str, "grid_points": int, "seed": int,
              "scheduler": str, "grace_period": int, "reduction_factor": int, "workers_per_trial": int,
-             "gpus_per_worker": int, "max_failures": int, "baseline": bool}
+             "max_failures": int, "baseline": bool}
     for key, kind in types.items():
         value = getattr(settings, key)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -391,7 +391,10 @@ def check_settings(settings: StudySettings, source: str, cli: bool = False) -> N
         ("grace_period", settings.grace_period >= 1, "an integer >= 1"),
         ("reduction_factor", settings.reduction_factor >= 2, "an integer >= 2"),
         ("workers_per_trial", 0 <= settings.workers_per_trial <= 1024, "an integer in [0, 1024] (0 = in-process)"),
-        ("gpus_per_worker", settings.gpus_per_worker in (0, 1), "0 or 1"),
+        ("gpus_per_worker", _is_number(settings.gpus_per_worker) and (
+            0 <= settings.gpus_per_worker <= 1 or float(settings.gpus_per_worker).is_integer()
+            and settings.gpus_per_worker <= 64), "0, a fraction in (0, 1] (0.5: two workers share a GPU) or a whole "
+         "number <= 64"),
         ("max_failures", settings.max_failures >= 0, "an integer >= 0"),
         ("max_concurrent", settings.max_concurrent is None or (isinstance(settings.max_concurrent, int)
                                                                 and not isinstance(settings.max_concurrent, bool)

@@ -37,6 +37,9 @@ EXCLUDES = ["/.venv/", "/runs/", "/.git/", "/data/", "/build/", "/dist/", "/.pyt
 #: study/run.py options that submit sets itself (the job joins its cluster with --address auto); every other
 #: option of study/run.py's parser is forwarded as it is, parsed and checked by study/run.py's own code
 OWN_OPTIONS = ("--space", "--storage", "--address", "--dry-run", "--help")
+#: Seconds Ray's job supervisor waits after SIGTERM (--stop) before SIGKILL: Ray's default, 3 s, cuts a study off
+#: before Tune has stopped its trials and the study has written its files.
+STOP_WAIT_S = 180
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -173,7 +176,7 @@ def runtime_env(args: argparse.Namespace) -> dict[str, Any]:
     env: dict[str, Any] = {"working_dir": str(ROOT), "excludes": list(EXCLUDES)}
     if args.pip:
         env["pip"] = requirements()
-    env_vars = {"PYTHONUNBUFFERED": "1"}
+    env_vars = {"PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S)}
     for item in args.env:
         key, sep, value = item.partition("=")
         if not sep or not key:

@@ -26,7 +26,7 @@ class TrialPlan:
     train_storage: str  #: storage path of the trials' Train runs (``<run_dir>/train``)
     workers: int
     cpus_per_worker: float
-    use_gpu: bool
+    gpus_per_worker: float = 0.0  #: may be a fraction: several trials' workers share a GPU
     fault: dict | None = None
     #: a confirmation's training configs by candidate name (seed unset); trials are then {candidate, seed}
     configs: dict[str, dict[str, Any]] | None = None
@@ -44,7 +44,8 @@ def run_trial(params: dict[str, Any], plan: TrialPlan) -> None:
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = plan.config(params)
-    trainer = make_trainer(cfg, workers=plan.workers, use_gpu=plan.use_gpu, cpus_per_worker=plan.cpus_per_worker,
+    trainer = make_trainer(cfg, workers=plan.workers, use_gpu=bool(plan.gpus_per_worker),
+                           gpus_per_worker=plan.gpus_per_worker or 1.0, cpus_per_worker=plan.cpus_per_worker,
                            storage=plan.train_storage, name=f"train-{trial_id}",
                            max_failures=plan.space.settings.max_failures, callbacks=[TuneReportCallback()],
                            fault=plan.fault)

@@ -142,3 +142,28 @@ def test_an_unreachable_address_exits_2_within_seconds(stale_ray_tmp, tmp_path, 
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: --address {stale}: cannot reach {stale} (Connection refused); check that the Ray head node is "
         "running and the address and port are right")
+
+
+def test_ray_client_addresses_are_refused_with_a_pointer_to_ray_jobs(monkeypatch):
+    """ray:// cannot work (Tune would run remotely while the study writes its files here): refused before any
+    connection is tried, also when ``auto`` finds one in $RAY_ADDRESS."""
+    with pytest.raises(AddressError, match=r"--address ray://head:10001: a Ray Client address \(ray://\) is not "
+                                           r"supported; .*study/submit.py --address http://HEAD:8265"):
+        check_address("ray://head:10001")
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    with pytest.raises(AddressError, match=r"--address auto \(found in \$RAY_ADDRESS: ray://head:10001\): a Ray "
+                                           "Client address"):
+        check_address("auto")
+
+
+@pytest.mark.parametrize("command", [
+    study_command("--space", str(MINI_SPACE), "--address", "ray://127.0.0.1:10001", "--name", "client"),
+    [sys.executable, "-m", "moco.train", "--config", str(CONFIGS / "digits.yaml"), "--address",
+     "ray://127.0.0.1:10001"],
+], ids=["study", "train"])
+def test_commands_refuse_ray_client_with_exit_2(command, tmp_path):
+    proc = subprocess.run([*command, "--storage", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Ray Client address (ray://) is not supported" in proc.stderr and "Traceback" not in proc.stderr
+    assert "ray job submit" in proc.stderr and not list(tmp_path.iterdir())

@@ -80,7 +80,7 @@ BAD = {
     "5 seed above numpy": (SPACE, ["--seed", str(2**40)], "--seed"),
     "5 base seed above numpy": (SPACE.replace("config: digits", "config: digits\n  overrides: {seed: 5000000000}"), [],
                               "seed"),
-    "5 two GPUs per worker": (SPACE, ["--gpus-per-worker", "2"], "--gpus-per-worker"),
+    "5 1.5 GPUs per worker": (SPACE, ["--gpus-per-worker", "1.5"], "--gpus-per-worker"),
     "5 max_concurrent true": (_space(study="  max_concurrent: true\n"), [], "study.max_concurrent"),
     "5 a billion trials": (SPACE, ["--num-samples", str(10**9)], "--num-samples"),
     "5 variant seed above numpy": (ABLATION_TEXT.replace("seeds: [0, 1, 2]", "seeds: [0, 5000000000]"), [], "seeds"),

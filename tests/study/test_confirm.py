@@ -172,7 +172,7 @@ def test_run_configs_carry_the_budget_the_seed_and_every_endpoint(tmp_path):
     space = load_space(str(space_file(tmp_path, "confirm: {top: 1, seeds: [4, 5], overrides: {compute_budget: 5}}")))
     job = confirm.plan(space, finished_study(tmp_path / "s", space, TRIALS))
     assert job.runs == [(BASELINE, 4), (BASELINE, 5), ("top1", 4), ("top1", 5)]
-    plan = TrialPlan(space=space, train_storage="x", workers=1, cpus_per_worker=1, use_gpu=False,
+    plan = TrialPlan(space=space, train_storage="x", workers=1, cpus_per_worker=1, gpus_per_worker=0,
                      configs=job.configs)
     cfg = plan.config({"candidate": "top1", "seed": 5})
     assert (cfg.seed, cfg.epochs, cfg.final_eval, cfg.linear_probe) == (5, 5, True, True)
@@ -180,7 +180,7 @@ def test_run_configs_carry_the_budget_the_seed_and_every_endpoint(tmp_path):
     base = plan.config({"candidate": BASELINE, "seed": 4})
     assert (base.dual_view_weight, base.hard_negative_ratio, base.false_negative_threshold) == (1.0, 1.0, 1.0)
     # the study's own trials are unchanged: a plan without configs takes points of the space
-    study_plan = TrialPlan(space=space, train_storage="x", workers=1, cpus_per_worker=1, use_gpu=False)
+    study_plan = TrialPlan(space=space, train_storage="x", workers=1, cpus_per_worker=1, gpus_per_worker=0)
     assert study_plan.config(point(0.1, 0.3, 1024)).epochs == 2
     doc = job.describe(space)
     assert doc["budget"]["epochs"] == 5 and doc["search_budget"]["epochs"] == 2 and doc["search_seeds"] == [0]
