@@ -151,8 +151,8 @@ def forwarded(args: argparse.Namespace) -> list[str]:
             parts.append(option)
         elif isinstance(value, list):  # a repeatable option (--set)
             parts += [x for item in value for x in (option, str(item))]
-        else:
-            parts += [option, str(value)]
+        else:  # a whole float as the user wrote it (60, not 60.0)
+            parts += [option, f"{value:g}" if isinstance(value, float) else str(value)]
     return parts
 
 
