@@ -102,3 +102,8 @@ def check_on_cluster(cfg, node_ids: Iterable[str], fetch: Callable | None = None
         details = "\n".join(f"  {_name(nid, addresses)}: {s[2:]}" for nid, s in failed.items())
         raise DatasetMissingOnCluster(f"dataset {cfg.dataset!r} could not be staged (download: true) on "
                                       f"{len(failed)} node(s):\n{details}")
+
+
+def check_for_plan(cfg, plan, **kw) -> None:
+    """:func:`check_on_cluster` on the nodes of ``plan`` (study/plan.py) that can hold a Train worker."""
+    check_on_cluster(cfg, [nid for nid, n in plan.slots.items() if n > 0], **kw)

@@ -298,13 +298,13 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
     from study.trial import TrialPlan, run_trial
 
     from study.cluster import driver_resources, follow_cluster, prepare
-    from study.dataset_check import DatasetMissingOnCluster, check_on_cluster
+    from study.dataset_check import DatasetMissingOnCluster, check_for_plan
     from study.storage_probe import StorageNotShared
 
     try:
         cluster_plan = prepare(space.settings, storage, external=bool(args.address), wait_s=args.wait_for_nodes)
         if args.address:  # the dataset where the workers read it, staged once when it must be downloaded
-            check_on_cluster(space.base, [nid for nid, n in cluster_plan.slots.items() if n > 0])
+            check_for_plan(space.base, cluster_plan)
     except (PlanError, StorageNotShared, DatasetMissingOnCluster) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
