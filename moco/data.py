@@ -38,7 +38,7 @@ from moco.config import TrainConfig
 from moco.readers import (FileSource, StlSource, download, read_cifar, read_digits, read_fashion, resize_uint8,
                           scan_folder, stl_labels)
 from moco.sources import (  # noqa: F401 - DatasetNotFoundError and check_dataset are re-exported
-    DatasetNotFoundError, check_dataset, class_dirs, locate)
+    DatasetNotFoundError, check_dataset, class_dirs, locate, obtain)
 from moco.splits import Split, StreamingSplit, eval_batches, train_batches  # noqa: F401 - re-exported
 
 #: per-channel mean/std on the 0..1 scale (the usual published values; digits and image folders are computed/ImageNet)
@@ -118,9 +118,7 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 def load_dataset(cfg: TrainConfig) -> Dataset:
     """Load ``cfg.dataset`` on the CPU (the engine moves the in-memory training split with :meth:`Split.to`)."""
     name = cfg.dataset
-    place = locate(cfg)
-    if place is None and name != "digits":
-        place = download(cfg)
+    place = obtain(cfg, download)  # a download under a file lock: concurrent workers download once
     if name in ("stl10", "imagefolder"):
         return _load_streaming(cfg, place)
 

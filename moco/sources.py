@@ -5,12 +5,20 @@ Looked for, in order: ``cfg.data_root``, ``$MOCO_DATA_DIR``, Debian's package lo
 ``download: true``, a torchvision download (by :func:`moco.data.load_dataset`) into the first of those roots.
 Missing data raises one :class:`DatasetNotFoundError` naming every place searched and how to provide the data.
 :func:`check_dataset` does only these existence checks, so a CLI or study can call it before any worker starts.
+
+Downloads are serialised: :func:`obtain` looks and downloads under an exclusive ``fcntl`` lock on
+``<download root>/.mocostudy-download.lock`` (:func:`download_lock`), so processes sharing a download root (the Train
+workers of a node, or of several nodes on one shared file system) download once, one at a time, and never read
+files that another process is still writing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from pathlib import Path
+from typing import Callable, Iterator
 
 from moco.config import ConfigError, TrainConfig
 
@@ -123,6 +131,51 @@ def locate(cfg: TrainConfig) -> Path | None:
         f"dataset {cfg.dataset!r} not found. Searched, in order:\n{searched}\n"
         f"(data_root={cfg.data_root!r}, ${ENV_VAR}={os.environ.get(ENV_VAR)!r}).\n"
         f"To provide it: {_how_to_provide(cfg)}.")
+
+
+LOCK_NAME = ".mocostudy-download.lock"
+
+
+@contextlib.contextmanager
+def download_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive ``fcntl`` lock on ``root``'s lock file (created with ``root``) until the block ends; a
+    second process blocks here until the first leaves. POSIX record locks (``lockf``) also hold across the nodes of
+    an NFS mount with a lock manager."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOCK_NAME, "a+") as f:
+        fcntl.lockf(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(f, fcntl.LOCK_UN)
+
+
+def _inside(place: Path, root: Path) -> bool:
+    try:
+        return Path(os.path.realpath(place)).is_relative_to(os.path.realpath(root))
+    except OSError:
+        return False
+
+
+def obtain(cfg: TrainConfig, fetch: Callable[[TrainConfig], object]) -> Path | None:
+    """The folder holding ``cfg.dataset`` (:func:`locate`), downloaded with ``fetch(cfg)`` when it is missing and
+    ``download: true``. With ``download: true``, looking in the download root and downloading happen under
+    :func:`download_lock`: concurrent callers download once, and none reads a half-written download."""
+    place = locate(cfg)
+    if cfg.dataset == "digits" or not cfg.download or cfg.dataset == "imagefolder":
+        return place
+    root = download_root(cfg)
+    if place is not None and not _inside(place, root):
+        return place  # found elsewhere (Debian's copy, the cache under another root): nobody downloads there
+    with download_lock(root):
+        place = locate(cfg)
+        if place is None:
+            fetch(cfg)
+            place = locate(cfg)
+            if place is None:
+                raise DatasetNotFoundError(f"dataset {cfg.dataset!r}: downloaded into {root}, but its files are "
+                                           "not there")
+    return place
 
 
 #: training images of the datasets whose size is fixed (digits: scikit-learn's 1,797 less the last fifth for test)

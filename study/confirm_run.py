@@ -188,9 +188,14 @@ def stage(space: Space, args, run_dir: Path, storage: str, resources: dict[str, 
     from study.run import _report, resume_command
 
     if resources is None:
+        from study.dataset_check import DatasetMissingOnCluster, check_for_plan
+
         try:
-            resources = plan_on_cluster(space.settings).as_dict(space.num_trials)
-        except PlanError as err:
+            cluster_plan = plan_on_cluster(space.settings)
+            if args.address:  # --confirm on its own: the dataset checked (and staged) as before a search
+                check_for_plan(space.base, cluster_plan)
+            resources = cluster_plan.as_dict(space.num_trials)
+        except (PlanError, DatasetMissingOnCluster) as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             return 2
     try:

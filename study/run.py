@@ -298,11 +298,14 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
     from study.trial import TrialPlan, run_trial
 
     from study.cluster import driver_resources, follow_cluster, prepare
+    from study.dataset_check import DatasetMissingOnCluster, check_for_plan
     from study.storage_probe import StorageNotShared
 
     try:
         cluster_plan = prepare(space.settings, storage, external=bool(args.address), wait_s=args.wait_for_nodes)
-    except (PlanError, StorageNotShared) as err:
+        if args.address:  # the dataset where the workers read it, staged once when it must be downloaded
+            check_for_plan(space.base, cluster_plan)
+    except (PlanError, StorageNotShared, DatasetMissingOnCluster) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     resources = cluster_plan.as_dict(space.num_trials)
