@@ -183,9 +183,10 @@ def stage(space: Space, args, run_dir: Path, storage: str, resources: dict[str, 
     Returns 0; 130 when interrupted (with the command that continues it); 2 when it cannot start (the search's report
     is still written)."""
 
+    from study.cli import resume_command
     from study.cluster import plan_on_cluster
     from study.plan import PlanError
-    from study.run import _report, resume_command
+    from study.run import _report
 
     if resources is None:
         try:

@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def forwarded_actions() -> list[argparse.Action]:
-    """study/run.py's options that a job forwards (all but :data:`OWN_OPTIONS`), from its own parser."""
-    from study.run import build_parser as run_parser
+    """study/run.py's options that a job forwards (all but :data:`OWN_OPTIONS`), from its own parser (study/cli.py)."""
+    from study.cli import build_parser as run_parser
 
     return [a for a in run_parser()._actions if a.option_strings and not set(a.option_strings) & set(OWN_OPTIONS)]
 
@@ -159,11 +159,11 @@ def forwarded(args: argparse.Namespace) -> list[str]:
 def check_study(args: argparse.Namespace, storage: str) -> None:
     """study/run.py's own checks of the study options (``check_args``: the space, the command line, the name), here,
     before anything is contacted: a refusal says what study/run.py would say on the cluster."""
-    from study import run
+    from study import cli
 
     try:
-        run.check_args(run.build_parser().parse_args(["--space", args.space, "--storage", storage, *forwarded(args)]))
-    except run.CHECK_ERRORS as err:
+        cli.check_args(cli.build_parser().parse_args(["--space", args.space, "--storage", storage, *forwarded(args)]))
+    except cli.CHECK_ERRORS as err:
         raise SubmitError(str(err)) from None
 
 

@@ -36,7 +36,7 @@ def test_dry_run_of_every_shipped_space(name, capsys, tmp_path):
 
 
 def test_plan_says_when_fewer_trials_fit_than_requested():
-    from study.run import describe_plan, plan_resources
+    from study.cli import describe_plan, plan_resources
 
     space = load_space(str(_write(GOOD + "  cpus_per_worker: 2\n  max_concurrent: 2\n")))
     plan = plan_resources(space, cpus=2, gpus=0)
