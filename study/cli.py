@@ -16,7 +16,8 @@ from moco.sources import DatasetNotFoundError, check_dataset
 from study.confirm import ConfirmError
 from study.optuna_storage import OptunaStorageError
 from study.plan import Node, PlanError, make_plan
-from study.space import Space, SpaceError, check_settings, check_study, load_space
+from study.params import SpaceError
+from study.space import Space, check_settings, check_study, load_space
 
 
 class StudyError(Exception):

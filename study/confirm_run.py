@@ -25,7 +25,8 @@ import pandas as pd
 
 from moco.vocabulary import COMPUTE, EPOCH, FINAL_METRICS, FINISHED, PENDING, raw_name
 from study.confirm import CONFIRM_DIR, CSV, JSON, Confirmation, ConfirmError, plan
-from study.space import Space, SpaceError
+from study.params import SpaceError
+from study.space import Space
 
 ENDPOINTS = (*FINAL_METRICS, *(raw_name(m) for m in FINAL_METRICS))
 RUN_KEYS = (*ENDPOINTS, EPOCH, COMPUTE, "images_seen", "time_total_s", "world_size", "diverged", "error")

@@ -103,7 +103,8 @@ def requirements(setup_cfg: Path = ROOT / "setup.cfg") -> list[str]:
 
 def space_argument(space: str) -> str:
     """The --space value as the job sees it: a configs/ name, or a path relative to the project (the working_dir)."""
-    from study.space import SpaceError, load_space
+    from study.params import SpaceError
+    from study.space import load_space
 
     try:
         loaded = load_space(space)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from study.run import main
-from study.space import CONFIG_DIR, SpaceError, load_space
+from study.params import SpaceError
+from study.space import CONFIG_DIR, load_space
 
 SHIPPED = sorted(p.name for p in CONFIG_DIR.glob("*.yaml")
                  if "search:" in p.read_text() or "variants:" in p.read_text())
