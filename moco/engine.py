@@ -69,8 +69,8 @@ def seed_everything(seed: int) -> None:
 
 
 class Engine:
-    """One worker's share of a MoCo run: ``train_epoch``, ``monitor`` and ``final_evaluation``, with ``state_dict``
-    for checkpoints."""
+    """One worker's share of a MoCo run: ``train_epoch``, then ``monitor`` and ``final_evaluation`` (scored by
+    :func:`moco.evaluate.score_splits`); its checkpoints are :func:`moco.checkpoint.engine_state` and ``restore``."""
 
     def __init__(self, cfg: TrainConfig, dataset: Dataset, device: torch.device, dist_info: DistInfo | None = None):
         self.cfg, self.dataset, self.device = cfg, dataset, device
@@ -221,18 +221,3 @@ class Engine:
         linear = TEST_LINEAR if self.cfg.linear_probe and len(self.dataset.test) else None
         return score_splits(self.model, self.dataset, self.cfg, self.device, self.dataset.labeled_train, queries,
                             linear, raw=self.cfg.raw_reference)
-
-    # --- checkpoints ------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
-                "images_seen": self.images_seen, "config": self.cfg.to_dict(),
-                "last_metrics": self.last_metrics,
-                "torch_rng": torch.get_rng_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch = int(state["epoch"])
-        self.images_seen = int(state["images_seen"])
-        self.last_metrics = dict(state.get("last_metrics", {}))
-        torch.set_rng_state(state["torch_rng"])
