@@ -208,6 +208,6 @@ class Augment(nn.Module):
         return (x - self.mean) / self.std
 
 
-def build_augment(cfg: Any, dataset: Any, **overrides: Any) -> Augment:
-    """The augmentation for a config and a loaded :class:`moco.data.Dataset` (output side ``dataset.image_size``)."""
+def build_augment(dataset: Any, **overrides: Any) -> Augment:
+    """The augmentation for a loaded :class:`moco.data.Dataset` (output side ``dataset.image_size``)."""
     return Augment(dataset.image_size, dataset.channels, dataset.mean, dataset.std, **overrides)

@@ -18,18 +18,16 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from moco.augment import build_augment, normalize
+from moco.augment import build_augment
 from moco.config import TrainConfig
-from moco.data import Dataset, eval_batches, train_batches
-from moco.evaluate import alignment, knn_accuracy, linear_probe, ridge_probe, uniformity
+from moco.data import Dataset, train_batches
+from moco.evaluate import alignment, score_splits, uniformity
 from moco.model import MoCo, build_model
 from moco.negatives import for_step
 from moco.precision import autocast, resolve_memory_format, resolve_precision, torch_memory_format
 from moco.schedules import cosine_momentum, warmup_cosine_lr
 from moco.vocabulary import (COMPUTE, EPOCH, FINAL_VAL_KNN, FINAL_VAL_PROBE, STEP_STATS, TEST_KNN, TEST_LINEAR,
-                             VAL_KNN, VAL_PROBE, raw_name)
-
-
+                             VAL_KNN, VAL_PROBE)
 
 class DivergedError(RuntimeError):
     """The loss or the gradient became non-finite; training stops rather than continuing on NaNs."""
@@ -71,8 +69,8 @@ def seed_everything(seed: int) -> None:
 
 
 class Engine:
-    """One worker's share of a MoCo run: ``train_epoch``, ``monitor`` and ``final_evaluation``, with ``state_dict``
-    for checkpoints."""
+    """One worker's share of a MoCo run: ``train_epoch``, then ``monitor`` and ``final_evaluation`` (scored by
+    :func:`moco.evaluate.score_splits`); its checkpoints are :func:`moco.checkpoint.engine_state` and ``restore``."""
 
     def __init__(self, cfg: TrainConfig, dataset: Dataset, device: torch.device, dist_info: DistInfo | None = None):
         self.cfg, self.dataset, self.device = cfg, dataset, device
@@ -93,7 +91,7 @@ class Engine:
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.sgd_momentum,
                                          weight_decay=cfg.weight_decay)
-        self.augment = build_augment(cfg, dataset).to(device)
+        self.augment = build_augment(dataset).to(device)
         self.train_split = dataset.train.to(device) if hasattr(dataset.train, "to") else dataset.train
         self.steps_per_epoch = len(dataset.train) // cfg.batch_size
         if self.steps_per_epoch < 1:
@@ -195,76 +193,15 @@ class Engine:
             packed /= self.dist.world_size
         return dict(zip(keys, packed.tolist()))
 
-    # --- evaluation -------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def _embed(self, split, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-        """L2-normalised backbone features [N, F] and labels [N] of a split (in memory or streamed)."""
-        self.model.eval()
-        return self._features(split, lambda x: F.normalize(self.model.features(x).float(), dim=1), batch)
-
-    @torch.no_grad()
-    def _pixels(self, split, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw pixels [N, C*H*W] (normalised with the dataset's mean and std, as the encoder sees them) and labels."""
-        return self._features(split, lambda x: x.flatten(1).float(), batch)
-
-    def _features(self, split, fn, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, std, size = self.dataset.mean, self.dataset.std, self.dataset.image_size
-        feats, labels = [], []
-        for images, y in eval_batches(split, batch, self.device):
-            feats.append(fn(normalize(images, mean, std, size)))
-            labels.append(y)
-        return torch.cat(feats), torch.cat(labels)
-
-    def _knn(self, bank: tuple[torch.Tensor, torch.Tensor], queries: tuple[torch.Tensor, torch.Tensor]) -> float:
-        """Weighted kNN top-1 (percent) of the ``queries`` (features, labels) against the ``bank``."""
-        return knn_accuracy(bank[0], bank[1], queries[0], queries[1], self.dataset.num_classes,
-                            k=self.cfg.knn_k, t=self.cfg.knn_t)
-
-    def _probe(self, bank: tuple[torch.Tensor, torch.Tensor], queries: tuple[torch.Tensor, torch.Tensor]) -> float:
-        """Closed-form ridge probe top-1 (percent): fitted on the ``bank``, scored on the ``queries``."""
-        return ridge_probe(bank[0], bank[1], queries[0], queries[1], self.dataset.num_classes)
-
-    def _scores(self, features, bank_split, queries: dict[tuple[str, str | None], Any],
-                linear: str | None = None) -> dict[str, float]:
-        """Score a representation ``features(split) -> (X [N, D], y [N])`` with ``bank_split`` as the labelled bank.
-
-        ``queries`` maps (kNN name, probe name) to a split: kNN and ridge probe of that split are returned under
-        those names; with ``linear``, the SGD linear probe of the last split under that name. Raw pixels
-        (``features = self._pixels``) are centred on the bank's mean first: cosine kNN on uncentred pixels mostly
-        measures brightness, and the centred value is the strong raw-pixel reference.
-        """
-        bank = features(bank_split)
-        centre = bank[0].mean(0) if features == self._pixels else 0.0
-        bank = (bank[0] - centre, bank[1])
-        out: dict[str, float] = {}
-        for (knn_name, probe_name), split in queries.items():
-            x, y = features(split)
-            x = x - centre
-            out[knn_name] = self._knn(bank, (x, y))
-            if probe_name:
-                out[probe_name] = self._probe(bank, (x, y))
-        if linear:
-            out[linear] = linear_probe(bank[0], bank[1], x, y, self.dataset.num_classes, epochs=self.cfg.probe_epochs)
-        return out
-
-    def _with_raw(self, bank_split, queries: dict[tuple[str, str | None], Any],
-                  linear: str | None = None) -> dict[str, float]:
-        """:meth:`_scores` of the encoder's features, and of raw pixels under ``raw_<name>`` with ``raw_reference``."""
-        out = self._scores(self._embed, bank_split, queries, linear)
-        if self.cfg.raw_reference:
-            out.update({raw_name(k): v for k, v in self._scores(self._pixels, bank_split, queries, linear).items()})
-        return out
-
+    # --- evaluation (the protocol: moco.evaluate.score_splits) --------------------------------------------------
     def monitor(self) -> dict[str, float]:
         """The per-epoch validation monitor on a bounded bank and validation subset: kNN and ridge probe, alignment,
         uniformity; with ``raw_reference``, at the first call, raw pixels scored the same way (``raw_<metric>``)."""
         bank_split = self.dataset.labeled_train.subset(self._bank_index)
         val = self.dataset.val.subset(self._val_index)
-        queries = {(VAL_KNN, VAL_PROBE): val}
-        if self._raw_reported:
-            out = self._scores(self._embed, bank_split, queries)
-        else:
-            out, self._raw_reported = self._with_raw(bank_split, queries), True
+        out = score_splits(self.model, self.dataset, self.cfg, self.device, bank_split, {(VAL_KNN, VAL_PROBE): val},
+                           raw=not self._raw_reported)
+        self._raw_reported = True
         with torch.no_grad():
             x = val.images[:512].to(self.device)
             gen = self._generator(-self.epoch)
@@ -282,19 +219,5 @@ class Engine:
         if len(self.dataset.test):
             queries[(TEST_KNN, None)] = self.dataset.test
         linear = TEST_LINEAR if self.cfg.linear_probe and len(self.dataset.test) else None
-        return self._with_raw(self.dataset.labeled_train, queries, linear)
-
-    # --- checkpoints ------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
-                "images_seen": self.images_seen, "config": self.cfg.to_dict(),
-                "last_metrics": self.last_metrics,
-                "torch_rng": torch.get_rng_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch = int(state["epoch"])
-        self.images_seen = int(state["images_seen"])
-        self.last_metrics = dict(state.get("last_metrics", {}))
-        torch.set_rng_state(state["torch_rng"])
+        return score_splits(self.model, self.dataset, self.cfg, self.device, self.dataset.labeled_train, queries,
+                            linear, raw=self.cfg.raw_reference)

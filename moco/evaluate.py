@@ -1,17 +1,22 @@
-"""Evaluation of frozen representations: features of a split, weighted kNN, linear probe, alignment and uniformity.
+"""Evaluation of frozen representations: features of a split, weighted kNN, linear probe, alignment and uniformity,
+and :func:`score_splits`, the protocol of the engine's monitor and final evaluation (kNN and probes of query splits
+against a labelled bank, with the raw-pixel reference).
 
 Accuracies are returned in **percent (0-100)**.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["embed", "knn_predict", "knn_accuracy", "ridge_probe", "linear_probe", "alignment", "uniformity"]
+from moco.vocabulary import raw_name
+
+__all__ = ["embed", "pixels", "score_splits", "knn_predict", "knn_accuracy", "ridge_probe", "linear_probe",
+           "alignment", "uniformity"]
 
 
 @torch.no_grad()
@@ -20,16 +25,68 @@ def embed(model: nn.Module, dataset: Any, split: Any, device: torch.device | str
     """L2-normalised backbone features [N, F] and labels [N] of ``split`` (in memory or streamed), its images
     normalised with ``dataset``'s mean and std as the encoder sees them in training; ``model`` is put in eval mode.
     The same features as the engine's kNN monitor and final evaluation use."""
+    model.eval()
+    return _collect(dataset, split, lambda x: F.normalize(model.features(x).float(), dim=1), device, batch)
+
+
+@torch.no_grad()
+def pixels(dataset: Any, split: Any, device: torch.device | str = "cpu", batch: int = 1024) -> tuple[Tensor, Tensor]:
+    """Raw pixels [N, C*H*W] of ``split`` (normalised with ``dataset``'s mean and std, as the encoder sees them) and
+    labels [N]: the raw-pixel reference of :func:`score_splits`."""
+    return _collect(dataset, split, lambda x: x.flatten(1).float(), device, batch)
+
+
+def _collect(dataset: Any, split: Any, fn: Callable[[Tensor], Tensor], device: torch.device | str,
+             batch: int) -> tuple[Tensor, Tensor]:
     from moco.augment import normalize
     from moco.data import eval_batches
 
-    model.eval()
     feats, labels = [], []
     for images, y in eval_batches(split, batch, device):
-        x = normalize(images, dataset.mean, dataset.std, dataset.image_size)
-        feats.append(F.normalize(model.features(x).float(), dim=1))
+        feats.append(fn(normalize(images, dataset.mean, dataset.std, dataset.image_size)))
         labels.append(y)
     return torch.cat(feats), torch.cat(labels)
+
+
+Queries = dict[tuple[str, "str | None"], Any]  #: (kNN name, probe name or None) -> a split to score
+
+
+def score_splits(model: nn.Module, dataset: Any, cfg: Any, device: torch.device | str, bank_split: Any,
+                 queries: Queries, linear: str | None = None, raw: bool = False) -> dict[str, float]:
+    """Score ``model``'s features with ``bank_split`` as the labelled bank; with ``raw``, raw pixels too, under
+    ``raw_<name>``. ``cfg`` (a TrainConfig) gives the kNN's ``knn_k`` and ``knn_t`` and the ``probe_epochs`` of the
+    linear probe.
+
+    ``queries`` maps (kNN name, probe name) to a split: kNN and ridge probe of that split are returned under those
+    names; with ``linear``, the SGD linear probe of the last split under that name. Raw pixels are centred on the
+    bank's mean first: cosine kNN on uncentred pixels mostly measures brightness, and the centred value is the strong
+    raw-pixel reference.
+    """
+    out = _scores(lambda split: embed(model, dataset, split, device), bank_split, queries, dataset.num_classes, cfg,
+                  linear)
+    if raw:
+        scored = _scores(lambda split: pixels(dataset, split, device), bank_split, queries, dataset.num_classes, cfg,
+                         linear, centre=True)
+        out.update({raw_name(k): v for k, v in scored.items()})
+    return out
+
+
+def _scores(features: Callable[[Any], tuple[Tensor, Tensor]], bank_split: Any, queries: Queries, num_classes: int,
+            cfg: Any, linear: str | None, centre: bool = False) -> dict[str, float]:
+    """:func:`score_splits` of one representation ``features(split) -> (X [N, D], y [N])``."""
+    bank = features(bank_split)
+    mean = bank[0].mean(0) if centre else 0.0
+    bank = (bank[0] - mean, bank[1])
+    out: dict[str, float] = {}
+    for (knn_name, probe_name), split in queries.items():
+        x, y = features(split)
+        x = x - mean
+        out[knn_name] = knn_accuracy(bank[0], bank[1], x, y, num_classes, k=cfg.knn_k, t=cfg.knn_t)
+        if probe_name:
+            out[probe_name] = ridge_probe(bank[0], bank[1], x, y, num_classes)
+    if linear:
+        out[linear] = linear_probe(bank[0], bank[1], x, y, num_classes, epochs=cfg.probe_epochs)
+    return out
 
 
 _KNN_CHUNK_ELEMENTS = 1 << 24  # at most 16M similarities (64 MB in float32) per test batch

@@ -13,8 +13,6 @@ folder of this run, for fault-injection markers), ``fault`` (optional fault inje
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import json
 import os
 import sys
@@ -27,6 +25,7 @@ from typing import Any
 import torch
 
 from moco.catalog import resolve
+from moco.checkpoint import engine_state, read_checkpoint_dir, restore, write_checkpoint_dir
 from moco.config import ConfigError, TrainConfig, parse_overrides, plain_name
 from moco.data import DatasetNotFoundError, check_dataset, load_dataset
 from moco.engine import DistInfo, DivergedError, Engine, resolve_device
@@ -35,35 +34,8 @@ from moco.precision import describe
 from moco.ray_address import AddressError, check_address, start_local_ray
 from moco.vocabulary import COMPUTE, EPOCH, MONITOR_METRICS
 
-STATE_FILE = "state.pt"
-CHECKSUM_FILE = "state.sha256"
 
-
-# --- checkpoints --------------------------------------------------------------------------------------------------
-def write_checkpoint_dir(state: dict[str, Any], directory: str | Path) -> None:
-    """Write ``state`` and its SHA-256 into ``directory`` (the file is renamed into place only once complete)."""
-    directory = Path(directory)
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    data = buffer.getvalue()
-    tmp = directory / (STATE_FILE + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, directory / STATE_FILE)
-    (directory / CHECKSUM_FILE).write_text(hashlib.sha256(data).hexdigest())
-
-
-def read_checkpoint_dir(directory: str | Path) -> dict[str, Any]:
-    """Load a checkpoint directory, verifying its checksum; raise ``ValueError`` when it is corrupt or partial."""
-    directory = Path(directory)
-    state_path, sum_path = directory / STATE_FILE, directory / CHECKSUM_FILE
-    if not state_path.is_file() or not sum_path.is_file():
-        raise ValueError(f"checkpoint {directory} is incomplete (missing {STATE_FILE} or {CHECKSUM_FILE})")
-    data = state_path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != sum_path.read_text().strip():
-        raise ValueError(f"checkpoint {directory} is corrupt (checksum mismatch)")
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-
-
+# --- checkpoints (the state and its folder: moco/checkpoint.py) -------------------------------------------------
 def load_latest_valid(checkpoint) -> dict[str, Any] | None:
     """State of the newest readable checkpoint: ``checkpoint`` itself, else its older siblings (``epoch-*``)."""
     if checkpoint is None:
@@ -123,7 +95,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         print(describe(device, engine.precision, engine.memory_format), flush=True)
     state = load_latest_valid(ray.train.get_checkpoint())
     if state is not None:
-        engine.load_state_dict(state)
+        restore(engine, state)
         if dist_info.rank == 0:
             print(f"resumed from epoch {engine.epoch}", flush=True)
     node_id = _node_id()
@@ -163,7 +135,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if dist_info.rank == 0 and (epoch % cfg.checkpoint_every == 0 or last):
-                write_checkpoint_dir(engine.state_dict(), tmp)
+                write_checkpoint_dir(engine_state(engine), tmp)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{epoch:04d}")
         if dist_info.rank == 0:

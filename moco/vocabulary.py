@@ -84,8 +84,10 @@ TEST_ENDPOINTS = (TEST_KNN, TEST_LINEAR)
 FINAL_OF = {VAL_KNN: FINAL_VAL_KNN, VAL_PROBE: FINAL_VAL_PROBE}
 #: Candidate names in confirm.csv: the baseline, then the search's best trials top1, top2, ...
 BASELINE = "baseline"
-#: The MoCo v2 baseline as settings of the method: one-way loss, every negative kept, no false-negative filter.
-BASELINE_POINT = {"dual_view_weight": 1.0, "hard_negative_ratio": 1.0, "false_negative_threshold": 1.0}
+#: The MoCo v2 baseline as settings of the method: one-way loss, every negative kept (top-rho selection with
+#: rho = 1), no false-negative filter.
+BASELINE_POINT = {"dual_view_weight": 1.0, "hard_negative_ratio": 1.0, "false_negative_threshold": 1.0,
+                  "negatives": "select"}
 
 
 def top_name(rank: int) -> str:

@@ -8,16 +8,15 @@ import math
 from typing import TYPE_CHECKING
 
 from moco.config import ConfigError
+from study.params import Param, SpaceError
 
 if TYPE_CHECKING:
-    from study.space import Param, Space
+    from study.space import Space
 
 
 def check_devices(space: Space) -> None:
     """``device: cuda`` needs a GPU per worker: with ``gpus_per_worker: 0`` Ray gives the workers none, and every
     trial would fail inside its worker."""
-    from study.space import SpaceError
-
     if space.settings.gpus_per_worker:
         return
     places = [("base.overrides.device" if "device" in space.base_overrides else f"base ({space.base_name})",
@@ -36,8 +35,6 @@ EPOCHS_FOLLOW = ("trials are budgeted in compute, and their epochs follow from i
 
 def check_against_config(space: Space) -> None:
     """Every value a trial can take must be a valid training config (corners of the space, or every variant)."""
-    from study.space import SpaceError
-
     if space.variants:
         for name, overrides in space.variants.items():
             if "epochs" in overrides:

@@ -35,7 +35,8 @@ from moco.config import ConfigError, TrainConfig, field_names
 from moco.safe_yaml import short
 from moco.vocabulary import BASELINE, COMPLETED, FINAL_OF, FINAL_VAL_KNN, top_name
 from study.checks import EPOCHS_FOLLOW, check_against_config
-from study.space import MAX_SEED, Space, SpaceError, _closest
+from study.params import SpaceError, closest
+from study.space import MAX_SEED, Space
 
 CONFIRM_DIR = "confirm"  #: the Tune experiment (and its Train runs) under the study's folder
 CSV, JSON = "confirm.csv", "confirm.json"
@@ -103,7 +104,7 @@ def load_confirm(section: Any, space: Space) -> ConfirmSettings:
         raise SpaceError(source, "confirm", f"{section!r}: a mapping with keys {', '.join(KEYS)}")
     for key in section:
         if key not in KEYS:
-            raise SpaceError(source, f"confirm.{key}", "unknown key" + _closest(key, KEYS))
+            raise SpaceError(source, f"confirm.{key}", "unknown key" + closest(key, KEYS))
     settings = ConfirmSettings(**section)
     if not isinstance(settings.top, int) or isinstance(settings.top, bool) or settings.top < 1:
         raise SpaceError(source, "confirm.top", f"{settings.top!r}: an integer >= 1")
@@ -134,7 +135,7 @@ def _check_overrides(overrides: Any, space: Space) -> None:
     for key, value in overrides.items():
         where = f"confirm.overrides.{key}"
         if key not in field_names():
-            raise SpaceError(source, where, "not a training config key" + _closest(key, field_names()))
+            raise SpaceError(source, where, "not a training config key" + closest(key, field_names()))
         if key == "seed":
             raise SpaceError(source, where, "the confirmation's seeds are confirm.seeds")
         if key == "epochs":

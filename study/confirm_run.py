@@ -25,7 +25,8 @@ import pandas as pd
 
 from moco.vocabulary import COMPUTE, EPOCH, FINAL_METRICS, FINISHED, PENDING, raw_name
 from study.confirm import CONFIRM_DIR, CSV, JSON, Confirmation, ConfirmError, plan
-from study.space import Space, SpaceError
+from study.params import SpaceError
+from study.space import Space
 
 ENDPOINTS = (*FINAL_METRICS, *(raw_name(m) for m in FINAL_METRICS))
 RUN_KEYS = (*ENDPOINTS, EPOCH, COMPUTE, "images_seen", "time_total_s", "world_size", "diverged", "error")
@@ -183,9 +184,10 @@ def stage(space: Space, args, run_dir: Path, storage: str, resources: dict[str, 
     Returns 0; 130 when interrupted (with the command that continues it); 2 when it cannot start (the search's report
     is still written)."""
 
+    from study.cli import resume_command
     from study.cluster import plan_on_cluster
     from study.plan import PlanError
-    from study.run import _report, resume_command
+    from study.run import _report
 
     if resources is None:
         from study.dataset_check import DatasetMissingOnCluster, check_for_plan

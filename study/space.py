@@ -1,4 +1,4 @@
-"""The space file: schema, validation with precise errors, and conversion to Optuna distributions.
+"""The space file: schema and validation with precise errors (its searched parameters: study/params.py).
 
 A space file is YAML with these sections::
 
@@ -23,118 +23,21 @@ Every error is a :class:`SpaceError` naming the file, the key and what is allowe
 
 from __future__ import annotations
 
-import difflib
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from moco.catalog import CONFIG_DIR, resolve
 from moco.config import ConfigError, TrainConfig, field_names, load_yaml, plain_name
-from moco.safe_yaml import YamlError, load_value, short
+from moco.safe_yaml import short
 from moco.sources import check_sizes
-from moco.vocabulary import PARAM_TYPES, SPACE_SECTIONS, STUDY_METRICS
+from moco.vocabulary import BASELINE_POINT, SPACE_SECTIONS, STUDY_METRICS
 from study.checks import check_against_config, check_devices
+from study.params import Param, SpaceError, closest, is_number, load_params
 
-PARAM_KEYS = {"float": ("type", "low", "high", "log", "step", "when"),
-              "int": ("type", "low", "high", "log", "step", "when"),
-              "categorical": ("type", "choices", "when"),
-              "fixed": ("type", "value", "when")}
 SEARCHERS = ("optuna-tpe", "random", "grid")
 SCHEDULERS = ("asha", "none")
-_CONDITION = re.compile(r"^\s*([A-Za-z_]\w*)\s*(<=|>=|==|!=|<|>)\s*(\S+)\s*$")
-
-
-class SpaceError(ValueError):
-    """A space file is malformed or inconsistent."""
-
-    def __init__(self, source: str, key: str, message: str):
-        super().__init__(f"{source}: {key}: {message}")
-        self.source, self.key = source, key
-
-
-def _closest(name: str, options) -> str:
-    close = difflib.get_close_matches(str(name), list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(map(str, options))})"
-
-
-@dataclass
-class Param:
-    """One searched parameter."""
-
-    name: str
-    type: str
-    low: float | int | None = None
-    high: float | int | None = None
-    log: bool = False
-    step: float | int | None = None
-    choices: list[Any] | None = None
-    value: Any = None
-    when: str | None = None
-
-    def condition(self) -> tuple[str, str, Any] | None:
-        """``(parameter, operator, value)`` of ``when``; the value is a plain YAML scalar (checked at load)."""
-        if self.when is None:
-            return None
-        name, op, raw = _CONDITION.match(self.when).groups()
-        return name, op, load_value(raw, f"when {self.when!r}")
-
-    def active(self, params: dict[str, Any]) -> bool:
-        """Whether a conditional parameter exists given the values drawn so far."""
-        cond = self.condition()
-        if cond is None:
-            return True
-        name, op, ref = cond
-        if name not in params:
-            return False
-        value = params[name]
-        return {"<": value < ref, "<=": value <= ref, ">": value > ref, ">=": value >= ref,
-                "==": value == ref, "!=": value != ref}[op]
-
-    def extremes(self) -> list[Any]:
-        """Values that bound what this parameter can take (for validation against TrainConfig)."""
-        if self.type == "categorical":
-            return list(self.choices)
-        if self.type == "fixed":
-            return [self.value]
-        return [self.low, self.high]
-
-    def distribution(self):
-        import optuna.distributions as d
-
-        if self.type == "float":
-            return d.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
-        if self.type == "int":
-            return d.IntDistribution(self.low, self.high, log=self.log, step=self.step or 1)
-        if self.type == "categorical":
-            return d.CategoricalDistribution(self.choices)
-        return d.CategoricalDistribution([self.value])
-
-    def suggest(self, trial) -> Any:
-        """Draw this parameter from an Optuna trial (define-by-run)."""
-        if self.type == "float":
-            return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
-        if self.type == "int":
-            return trial.suggest_int(self.name, self.low, self.high, log=self.log, step=self.step or 1)
-        if self.type == "categorical":
-            return trial.suggest_categorical(self.name, self.choices)
-        return self.value
-
-    def grid_values(self, points: int) -> list[Any]:
-        """Evenly spaced values for grid search (on the log scale where the parameter is log-scaled)."""
-        if self.type in ("categorical", "fixed"):
-            return self.extremes()
-        if points == 1:
-            return [self.low]
-        if self.log:
-            values = [math.exp(math.log(self.low) + i * (math.log(self.high) - math.log(self.low)) / (points - 1))
-                      for i in range(points)]
-        else:
-            values = [self.low + i * (self.high - self.low) / (points - 1) for i in range(points)]
-        if self.type == "int":
-            return sorted({int(round(v)) for v in values})
-        return [float(f"{v:.6g}") for v in values]
 
 
 @dataclass
@@ -212,13 +115,11 @@ class Space:
         """The MoCo v2 baseline as a point of the search space (lambda = rho = delta = 1, base tau and K)."""
         if self.variants or not self.settings.baseline:
             return None
-        forced = {"dual_view_weight": 1.0, "hard_negative_ratio": 1.0, "false_negative_threshold": 1.0,
-                  "negatives": "select"}
         point: dict[str, Any] = {}
         for p in self.params:
             if not p.active(point):
                 continue
-            value = forced.get(p.name, getattr(self.base, p.name))
+            value = BASELINE_POINT.get(p.name, getattr(self.base, p.name))
             if p.type == "categorical" and value not in p.choices:
                 value = min(p.choices, key=lambda c: abs(c - value) if isinstance(c, (int, float)) else 0)
             elif p.type in ("float", "int"):
@@ -264,21 +165,21 @@ def load_space(name_or_path: str) -> Space:
         raise SpaceError(source, "<top level>", "a mapping with sections " + ", ".join(SPACE_SECTIONS))
     for key in raw:
         if key not in SPACE_SECTIONS:
-            raise SpaceError(source, str(key), "unknown section" + _closest(key, SPACE_SECTIONS))
+            raise SpaceError(source, str(key), "unknown section" + closest(key, SPACE_SECTIONS))
     base, base_name, overrides = _load_base(raw.get("base"), source)
     settings = _load_settings(raw.get("study") or {}, source)
     space = Space(source, base, base_name, overrides, settings=settings)
     if raw.get("variants") is not None:
         if raw.get("search"):
             raise SpaceError(source, "variants", "use either `search` or `variants`, not both")
-        space.variants, space.seeds = _load_variants(raw["variants"], raw.get("seeds", [base.seed]), base, source)
+        space.variants, space.seeds = _load_variants(raw["variants"], raw.get("seeds", [base.seed]), source)
         if settings.searcher != "grid":
             space.settings.searcher = "grid"
     else:
         if raw.get("seeds") is not None:
             raise SpaceError(source, "seeds", "seeds apply to variants (each variant runs once per seed); a search "
                              "trains every trial with the base's seed and draws with study.seed")
-        space.params = _load_params(raw.get("search"), base, source)
+        space.params = load_params(raw.get("search"), source)
         if settings.num_samples < 1:
             raise SpaceError(source, "study.num_samples", f"{settings.num_samples!r}: an integer >= 1")
     check_against_config(space)
@@ -326,7 +227,7 @@ def _load_base(section: Any, source: str) -> tuple[TrainConfig, str, dict]:
         raise SpaceError(source, "base", "a mapping with `config` and optional `overrides`")
     for key in section:
         if key not in ("config", "overrides"):
-            raise SpaceError(source, f"base.{key}", "unknown key" + _closest(key, ("config", "overrides")))
+            raise SpaceError(source, f"base.{key}", "unknown key" + closest(key, ("config", "overrides")))
     name = section.get("config", "fashion_mnist")
     overrides = section.get("overrides") or {}
     if not isinstance(name, str):
@@ -359,7 +260,7 @@ def _load_settings(section: Any, source: str) -> StudySettings:
     known = StudySettings.__dataclass_fields__
     for key in section:
         if key not in known:
-            raise SpaceError(source, f"study.{key}", "unknown key" + _closest(key, known))
+            raise SpaceError(source, f"study.{key}", "unknown key" + closest(key, known))
     settings = StudySettings(**section)
     check_settings(settings, source)
     return settings
@@ -391,7 +292,7 @@ def check_settings(settings: StudySettings, source: str, cli: bool = False) -> N
         ("grace_period", settings.grace_period >= 1, "an integer >= 1"),
         ("reduction_factor", settings.reduction_factor >= 2, "an integer >= 2"),
         ("workers_per_trial", 0 <= settings.workers_per_trial <= 1024, "an integer in [0, 1024] (0 = in-process)"),
-        ("gpus_per_worker", _is_number(settings.gpus_per_worker) and (
+        ("gpus_per_worker", is_number(settings.gpus_per_worker) and (
             0 <= settings.gpus_per_worker <= 1 or float(settings.gpus_per_worker).is_integer()
             and settings.gpus_per_worker <= 64), "0, a fraction in (0, 1] (0.5: two workers share a GPU) or a whole "
          "number <= 64"),
@@ -400,7 +301,7 @@ def check_settings(settings: StudySettings, source: str, cli: bool = False) -> N
                                                                 and not isinstance(settings.max_concurrent, bool)
                                                                 and 1 <= settings.max_concurrent <= MAX_TRIALS),
          f"null or an integer in [1, {MAX_TRIALS:,}]"),
-        ("cpus_per_worker", settings.cpus_per_worker is None or (_is_number(settings.cpus_per_worker)
+        ("cpus_per_worker", settings.cpus_per_worker is None or (is_number(settings.cpus_per_worker)
                                                                   and settings.cpus_per_worker > 0),
          "null or a finite number > 0"),
     ]
@@ -409,118 +310,7 @@ def check_settings(settings: StudySettings, source: str, cli: bool = False) -> N
             raise SpaceError(source, name(key), f"{short(getattr(settings, key))}: {allowed}")
 
 
-def _load_params(section: Any, base: TrainConfig, source: str) -> list[Param]:
-    if not isinstance(section, dict) or not section:
-        raise SpaceError(source, "search", "a non-empty mapping of parameter: {type: ..., ...}")
-    params = []
-    for name, spec in section.items():
-        key = f"search.{name}"
-        if name not in field_names():
-            raise SpaceError(source, key, "not a training config key" + _closest(name, field_names()))
-        if not isinstance(spec, dict):
-            raise SpaceError(source, key, "a mapping such as {type: float, low: 0.1, high: 1.0}")
-        kind = spec.get("type")
-        if kind not in PARAM_TYPES:
-            raise SpaceError(source, f"{key}.type", f"{kind!r}: one of " + ", ".join(PARAM_TYPES))
-        for k in spec:
-            if k not in PARAM_KEYS[kind]:
-                raise SpaceError(source, f"{key}.{k}", f"unknown key for a {kind} parameter"
-                                 + _closest(k, PARAM_KEYS[kind]))
-        param = Param(name=name, **spec)
-        _check_param(param, key, source)
-        params.append(param)
-    names = [p.name for p in params]
-    for i, p in enumerate(params):
-        cond = p.condition()
-        if cond and cond[0] not in names[:i]:
-            raise SpaceError(source, f"search.{p.name}.when", f"{p.when!r} refers to {cond[0]!r}, which must be a "
-                             "searched parameter listed before it")
-        if cond and cond[1] in ("<", "<=", ">", ">="):
-            ref = params[names.index(cond[0])]
-            if not all(_is_number(v) for v in ref.extremes()):
-                raise SpaceError(source, f"search.{p.name}.when", f"{p.when!r}: {cond[0]} takes non-numeric "
-                                 "values; compare it with == or !=")
-    return params
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _number(value: Any) -> Any:
-    """YAML 1.1 reads ``1e-4`` (no dot) as a string; accept it as the number it spells, as training keys do."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _check_param(p: Param, key: str, source: str) -> None:
-    if p.type in ("float", "int"):
-        for bound in ("low", "high", "step"):
-            setattr(p, bound, _number(getattr(p, bound)))
-            if p.type == "int" and isinstance(getattr(p, bound), float) and getattr(p, bound).is_integer():
-                setattr(p, bound, int(getattr(p, bound)))
-        for bound in ("low", "high"):
-            value = getattr(p, bound)
-            if value is None:
-                raise SpaceError(source, f"{key}.{bound}", f"missing: a {p.type} parameter needs low and high")
-            if not _is_number(value) or (p.type == "int" and not isinstance(value, int)):
-                raise SpaceError(source, f"{key}.{bound}", f"{short(value)}: must be a"
-                                 f"{'n integer' if p.type == 'int' else ' finite number'}")
-        if p.low > p.high:
-            raise SpaceError(source, key, f"inverted range: low = {p.low} > high = {p.high}")
-        if p.low == p.high:
-            raise SpaceError(source, key, f"empty range: low = high = {p.low} (use type: fixed for a constant)")
-        if not isinstance(p.log, bool):
-            raise SpaceError(source, f"{key}.log", f"{short(p.log)}: true or false")
-        if p.log and p.low <= 0:
-            raise SpaceError(source, f"{key}.low", f"{p.low}: a log-scaled range must be > 0")
-        if p.step is not None:
-            if not _is_number(p.step) or p.step <= 0 or p.log:
-                raise SpaceError(source, f"{key}.step", f"{short(p.step)}: a number > 0, and not with log: true")
-            if p.type == "int" and not isinstance(p.step, int):
-                raise SpaceError(source, f"{key}.step", f"{p.step!r}: an int parameter needs an integer step")
-            steps = (p.high - p.low) / p.step
-            if abs(steps - round(steps)) > 1e-9 * max(1.0, abs(steps)):
-                raise SpaceError(source, f"{key}.step", f"{p.step!r} does not divide the range [{p.low}, {p.high}] "
-                                 "(Optuna would silently lower the upper bound): choose a step that does")
-        if p.type == "float":
-            p.low, p.high = float(p.low), float(p.high)
-    elif p.type == "categorical":
-        if not isinstance(p.choices, list) or not p.choices:
-            raise SpaceError(source, f"{key}.choices", f"{short(p.choices)}: a non-empty list")
-        if len(set(map(repr, p.choices))) != len(p.choices):
-            raise SpaceError(source, f"{key}.choices", f"{short(p.choices)}: duplicate choices")
-        if not all(c is None or isinstance(c, (bool, int, float, str)) for c in p.choices):
-            raise SpaceError(source, f"{key}.choices", f"{short(p.choices)}: plain values (numbers, strings, "
-                             "true/false, null), not lists or mappings")
-    elif p.value is None:
-        raise SpaceError(source, f"{key}.value", "missing or null: a fixed parameter needs a value (to leave a key at "
-                         "its base value, do not search it)")
-    if p.when is not None:
-        _check_condition(p, key, source)
-
-
-def _check_condition(p: Param, key: str, source: str) -> None:
-    if not isinstance(p.when, str) or not _CONDITION.match(p.when):
-        raise SpaceError(source, f"{key}.when", f"{short(p.when)}: a condition such as 'hard_negative_ratio < 1' "
-                         "or 'negatives == hcl'")
-    try:
-        _, op, value = p.condition()
-    except YamlError as err:
-        raise SpaceError(source, f"{key}.when",
-                         f"{short(p.when)}: the value is not plain YAML ({err.reason})") from None
-    ordered = op in ("<", "<=", ">", ">=")
-    if ordered and not _is_number(value):
-        raise SpaceError(source, f"{key}.when", f"{short(p.when)}: {op} needs a finite number on its right")
-    if not ordered and not (value is None or isinstance(value, (bool, str)) or _is_number(value)):
-        raise SpaceError(source, f"{key}.when", f"{short(p.when)}: {op} needs a number, a string, true/false or null")
-
-
-def _load_variants(section: Any, seeds: Any, base: TrainConfig, source: str):
+def _load_variants(section: Any, seeds: Any, source: str):
     if not isinstance(section, dict) or not section:
         raise SpaceError(source, "variants", "a non-empty mapping of variant name: {overrides}")
     for name, overrides in section.items():

@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def forwarded_actions() -> list[argparse.Action]:
-    """study/run.py's options that a job forwards (all but :data:`OWN_OPTIONS`), from its own parser."""
-    from study.run import build_parser as run_parser
+    """study/run.py's options that a job forwards (all but :data:`OWN_OPTIONS`), from its own parser (study/cli.py)."""
+    from study.cli import build_parser as run_parser
 
     return [a for a in run_parser()._actions if a.option_strings and not set(a.option_strings) & set(OWN_OPTIONS)]
 
@@ -103,7 +103,8 @@ def requirements(setup_cfg: Path = ROOT / "setup.cfg") -> list[str]:
 
 def space_argument(space: str) -> str:
     """The --space value as the job sees it: a configs/ name, or a path relative to the project (the working_dir)."""
-    from study.space import SpaceError, load_space
+    from study.params import SpaceError
+    from study.space import load_space
 
     try:
         loaded = load_space(space)
@@ -159,11 +160,11 @@ def forwarded(args: argparse.Namespace) -> list[str]:
 def check_study(args: argparse.Namespace, storage: str) -> None:
     """study/run.py's own checks of the study options (``check_args``: the space, the command line, the name), here,
     before anything is contacted: a refusal says what study/run.py would say on the cluster."""
-    from study import run
+    from study import cli
 
     try:
-        run.check_args(run.build_parser().parse_args(["--space", args.space, "--storage", storage, *forwarded(args)]))
-    except run.CHECK_ERRORS as err:
+        cli.check_args(cli.build_parser().parse_args(["--space", args.space, "--storage", storage, *forwarded(args)]))
+    except cli.CHECK_ERRORS as err:
         raise SubmitError(str(err)) from None
 
 

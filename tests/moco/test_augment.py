@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from moco.augment import Augment, _blur, _shift_hue, build_augment, normalize
-from moco.config import TrainConfig
 
 MEAN3, STD3 = (0.5, 0.4, 0.3), (0.25, 0.25, 0.25)
 
@@ -94,7 +93,7 @@ def test_blur_keeps_constants_and_smooths():
 
 def test_build_augment_and_normalize_resize():
     ds = type("D", (), dict(image_size=20, channels=1, mean=(0.3,), std=(0.3,)))()
-    aug = build_augment(TrainConfig(dataset="digits"), ds)
+    aug = build_augment(ds)
     assert aug.image_size == 20 and aug(_images(3, 1, 8)).shape == (3, 1, 20, 20)
     y = normalize(_images(3, 1, 8), (0.3,), (0.3,), size=20)
     assert y.shape == (3, 1, 20, 20) and y.dtype == torch.float32

@@ -76,7 +76,8 @@ def test_alignment_and_uniformity():
     assert uniformity(z).item() < -1.0
 
 
-def test_embed_gives_the_engines_features():
+def test_embed_gives_the_encoders_normalised_features():
+    from moco.augment import normalize
     from moco.config import TrainConfig
     from moco.data import load_dataset
     from moco.engine import Engine
@@ -85,7 +86,9 @@ def test_embed_gives_the_engines_features():
     dataset = load_dataset(cfg)
     engine = Engine(cfg, dataset, torch.device("cpu"))
     feats, labels = embed(engine.model, dataset, dataset.val, batch=64)
-    ref_feats, ref_labels = engine._embed(dataset.val)
+    with torch.no_grad():  # the whole split at once, by hand
+        x = normalize(dataset.val.images, dataset.mean, dataset.std, dataset.image_size)
+        ref_feats, ref_labels = F.normalize(engine.model.features(x).float(), dim=1), dataset.val.labels
     assert feats.shape == (200, ref_feats.shape[1]) and torch.equal(labels, ref_labels)
     assert torch.allclose(feats, ref_feats) and torch.allclose(feats.norm(dim=1), torch.ones(200))
 

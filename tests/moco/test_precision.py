@@ -15,7 +15,7 @@ from moco.data import load_dataset
 from moco.engine import Engine
 from moco.model import build_model
 from moco.precision import autocast, resolve_memory_format, resolve_precision
-from moco.train import read_checkpoint_dir, write_checkpoint_dir
+from moco.checkpoint import engine_state, read_checkpoint_dir, restore, write_checkpoint_dir
 from tests.conftest import CONFIGS
 
 CPU = torch.device("cpu")
@@ -120,11 +120,11 @@ def test_resume_from_a_checkpoint_written_in_the_other_precision(tmp_path, first
 
     engine = Engine(_cfg(precision=first), data, CPU)
     engine.train_epoch(), engine.train_epoch()
-    write_checkpoint_dir(engine.state_dict(), tmp_path)
+    write_checkpoint_dir(engine_state(engine), tmp_path)
     state = read_checkpoint_dir(tmp_path)
     assert all(v.dtype in (torch.float32, torch.int64) for v in state["model"].values())
     resumed = Engine(_cfg(precision=then), data, CPU)
-    resumed.load_state_dict(state)
+    restore(resumed, state)
     assert resumed.epoch == 2 and resumed.precision == then
     assert torch.equal(resumed.model.queue.keys, engine.model.queue.keys)
     third = resumed.train_epoch()

@@ -10,7 +10,8 @@ import torch
 from moco.config import TrainConfig
 from moco.data import load_dataset
 from moco.engine import DivergedError, Engine
-from moco.train import make_trainer, read_checkpoint_dir, write_checkpoint_dir
+from moco.checkpoint import engine_state, read_checkpoint_dir, restore, write_checkpoint_dir
+from moco.train import make_trainer
 from tests.conftest import CONFIGS
 
 DIGITS = CONFIGS / "digits.yaml"
@@ -41,11 +42,11 @@ def test_engine_resume_repeats_epoch_3_exactly(tmp_path):
 
     first = Engine(cfg, data, torch.device("cpu"))
     _run(first, 2)
-    write_checkpoint_dir(first.state_dict(), tmp_path)
+    write_checkpoint_dir(engine_state(first), tmp_path)
     state = read_checkpoint_dir(tmp_path)
     resumed = Engine(cfg, data, torch.device("cpu"))
     assert int(resumed.model.queue.filled) == 0
-    resumed.load_state_dict(state)
+    restore(resumed, state)
     assert resumed.epoch == 2
     # The queue travels in the checkpoint: restored, not re-initialised.
     assert int(resumed.model.queue.filled) == int(first.model.queue.filled) > 0

@@ -12,7 +12,8 @@ import pytest
 from moco.vocabulary import BASELINE
 from study import confirm, confirm_run
 from study.run import main
-from study.space import SpaceError, load_space
+from study.params import SpaceError
+from study.space import load_space
 from study.trial import TrialPlan
 
 SPACE = """

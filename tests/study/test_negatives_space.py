@@ -5,7 +5,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from study.space import SpaceError, load_space
+from study.params import SpaceError
+from study.space import load_space
 
 SPACE = """
 base:

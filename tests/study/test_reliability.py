@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from moco.train import load_latest_valid, write_checkpoint_dir
+from moco.checkpoint import write_checkpoint_dir
+from moco.train import load_latest_valid
 from study.results import atomic_write, finished_trials
 from study.processes import train_workers, wait_until
 from study.run import main

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from study.run import main
-from study.space import CONFIG_DIR, SpaceError, load_space
+from study.params import SpaceError
+from study.space import CONFIG_DIR, load_space
 
 SHIPPED = sorted(p.name for p in CONFIG_DIR.glob("*.yaml")
                  if "search:" in p.read_text() or "variants:" in p.read_text())
@@ -36,7 +37,7 @@ def test_dry_run_of_every_shipped_space(name, capsys, tmp_path):
 
 
 def test_plan_says_when_fewer_trials_fit_than_requested():
-    from study.run import describe_plan, plan_resources
+    from study.cli import describe_plan, plan_resources
 
     space = load_space(str(_write(GOOD + "  cpus_per_worker: 2\n  max_concurrent: 2\n")))
     plan = plan_resources(space, cpus=2, gpus=0)

@@ -282,6 +282,15 @@ def test_unanswered_connect_times_out(monkeypatch):
 
 
 # --- no cluster needed ---------------------------------------------------------------------------------------------
+def test_the_study_command_line_is_ray_free():
+    """submit builds its options and makes the study's checks from study/cli.py, which loads neither Ray nor torch."""
+    code = ("import sys; import study.cli, study.submit; study.submit.forwarded_actions(); "
+            "print('ray' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "False"]
+
+
 def test_storage_rules():
     assert submit.storage_argument("s3://bucket/studies/", False) == ("s3://bucket/studies", False)
     assert submit.storage_argument("file:///nfs/studies", False) == ("/nfs/studies", False)
