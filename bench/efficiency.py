@@ -294,6 +294,15 @@ def _ci(mean: float | None, ci: Sequence[float] | None) -> str:
     return f"{mean:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
+def _tpe_startup_trials() -> int:
+    """Optuna's default number of random start-up trials of the TPE sampler (study/search.py keeps the default)."""
+    import inspect
+
+    import optuna
+
+    return int(inspect.signature(optuna.samplers.TPESampler).parameters["n_startup_trials"].default)
+
+
 def render(r: dict[str, Any], figs: Path) -> list[str]:
     """The page's section: setup, best endpoint within each budget, compute to target, the ratio and its goal."""
     if "budgets" not in r:  # a result of the earlier benchmark (trial-epochs of the per-epoch monitor)
@@ -314,6 +323,12 @@ def render(r: dict[str, Any], figs: Path) -> list[str]:
                  for a in sm["at_budget"]]
         out.append(f"| {_NAMES.get(name, name)} | " + " | ".join(cells)
                    + f" | {spread(sm['total_compute'], 0)} | {spread(sm['best_endpoint'])} |")
+    startup = _tpe_startup_trials()
+    guided = max(0, s["num_samples"] - startup)
+    out += ["", f"Both samplers are seeded with the study's seed, so TPE's first {startup} trials (Optuna's random "
+            f"start-up, `n_startup_trials`) are the very configurations random search draws: of the {s['num_samples']} "
+            f"trials per study, {guided} are chosen by TPE's model. Where none are, the two rows differ only by what "
+            "ASHA saved."]
     target = r.get("target")
     out += ["", f"Target: the best endpoint of any study, {r['best_endpoint_any']}, minus {s['tolerance_points']} "
             f"= {target if target is None else round(target, 2)}.", "",

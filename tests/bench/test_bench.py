@@ -18,14 +18,14 @@ from bench.common import Context
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(330)  # a guard against hangs only, roomy for a loaded machine (the benchmark runs a short study)
 def test_quick_memory_benchmark_writes_result_and_page(tmp_path):
     results, docs = tmp_path / "results", tmp_path / "docs" / "benchmarks.md"
     committed = ROOT / "docs" / "benchmarks.md"
     before = committed.stat().st_mtime if committed.exists() else None
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "memory",
                            "--results-dir", str(results), "--docs", str(docs), "--workdir", str(tmp_path / "work")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=110)
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
     assert sorted(p.name for p in results.iterdir()) == ["memory.json"]
