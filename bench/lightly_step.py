@@ -129,8 +129,12 @@ def render(r: dict[str, Any]) -> list[str]:
     """The page's lines for this part."""
     if r.get("skipped"):
         return [f"Against lightly: skipped ({r['skipped']}).", ""]
-    out = [f"Against lightly {r['lightly_version']} (same ConvNet width 32, B = {r['batch']}, K = {r['queue']}, "
-           f"{r['repeats']} alternating steps; speed relative to lightly's step, > 1 is faster):", "",
+    machine = r.get("machine") or {}
+    load = machine.get("load_average_at_start")
+    out = [f"Against lightly {r['lightly_version']} (part 6; `{r.get('command')}`, {r.get('date')}; same ConvNet width "
+           f"32, B = {r['batch']}, K = {r['queue']}, {r['repeats']} alternating steps"
+           + (f"; load average at start {load[0]:.1f} on {machine.get('cpu_count')} cores" if load else "")
+           + "; speed relative to lightly's step, > 1 is faster):", "",
            "| step | " + " | ".join(f"{p} images/s (x lightly)" for p in r["precisions"]) + " |",
            "|---|" + "---|" * len(r["precisions"])]
     for name in VARIANTS:

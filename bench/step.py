@@ -341,7 +341,8 @@ def run(quick: bool = False, command: str = "python -m bench.step", parts: tuple
     if "lightly" in parts:  # part 6: bench/lightly_step.py
         from bench.lightly_step import bench_lightly
 
-        out["lightly"] = {**bench_lightly(repeats=5 if quick else 15), "command": command, "date": out["date"]}
+        out["lightly"] = {**bench_lightly(repeats=5 if quick else 15), "command": command, "date": out["date"],
+                          "machine": out["machine"]}
     if "reference" not in parts:
         return out
     # the headline ratio: two near-identical steps, so it needs more repeats than the rest to rise above noise
