@@ -110,8 +110,8 @@ def space_argument(space: str) -> str:
     source = Path(loaded.source).resolve()
     from moco.catalog import CONFIG_DIR
 
-    if source.parent == CONFIG_DIR:  # a shipped file: by the checkout's configs/ link, as the cluster templates name it
-        return f"configs/{source.name}"
+    if source.is_relative_to(CONFIG_DIR):  # a shipped file: by the checkout's configs/ link, as the templates name it
+        return f"configs/{source.relative_to(CONFIG_DIR).as_posix()}"
     try:
         return str(source.relative_to(ROOT))
     except ValueError:

@@ -77,9 +77,10 @@ def test_two_trials_share_one_declared_gpu(gpu_cluster, tmp_path):
     assert "1 worker(s) x 1 CPU + 0.5 GPU per trial; 2 trial(s) at once" in proc.stdout
     assert "(2 CPU, 1 GPU): 2 worker(s)" in proc.stdout
     # Both trials were running at once: the second started before the first ended.
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("[study] trial")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("[trial ")]  # study/console.py's events
     starts = [i for i, line in enumerate(lines) if " started: " in line]
-    ends = [i for i, line in enumerate(lines) if " started: " not in line]
+    ends = [i for i, line in enumerate(lines) if any(f"] {end}" in line for end in ("completed", "pruned", "diverged",
+                                                                                    "errored"))]
     assert len(starts) == 2 and max(starts) < min(ends), lines
     trials = pd.read_csv(tmp_path / "runs" / "half" / "trials.csv")
     worker = [n for n in gpu_cluster.nodes() if n["resources_total"].get("GPU")][0]["node_id"]
