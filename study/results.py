@@ -109,8 +109,14 @@ def record_trial(run_dir: Path, trial_id: str, **fields: Any) -> None:
 def append_result(run_dir: Path, trial_id: str, result: dict[str, Any]) -> None:
     """Append one epoch report to ``results.jsonl`` and flush it to disk before returning."""
     row = {"trial_id": trial_id, **{k: result.get(k) for k in HISTORY_KEYS if k in result}}
-    with open(run_dir / RESULTS_FILE, "a") as handle:
-        handle.write(json.dumps(row, default=str) + "\n")
+    line = json.dumps(row, default=str) + "\n"
+    path = run_dir / RESULTS_FILE
+    with open(path, "a+b") as handle:
+        if path.stat().st_size:  # a last line cut by a crash is ended first: skipped, not glued onto this row
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                line = "\n" + line
+        handle.write(line.encode())
         handle.flush()
         os.fsync(handle.fileno())
 

@@ -73,15 +73,16 @@ def run_dir(tmp_path):
 def test_collect_rebuilds_one_row_per_trial_and_one_per_trial_epoch(run_dir):
     run, space = run_dir
     with open(run / RESULTS_FILE, "a") as handle:
-        handle.write('{"trial_id": "t1", "epo')  # a line cut by a crash is skipped
+        handle.write('{"trial_id": "t1", "epo')  # a line cut by a crash is skipped ...
+    append_result(run, "t0", _report(3, 58.0))  # ... and the next report is not glued onto it
     trials, history = collect(run, space)
     assert list(trials.trial_id) == ["t0", "t1", "t2"]
     t0 = trials.set_index("trial_id").loc["t0"]
-    assert t0.val_knn_top1 == 56.0 and t0.best_val_knn_top1 == 56.0 and t0.epochs == 2 and t0.status == "pruned"
-    assert t0.cpus == 1 and t0.cpu_hours == pytest.approx(720.0 / 3600)  # 1 worker x 1 CPU for 720 s
+    assert t0.val_knn_top1 == 58.0 and t0.best_val_knn_top1 == 58.0 and t0.epochs == 3 and t0.status == "pruned"
+    assert t0.cpus == 1 and t0.cpu_hours == pytest.approx(1080.0 / 3600)  # 1 worker x 1 CPU for 1080 s
     t2 = trials.set_index("trial_id").loc["t2"]
     assert math.isnan(t2.val_knn_top1) and t2.best_val_knn_top1 == 70.0  # a diverged report is no value
-    assert len(history) == 5 and list(history[history.trial_id == "t0"].val_knn_top1) == [50.0, 56.0]
+    assert len(history) == 6 and list(history[history.trial_id == "t0"].val_knn_top1) == [50.0, 56.0, 58.0]
     assert set(finished_trials(run)) == {"t0", "t1", "t2"}
 
 
