@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -56,3 +59,27 @@ def stale_ray_tmp():
         yield env, ray_tmp, stale
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def kill_study_after_first_trial(cmd: list[str], cwd: Path, name: str, timeout: float) -> None:
+    """Run the study ``cmd`` (file:// storage) in ``cwd`` and SIGKILL its driver, then its whole process group (the
+    Ray processes it started: a lost machine), once its staging copy records a finished trial."""
+    from study.results import finished_trials
+
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    status = Path(cwd) / "runs" / ".remote" / name / "trial_status.json"
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if status.is_file() and len(finished_trials(status.parent)) >= 1:
+                break
+            time.sleep(1)
+        assert proc.poll() is None, "the study ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)  # the driver dies without any chance to clean up
+    finally:
+        time.sleep(2)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()

@@ -168,6 +168,16 @@ def test_ring_without_a_low_cut_is_top_rho(ratio):
 
 
 # --- gradients ------------------------------------------------------------------------------------------------------
+def _grads_to_q(q, losses):
+    """name -> d loss / d q for each of ``losses`` (name -> loss function of q), each on a fresh leaf copy of q."""
+    grads = {}
+    for name, fn in losses.items():
+        x = q.clone().requires_grad_()
+        fn(x).backward()
+        grads[name] = x.grad
+    return grads
+
+
 def test_hcl_weights_carry_gradient_as_documented():
     q, k, queue, _ = _inputs(use_ids=False)
     beta, tau_plus = 2.0, 0.1
@@ -180,12 +190,8 @@ def test_hcl_weights_carry_gradient_as_documented():
         ng = torch.clamp(((w * neg).sum(1) - tau_plus * K * pos) / (1 - tau_plus), min=K * math.exp(-1 / TAU))
         return -(pos / (pos + ng)).log().mean()
 
-    grads = {}
-    for name, fn in (("ours", lambda x: hcl_loss(x, k, queue, TAU, beta=beta, tau_plus=tau_plus)[0]),
-                     ("attached", lambda x: direct(x, False)), ("detached", lambda x: direct(x, True))):
-        x = q.clone().requires_grad_()
-        fn(x).backward()
-        grads[name] = x.grad
+    grads = _grads_to_q(q, {"ours": lambda x: hcl_loss(x, k, queue, TAU, beta=beta, tau_plus=tau_plus)[0],
+                            "attached": lambda x: direct(x, False), "detached": lambda x: direct(x, True)})
     assert torch.allclose(grads["ours"], grads["attached"], atol=1e-10)
     assert not torch.allclose(grads["ours"], grads["detached"], atol=1e-3)
 
@@ -203,15 +209,11 @@ def test_ring_gives_no_gradient_to_dropped_negatives():
 def test_mochi_gradient_does_not_flow_through_synthetic_negatives():
     q, k, queue, ids = _inputs()
     draws = mochi_draws(B, 4, 4, torch.Generator().manual_seed(9), dtype=torch.float64)
-    grads = {}
-    for name, fn in (
-            ("ours", lambda x: mochi_loss(x, k, queue, TAU, query_ids=ids[0], queue_ids=ids[1], hardest=8, mixes=4,
-                                          query_mixes=4, draws=draws)[0]),
-            ("constant_h", lambda x: _naive_mochi(x, k, queue, ids, 1.0, 8, draws, detach=True)),
-            ("through_h", lambda x: _naive_mochi(x, k, queue, ids, 1.0, 8, draws, detach=False))):
-        x = q.clone().requires_grad_()
-        fn(x).backward()
-        grads[name] = x.grad
+    grads = _grads_to_q(q, {
+        "ours": lambda x: mochi_loss(x, k, queue, TAU, query_ids=ids[0], queue_ids=ids[1], hardest=8, mixes=4,
+                                     query_mixes=4, draws=draws)[0],
+        "constant_h": lambda x: _naive_mochi(x, k, queue, ids, 1.0, 8, draws, detach=True),
+        "through_h": lambda x: _naive_mochi(x, k, queue, ids, 1.0, 8, draws, detach=False)})
     assert torch.allclose(grads["ours"], grads["constant_h"], atol=1e-10)
     assert not torch.allclose(grads["ours"], grads["through_h"], atol=1e-4)
 

@@ -9,18 +9,15 @@ import json
 import os
 import pickle
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from study import optuna_storage as ost
-from study.results import finished_trials
-from tests.conftest import MINI_SPACE, ROOT, study_command
+from tests.conftest import MINI_SPACE, ROOT, kill_study_after_first_trial, study_command
 
 
 # --- forms and refusals (no Ray) ----------------------------------------------------------------------------------
@@ -188,24 +185,7 @@ def test_resume_from_another_working_directory(tmp_path):
     storage, first, second = tmp_path / "studies", tmp_path / "a", tmp_path / "b"
     first.mkdir(), second.mkdir()
     cmd = study_command("--space", str(MINI_SPACE), "--storage", storage.as_uri(), "--name", "moved", *TINY)
-    proc = subprocess.Popen(cmd, cwd=first, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    status = first / "runs" / ".remote" / "moved" / "trial_status.json"
-    deadline = time.time() + 500
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if status.is_file() and len(finished_trials(status.parent)) >= 1:
-                break
-            time.sleep(1)
-        assert proc.poll() is None, "the study ended before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        time.sleep(2)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+    kill_study_after_first_trial(cmd, first, "moved", timeout=500)
     shutil.rmtree(first)  # the old working directory is gone (a new node, a new checkout)
 
     resumed = subprocess.run(cmd + ["--resume"], cwd=second, capture_output=True, text=True, timeout=800)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
 import subprocess
-import time
 
 import pandas as pd
 import pytest
@@ -16,7 +13,7 @@ import yaml
 from moco.config import TrainConfig
 from study.results import collect, finished_trials
 from study.space import load_space
-from tests.conftest import MINI_SPACE, ROOT, study_command
+from tests.conftest import MINI_SPACE, ROOT, kill_study_after_first_trial, study_command
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
@@ -109,24 +106,7 @@ def test_resume_after_sigkill_keeps_finished_trials(tmp_path):
     workdir.mkdir()
     cmd = study_command("--space", str(MINI_SPACE), "--storage", storage.as_uri(), "--name", "crash",
                         "--max-concurrent", "1", "--no-report")
-    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    status = workdir / "runs" / ".remote" / "crash" / "trial_status.json"
-    deadline = time.time() + 400
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if status.is_file() and len(finished_trials(status.parent)) >= 1:
-                break
-            time.sleep(1)
-        assert proc.poll() is None, "the study ended before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)  # the driver dies without any chance to clean up
-    finally:
-        time.sleep(2)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # and so do the Ray processes it started (a lost machine)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+    kill_study_after_first_trial(cmd, workdir, "crash", timeout=400)
     # What had reached the storage at the crash (the staging copy is discarded: --resume rebuilds it).
     before, _ = collect(storage / "crash", load_space(str(MINI_SPACE)))
     finished_before = finished_trials(storage / "crash")
