@@ -264,7 +264,9 @@ def mochi_synthetic(q: Tensor, l_neg: Tensor, queue_keys: Tensor, dropped: Tenso
     second = second + (second >= first).long()
     col_i, col_j = order.gather(1, first), order.gather(1, second.clamp(max=order.shape[1] - 1))
     alpha = draws.alpha.to(sim.dtype)
-    cos = (queue_keys.detach()[col_i] * queue_keys.detach()[col_j]).sum(-1)  # n_i.n_j [B, s_mix]
+    keys = queue_keys.detach()
+    cos = torch.linalg.vecdot(keys.index_select(0, col_i.flatten()),  # n_i.n_j [B, s_mix], no [B, s_mix, D]
+                              keys.index_select(0, col_j.flatten())).view_as(col_i)  # product kept
     mix = (alpha * l_neg.gather(1, col_i) + (1 - alpha) * l_neg.gather(1, col_j)) / _mix_norm(alpha, cos)
     mix_valid = (nh >= 2).view(-1, 1).expand_as(mix)
 
