@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PYTEST_ARGS ?= --durations=30   # the 30 slowest tests, printed after the run (where the suite's time goes)
 
 .PHONY: setup study test lint bench bench-quick clean
 
