@@ -38,6 +38,7 @@ from study.checks import check_against_config, check_devices
 from study.params import Param, SpaceError, closest, load_params
 from study.settings import MAX_SEED, MAX_TRIALS, StudySettings, load_settings
 
+
 @dataclass
 class Space:
     """A validated space file."""
