@@ -17,7 +17,8 @@ from study.confirm import ConfirmError
 from study.optuna_storage import OptunaStorageError
 from study.plan import Node, PlanError, make_plan
 from study.params import SpaceError
-from study.space import Space, check_settings, check_study, load_space
+from study.settings import CLI_FLAGS, with_cli
+from study.space import Space, check_study, load_space
 
 
 class StudyError(Exception):
@@ -73,16 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def apply_cli(space: Space, args: argparse.Namespace) -> Space:
-    s = space.settings
     if space.variants and args.num_samples is not None:
         raise StudyError(f"--num-samples: {space.source} is a grid of variants x seeds ({space.num_trials} trials); "
                          "the number of trials follows from it")
-    for attr, value in (("num_samples", args.num_samples), ("max_concurrent", args.max_concurrent),
-                        ("workers_per_trial", args.workers_per_trial), ("gpus_per_worker", args.gpus_per_worker),
-                        ("cpus_per_worker", args.cpus_per_worker), ("seed", args.seed)):
-        if value is not None:
-            setattr(s, attr, value)
-    check_settings(s, "command line", cli=True)
+    space.settings = with_cli(space.settings, {key: getattr(args, key) for key in CLI_FLAGS})
     if args.set:
         from moco.config import parse_overrides
 
@@ -95,9 +90,9 @@ def apply_cli(space: Space, args: argparse.Namespace) -> Space:
         except ConfigError as err:
             raise StudyError(f"--set {err.key}={err.value!r}: {err.allowed}") from None
         space.base_overrides = {**space.base_overrides, **overrides}
-    if s.gpus_per_worker:
+    if space.settings.gpus_per_worker:
         space.base = space.base.replace(device="cuda")
-    check_study(space, cli=True)  # the same cross-section checks as loading, on the overridden space
+    check_study(space)  # the same cross-section checks as loading, on the overridden space
     if space.confirm is not None:  # `--set seed=N` must not make a confirmation seed one the search trains with
         from study.confirm import resolve_seeds
 

@@ -25,22 +25,22 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pandas as pd
+from pydantic import BaseModel, Field, field_validator
 
 from moco.config import ConfigError, TrainConfig, field_names
-from moco.safe_yaml import short
 from moco.vocabulary import BASELINE, COMPLETED, FINAL_OF, FINAL_VAL_KNN, top_name
 from study.checks import EPOCHS_FOLLOW, check_against_config
-from study.params import SpaceError, closest
-from study.space import MAX_SEED, Space
+from study.params import STRICT, SpaceError, closest, refuse, under, validated
+from study.settings import MAX_SEED
+from study.space import Space
 
 CONFIRM_DIR = "confirm"  #: the Tune experiment (and its Train runs) under the study's folder
 CSV, JSON = "confirm.csv", "confirm.json"
-KEYS = ("top", "seeds", "overrides")
 DEFAULT_TOP, DEFAULT_SEEDS = 2, 3
 FORCED = {"final_eval": True, "linear_probe": True}  #: every confirmation run evaluates every endpoint
 
@@ -49,13 +49,23 @@ class ConfirmError(Exception):
     """The confirmation cannot start (no finished study, a different base config); exit status 2."""
 
 
-@dataclass
-class ConfirmSettings:
+class ConfirmSettings(BaseModel):
     """The ``confirm:`` section. ``seeds`` None means "the DEFAULT_SEEDS smallest seeds the search never used"."""
 
-    top: int = DEFAULT_TOP
-    seeds: list[int] | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
+    model_config = STRICT
+
+    top: int = Field(DEFAULT_TOP, ge=1, description="an integer >= 1")
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] | None = Field(
+        None, min_length=1, description=f"a non-empty list of non-negative integers, at most {MAX_SEED} (numpy's "
+        "largest seed)")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="a mapping of TrainConfig keys")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and len(set(seeds)) != len(seeds):
+            raise refuse("seeds", f"{seeds!r}: duplicate seeds")
+        return seeds
 
 
 @dataclass
@@ -101,21 +111,9 @@ def load_confirm(section: Any, space: Space) -> ConfirmSettings:
     source = space.source
     section = {} if section is None else section
     if not isinstance(section, dict):
-        raise SpaceError(source, "confirm", f"{section!r}: a mapping with keys {', '.join(KEYS)}")
-    for key in section:
-        if key not in KEYS:
-            raise SpaceError(source, f"confirm.{key}", "unknown key" + closest(key, KEYS))
-    settings = ConfirmSettings(**section)
-    if not isinstance(settings.top, int) or isinstance(settings.top, bool) or settings.top < 1:
-        raise SpaceError(source, "confirm.top", f"{settings.top!r}: an integer >= 1")
-    seeds = settings.seeds
-    if seeds is not None:
-        if not isinstance(seeds, list) or not seeds or not all(
-                isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds):
-            raise SpaceError(source, "confirm.seeds", f"{short(seeds)}: a non-empty list of non-negative "
-                             f"integers, at most {MAX_SEED} (numpy's largest seed)")
-        if len(set(seeds)) != len(seeds):
-            raise SpaceError(source, "confirm.seeds", f"{seeds!r}: duplicate seeds")
+        raise SpaceError(source, "confirm",
+                         f"{section!r}: a mapping with keys {', '.join(ConfirmSettings.model_fields)}")
+    settings = validated(ConfirmSettings, section, source, under("confirm"))
     _check_overrides(settings.overrides, space)
     if not space.variants and not space.settings.baseline:
         raise SpaceError(source, "confirm", "needs the study's baseline (study.baseline: true): every candidate is "
@@ -127,10 +125,8 @@ def load_confirm(section: Any, space: Space) -> ConfirmSettings:
     return settings
 
 
-def _check_overrides(overrides: Any, space: Space) -> None:
+def _check_overrides(overrides: dict[str, Any], space: Space) -> None:
     source = space.source
-    if not isinstance(overrides, dict):
-        raise SpaceError(source, "confirm.overrides", f"{overrides!r}: a mapping of TrainConfig keys")
     searched = {p.name for p in space.params} | {k for v in space.variants.values() for k in v}
     for key, value in overrides.items():
         where = f"confirm.overrides.{key}"
@@ -247,7 +243,7 @@ def plan(space: Space, run_dir: Path, settings: ConfirmSettings | None = None) -
     """Plan the confirmation of the finished study in ``run_dir`` (its ``trials.csv``); no Ray."""
     settings = settings or space.confirm or ConfirmSettings()
     if settings is not space.confirm:
-        load_confirm(asdict(settings), space)  # defaults (a --confirm of a space without the section) validate too
+        load_confirm(settings.model_dump(), space)  # defaults (a --confirm of a space without the section) validate too
     seeds = resolve_seeds(space, settings)
     path = run_dir / "trials.csv"
     if not path.is_file():

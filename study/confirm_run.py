@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from moco.vocabulary import COMPUTE, EPOCH, FINAL_METRICS, FINISHED, PENDING, raw_name
+from moco.vocabulary import COMPUTE, EPOCH, ERRORED, FINAL_METRICS, FINISHED, PENDING, RUNNING, raw_name
 from study.confirm import CONFIRM_DIR, CSV, JSON, Confirmation, ConfirmError, plan
 from study.params import SpaceError
 from study.space import Space
@@ -61,39 +61,30 @@ def write_csv(run_dir: Path, job: Confirmation) -> pd.DataFrame:
 
 
 def _callback(run_dir: Path, job: Confirmation, mirror=None):
-    from ray.tune import Callback
+    from study.callbacks import TrialFiles
 
-    from study.results import record_trial
-    from study.run import _last_line
-    from study.search import trial_outcome
+    class ConfirmFiles(TrialFiles):
+        """Also records each run's endpoints as it ends, says what each run did, and rewrites confirm.csv."""
 
-    record_dir = run_dir / CONFIRM_DIR
+        noun = "run"
 
-    class ConfirmFiles(Callback):
-        """Records each run's status and endpoints as it ends, and rewrites confirm.csv."""
+        def max_epochs(self, trial) -> int:
+            return job.configs[trial.config["candidate"]]["epochs"]
 
-        def on_trial_start(self, iteration, trials, trial, **info):
-            record_trial(record_dir, trial.trial_id, params=dict(trial.config), status="running")
-            print(f"[confirm] {trial.config['candidate']} seed {trial.config['seed']} ({trial.trial_id}) started",
-                  flush=True)
+        def end_fields(self, last: dict[str, Any]) -> dict[str, Any]:
+            return {"result": {k: last[k] for k in RUN_KEYS if k in last}}
 
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            last = trial.last_result or {}
-            epochs = job.configs[trial.config["candidate"]]["epochs"]
-            outcome = trial_outcome(last, epochs, error=False)
-            record_trial(record_dir, trial.trial_id, status=outcome, error=last.get("error"),
-                         result={k: last[k] for k in RUN_KEYS if k in last})
-            print(f"[confirm] {trial.config['candidate']} seed {trial.config['seed']} {outcome}: "
-                  f"{job.decision_endpoint} = {last.get(job.decision_endpoint, math.nan):.2f}", flush=True)
-            _write(run_dir, job, mirror)
+        def announce(self, trial, outcome: str, detail: str | None = None) -> None:
+            name = f"[confirm] {trial.config['candidate']} seed {trial.config['seed']}"
+            if outcome == RUNNING:
+                print(f"{name} ({trial.trial_id}) started", flush=True)
+            elif outcome == ERRORED:
+                print(f"{name} errored: {detail}", flush=True)
+            else:
+                value = (trial.last_result or {}).get(job.decision_endpoint, math.nan)
+                print(f"{name} {outcome}: {job.decision_endpoint} = {value:.2f}", flush=True)
 
-        def on_trial_error(self, iteration, trials, trial, **info):
-            error = _last_line(getattr(trial, "error_file", None)) or "see the run's error.txt"
-            record_trial(record_dir, trial.trial_id, status="errored", error=error)
-            print(f"[confirm] {trial.config['candidate']} seed {trial.config['seed']} errored: {error}", flush=True)
-            _write(run_dir, job, mirror)
-
-    return ConfirmFiles()
+    return ConfirmFiles(run_dir / CONFIRM_DIR, lambda: _write(run_dir, job, mirror), mirror)
 
 
 def _write(run_dir: Path, job: Confirmation, mirror=None) -> pd.DataFrame:

@@ -221,13 +221,13 @@ def tune_callback(console: Console, error_of):
     """The Tune callback that feeds :class:`Console` (Ray imported here, at the edge)."""
     from ray.tune import Callback
 
+    from study.callbacks import trial_number
     from study.search import trial_outcome
 
     class ConsoleCallback(Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
-            number = int(str(trial.experiment_tag).split("_", 1)[0]) - 1
             params = dict(trial.config)
-            console.started(trial.trial_id, number, params, _max_epochs(console.space, params))
+            console.started(trial.trial_id, trial_number(trial), params, _max_epochs(console.space, params))
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             console.epoch(trial.trial_id, result)

@@ -1,5 +1,6 @@
-"""The searched parameters of a space file (its ``search:`` section): :class:`Param`, read and checked with precise
-errors, and :class:`SpaceError`, the refusal of every check of a space file (here and in study/space.py).
+"""The searched parameters of a space file (its ``search:`` section): :class:`Param`, a pydantic model validated once
+as the file is read, and :class:`SpaceError`, the refusal of every check of a space file (here, in study/settings.py
+and in study/space.py), into which :func:`validated` turns pydantic's errors.
 
 A parameter is a TrainConfig key with a type (float, int, categorical or fixed), its range or choices, and an
 optional condition ``when`` on a parameter listed before it (``hard_negative_ratio < 1``, ``negatives == hcl``).
@@ -10,8 +11,10 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic_core import PydanticCustomError
 
 from moco.config import field_names
 from moco.safe_yaml import YamlError, load_value, short
@@ -23,6 +26,9 @@ PARAM_KEYS = {"float": ("type", "low", "high", "log", "step", "when"),
               "categorical": ("type", "choices", "when"),
               "fixed": ("type", "value", "when")}
 _CONDITION = re.compile(r"^\s*([A-Za-z_]\w*)\s*(<=|>=|==|!=|<|>)\s*(\S+)\s*$")
+#: how every model of a space file validates: unknown keys refused, no coercion (``"3"`` is not 3, ``true`` not 1),
+#: finite numbers only, and immutable once read
+STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class SpaceError(ValueError):
@@ -38,19 +44,129 @@ def closest(name: str, options) -> str:
     return f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(map(str, options))})"
 
 
-@dataclass
-class Param:
-    """One searched parameter."""
+def refuse(key: str, message: str) -> PydanticCustomError:
+    """A refusal from a model's validator: ``key`` relative to the model ("" for the model itself), and why."""
+    return PydanticCustomError("space", "{message}", {"key": key, "message": message})
+
+
+def validated(model: type[BaseModel], data: Any, source: str, name: Callable[[str], str], **context: Any):
+    """``model`` validated from ``data`` (``context``: the validators' context); pydantic's first error becomes a
+    :class:`SpaceError` naming the file, the key (``name`` of the model's key) and the bad value with what is allowed
+    (the field's description)."""
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as err:
+        error = err.errors()[0]
+        ctx = error.get("ctx") or {}
+        if error["type"] == "space":
+            raise SpaceError(source, name(ctx["key"]), ctx["message"]) from None
+        key = str(error["loc"][0]) if error["loc"] else ""
+        if error["type"] == "extra_forbidden":
+            raise SpaceError(source, name(key), "unknown key" + closest(key, model.model_fields)) from None
+        field = model.model_fields.get(key)
+        allowed = field.description if field is not None and field.description else error["msg"]
+        raise SpaceError(source, name(key), f"{short(error['input'])}: {allowed}") from None
+
+
+def under(prefix: str) -> Callable[[str], str]:
+    """How a model's keys are named in errors: ``prefix.key`` (the model itself: ``prefix``)."""
+    return lambda key: f"{prefix}.{key}" if key else prefix
+
+
+class Param(BaseModel):
+    """One searched parameter (its ``name`` is its key in ``search:``)."""
+
+    model_config = STRICT
 
     name: str
-    type: str
-    low: float | int | None = None
-    high: float | int | None = None
-    log: bool = False
-    step: float | int | None = None
-    choices: list[Any] | None = None
+    type: Literal[PARAM_TYPES]
+    low: int | float | None = Field(None, description="must be a finite number")
+    high: int | float | None = Field(None, description="must be a finite number")
+    log: bool = Field(False, description="true or false")
+    step: int | float | None = Field(None, description="a number > 0, and not with log: true")
+    choices: list[Any] | None = Field(None, description="a non-empty list")
     value: Any = None
-    when: str | None = None
+    when: str | None = Field(None, description="a condition such as 'hard_negative_ratio < 1' or 'negatives == hcl'")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys_of_its_type(cls, data: Any, info: ValidationInfo) -> Any:
+        """The keys its type allows (with a hint for a misspelt one); numbers written as YAML strings read."""
+        if not isinstance(data, dict):
+            raise refuse("", "a mapping such as {type: float, low: 0.1, high: 1.0}")
+        kind = data.get("type")
+        if kind not in PARAM_TYPES:
+            raise refuse("type", f"{kind!r}: one of " + ", ".join(PARAM_TYPES))
+        for key in data:
+            if key not in PARAM_KEYS[kind]:
+                raise refuse(key, f"unknown key for a {kind} parameter" + closest(key, PARAM_KEYS[kind]))
+        data = {**data, "name": info.context["param"]}
+        if kind in ("float", "int"):
+            data.update({key: _number(data[key], kind, key != "step") for key in ("low", "high", "step")
+                         if key in data})
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Param:
+        if self.type in ("float", "int"):
+            self._check_range()
+        elif self.type == "categorical":
+            self._check_choices()
+        elif self.value is None:
+            raise refuse("value", "missing or null: a fixed parameter needs a value (to leave a key at its base "
+                         "value, do not search it)")
+        if self.when is not None:
+            self._check_condition()
+        return self
+
+    def _check_range(self) -> None:
+        for bound in ("low", "high"):
+            value = getattr(self, bound)
+            if value is None:
+                raise refuse(bound, f"missing: a {self.type} parameter needs low and high")
+            if self.type == "int" and not isinstance(value, int):
+                raise refuse(bound, f"{short(value)}: must be an integer")
+        low, high, step = self.low, self.high, self.step
+        if low > high:
+            raise refuse("", f"inverted range: low = {low} > high = {high}")
+        if low == high:
+            raise refuse("", f"empty range: low = high = {low} (use type: fixed for a constant)")
+        if self.log and low <= 0:
+            raise refuse("low", f"{low}: a log-scaled range must be > 0")
+        if step is None:
+            return
+        if step <= 0 or self.log:
+            raise refuse("step", f"{short(step)}: a number > 0, and not with log: true")
+        if self.type == "int" and not isinstance(step, int):
+            raise refuse("step", f"{step!r}: an int parameter needs an integer step")
+        steps = (high - low) / step
+        if abs(steps - round(steps)) > 1e-9 * max(1.0, abs(steps)):
+            raise refuse("step", f"{step!r} does not divide the range [{low}, {high}] (Optuna would silently lower "
+                         "the upper bound): choose a step that does")
+
+    def _check_choices(self) -> None:
+        choices = self.choices
+        if not choices:
+            raise refuse("choices", f"{short(choices)}: a non-empty list")
+        if len(set(map(repr, choices))) != len(choices):
+            raise refuse("choices", f"{short(choices)}: duplicate choices")
+        if not all(c is None or isinstance(c, (bool, int, float, str)) for c in choices):
+            raise refuse("choices", f"{short(choices)}: plain values (numbers, strings, true/false, null), not lists "
+                         "or mappings")
+
+    def _check_condition(self) -> None:
+        if not _CONDITION.match(self.when):
+            raise refuse("when", f"{short(self.when)}: a condition such as 'hard_negative_ratio < 1' or "
+                         "'negatives == hcl'")
+        try:
+            _, op, value = self.condition()
+        except YamlError as err:
+            raise refuse("when", f"{short(self.when)}: the value is not plain YAML ({err.reason})") from None
+        ordered = op in ("<", "<=", ">", ">=")
+        if ordered and not is_number(value):
+            raise refuse("when", f"{short(self.when)}: {op} needs a finite number on its right")
+        if not ordered and not (value is None or isinstance(value, (bool, str)) or is_number(value)):
+            raise refuse("when", f"{short(self.when)}: {op} needs a number, a string, true/false or null")
 
     def condition(self) -> tuple[str, str, Any] | None:
         """``(parameter, operator, value)`` of ``when``; the value is a plain YAML scalar (checked at load)."""
@@ -111,21 +227,9 @@ def load_params(section: Any, source: str) -> list[Param]:
         raise SpaceError(source, "search", "a non-empty mapping of parameter: {type: ..., ...}")
     params = []
     for name, spec in section.items():
-        key = f"search.{name}"
         if name not in field_names():
-            raise SpaceError(source, key, "not a training config key" + closest(name, field_names()))
-        if not isinstance(spec, dict):
-            raise SpaceError(source, key, "a mapping such as {type: float, low: 0.1, high: 1.0}")
-        kind = spec.get("type")
-        if kind not in PARAM_TYPES:
-            raise SpaceError(source, f"{key}.type", f"{kind!r}: one of " + ", ".join(PARAM_TYPES))
-        for k in spec:
-            if k not in PARAM_KEYS[kind]:
-                raise SpaceError(source, f"{key}.{k}", f"unknown key for a {kind} parameter"
-                                 + closest(k, PARAM_KEYS[kind]))
-        param = Param(name=name, **spec)
-        _check_param(param, key, source)
-        params.append(param)
+            raise SpaceError(source, f"search.{name}", "not a training config key" + closest(name, field_names()))
+        params.append(validated(Param, spec, source, under(f"search.{name}"), param=name))
     names = [p.name for p in params]
     for i, p in enumerate(params):
         cond = p.condition()
@@ -144,74 +248,16 @@ def is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _number(value: Any) -> Any:
-    """YAML 1.1 reads ``1e-4`` (no dot) as a string; accept it as the number it spells, as training keys do."""
+def _number(value: Any, kind: str, bound: bool) -> Any:
+    """A number as its parameter's type holds it: YAML 1.1 reads ``1e-4`` (no dot) as a string, read as the number
+    it spells (as training keys are); an int parameter's 2.0 is 2, a float parameter's bound 2 is 2.0."""
     if isinstance(value, str):
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             return value
-    return value
-
-
-def _check_param(p: Param, key: str, source: str) -> None:
-    if p.type in ("float", "int"):
-        for bound in ("low", "high", "step"):
-            setattr(p, bound, _number(getattr(p, bound)))
-            if p.type == "int" and isinstance(getattr(p, bound), float) and getattr(p, bound).is_integer():
-                setattr(p, bound, int(getattr(p, bound)))
-        for bound in ("low", "high"):
-            value = getattr(p, bound)
-            if value is None:
-                raise SpaceError(source, f"{key}.{bound}", f"missing: a {p.type} parameter needs low and high")
-            if not is_number(value) or (p.type == "int" and not isinstance(value, int)):
-                raise SpaceError(source, f"{key}.{bound}", f"{short(value)}: must be a"
-                                 f"{'n integer' if p.type == 'int' else ' finite number'}")
-        if p.low > p.high:
-            raise SpaceError(source, key, f"inverted range: low = {p.low} > high = {p.high}")
-        if p.low == p.high:
-            raise SpaceError(source, key, f"empty range: low = high = {p.low} (use type: fixed for a constant)")
-        if not isinstance(p.log, bool):
-            raise SpaceError(source, f"{key}.log", f"{short(p.log)}: true or false")
-        if p.log and p.low <= 0:
-            raise SpaceError(source, f"{key}.low", f"{p.low}: a log-scaled range must be > 0")
-        if p.step is not None:
-            if not is_number(p.step) or p.step <= 0 or p.log:
-                raise SpaceError(source, f"{key}.step", f"{short(p.step)}: a number > 0, and not with log: true")
-            if p.type == "int" and not isinstance(p.step, int):
-                raise SpaceError(source, f"{key}.step", f"{p.step!r}: an int parameter needs an integer step")
-            steps = (p.high - p.low) / p.step
-            if abs(steps - round(steps)) > 1e-9 * max(1.0, abs(steps)):
-                raise SpaceError(source, f"{key}.step", f"{p.step!r} does not divide the range [{p.low}, {p.high}] "
-                                 "(Optuna would silently lower the upper bound): choose a step that does")
-        if p.type == "float":
-            p.low, p.high = float(p.low), float(p.high)
-    elif p.type == "categorical":
-        if not isinstance(p.choices, list) or not p.choices:
-            raise SpaceError(source, f"{key}.choices", f"{short(p.choices)}: a non-empty list")
-        if len(set(map(repr, p.choices))) != len(p.choices):
-            raise SpaceError(source, f"{key}.choices", f"{short(p.choices)}: duplicate choices")
-        if not all(c is None or isinstance(c, (bool, int, float, str)) for c in p.choices):
-            raise SpaceError(source, f"{key}.choices", f"{short(p.choices)}: plain values (numbers, strings, "
-                             "true/false, null), not lists or mappings")
-    elif p.value is None:
-        raise SpaceError(source, f"{key}.value", "missing or null: a fixed parameter needs a value (to leave a key at "
-                         "its base value, do not search it)")
-    if p.when is not None:
-        _check_condition(p, key, source)
-
-
-def _check_condition(p: Param, key: str, source: str) -> None:
-    if not isinstance(p.when, str) or not _CONDITION.match(p.when):
-        raise SpaceError(source, f"{key}.when", f"{short(p.when)}: a condition such as 'hard_negative_ratio < 1' "
-                         "or 'negatives == hcl'")
-    try:
-        _, op, value = p.condition()
-    except YamlError as err:
-        raise SpaceError(source, f"{key}.when",
-                         f"{short(p.when)}: the value is not plain YAML ({err.reason})") from None
-    ordered = op in ("<", "<=", ">", ">=")
-    if ordered and not is_number(value):
-        raise SpaceError(source, f"{key}.when", f"{short(p.when)}: {op} needs a finite number on its right")
-    if not ordered and not (value is None or isinstance(value, (bool, str)) or is_number(value)):
-        raise SpaceError(source, f"{key}.when", f"{short(p.when)}: {op} needs a number, a string, true/false or null")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if kind == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return float(value) if kind == "float" and bound else value

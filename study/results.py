@@ -32,6 +32,7 @@ from study.space import Space
 
 STATUS_FILE = "trial_status.json"  # per trial: params, number, status, error
 RESULTS_FILE = "results.jsonl"  # one line per epoch report, appended as reports arrive
+STUDY_FILE = "study.json"  # the study's settings, plan (``resources``) and status
 
 
 def now() -> str:
@@ -69,7 +70,7 @@ def write_study_json(run_dir: Path, space: Space, *, status: str, command: list[
                      resources: dict | None = None, optuna_storage: str | None = None) -> None:
     """Create or update ``study.json``; ``started`` and ``command`` of the first run are kept on resume.
     ``optuna_storage``: a non-default Optuna storage URL, password hidden (study/optuna_storage.py)."""
-    path = run_dir / "study.json"
+    path = run_dir / STUDY_FILE
     previous = json.loads(path.read_text()) if path.is_file() else {}
     s = space.settings
     doc = {
@@ -140,12 +141,20 @@ def _read_results(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def planned_cpus_per_worker(run_dir: Path, space: Space) -> float:
+    """The CPUs each worker was given: the plan's (``resources`` in ``study.json``, recorded when the plan is made;
+    study/plan.py gives GPU workers several when ``cpus_per_worker`` is unset), else the space's setting, else 1."""
+    resources = _read_json(run_dir / STUDY_FILE).get("resources") or {}
+    return float(resources.get("cpus_per_worker") or space.settings.cpus_per_worker or 1)
+
+
 def collect(run_dir: Path, space: Space) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, history) frames from the study's own trial record and epoch results."""
     records = _read_json(run_dir / STATUS_FILE)
     all_results = _read_results(run_dir)
     baseline = space.baseline_point()
     s = space.settings
+    cpus_per_worker = planned_cpus_per_worker(run_dir, space)
     trials, history = [], []
     for trial_id, record in records.items():
         params = record.get("params", {})
@@ -164,7 +173,7 @@ def collect(run_dir: Path, space: Space) -> tuple[pd.DataFrame, pd.DataFrame]:
         best = (max if s.mode == "max" else min)(metric_values) if metric_values else math.nan
         wall = float(last.get("time_total_s", 0.0) or 0.0)
         workers = max(int(last.get("world_size", 1) or 1), 1)
-        cpus = workers * (s.cpus_per_worker or 1)
+        cpus = workers * cpus_per_worker
         gpus = workers * s.gpus_per_worker
         row = {
             "trial_id": trial_id, "trial_number": record.get("number", -1),

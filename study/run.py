@@ -34,38 +34,28 @@ LIVE_FILES = ("trial_status.json", "results.jsonl", "optuna.db")  # mirrored at 
 
 
 def _tune_callback(run_dir: Path, space: Space, mirror=None):
-    from ray.tune import Callback
+    from study.callbacks import TrialFiles, trial_number
+    from study.results import append_result
 
-    from study.results import append_result, record_trial
-    from study.search import trial_outcome
+    class StudyFiles(TrialFiles):
+        """Also records every epoch report as it happens, and rewrites the result files every 30 s."""
 
-    class StudyFiles(Callback):
-        """Records trials and every epoch report as they happen, and rewrites the result files as trials end."""
+        live_files = LIVE_FILES  # the searcher has just created the trial in the Optuna database
 
         def __init__(self):
+            super().__init__(run_dir, lambda: _write(run_dir, space, mirror), mirror)
             self._last_write = 0.0
 
-        def on_trial_start(self, iteration, trials, trial, **info):
-            number = int(str(trial.experiment_tag).split("_", 1)[0]) - 1
-            record_trial(run_dir, trial.trial_id, params=dict(trial.config), number=number, status="running")
-            if mirror is not None:  # the searcher has just created this trial in the Optuna database
-                mirror.push(LIVE_FILES)
+        def max_epochs(self, trial) -> int:
+            return space.trial_config(trial.config).epochs
+
+        def start_fields(self, trial) -> dict:
+            return {"number": trial_number(trial)}
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             append_result(run_dir, trial.trial_id, result)
             if mirror is not None:  # every epoch report reaches the storage before the next one
                 mirror.push(LIVE_FILES)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            last = trial.last_result or {}
-            outcome = trial_outcome(last, space.trial_config(trial.config).epochs, error=False)
-            record_trial(run_dir, trial.trial_id, status=outcome, error=last.get("error"))
-            _write(run_dir, space, mirror)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            error = trial_error(trial) or "see the trial's error.txt"
-            record_trial(run_dir, trial.trial_id, status="errored", error=error)
-            _write(run_dir, space, mirror)
 
         def on_step_end(self, iteration, trials, **info):
             if time.time() - self._last_write > 30:
@@ -89,19 +79,6 @@ def _write(run_dir: Path, space: Space, mirror=None) -> None:
     except OSError as err:
         raise StorageError(f"cannot write the study's results to {run_dir}: {err.strerror or err}; the files "
                            "written before this error are intact") from err
-
-
-def trial_error(trial) -> str | None:
-    """The last line of a Tune trial's error file (the exception), if any."""
-    return _last_line(getattr(trial, "error_file", None))
-
-
-def _last_line(path: str | None) -> str | None:
-    try:
-        lines = [line for line in Path(path).read_text().splitlines() if line.strip()] if path else []
-    except OSError:
-        return None
-    return lines[-1][:500] if lines else None
 
 
 def start_ray(address: str | None, stack: contextlib.ExitStack, verbose: bool = False) -> None:
@@ -144,6 +121,7 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
     from study.results import finished_trials, write_results, write_study_json
     from study.search import make_scheduler, make_searcher
     from study.breaker import StartFailureBreaker
+    from study.callbacks import trial_error
     from study.console import Console, tune_callback, tune_verbosity
     from study.trial import TrialPlan, run_trial
 

@@ -1,4 +1,5 @@
-"""The space file: schema and validation with precise errors (its searched parameters: study/params.py).
+"""The space file: its sections read and checked with precise errors (the searched parameters: study/params.py; the
+study settings: study/settings.py).
 
 A space file is YAML with these sections::
 
@@ -24,7 +25,7 @@ Every error is a :class:`SpaceError` naming the file, the key and what is allowe
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,33 +33,10 @@ from moco.catalog import CONFIG_DIR, resolve
 from moco.config import ConfigError, TrainConfig, field_names, load_yaml, plain_name
 from moco.safe_yaml import short
 from moco.sources import check_sizes
-from moco.vocabulary import BASELINE_POINT, SPACE_SECTIONS, STUDY_METRICS
+from moco.vocabulary import BASELINE_POINT, SPACE_SECTIONS
 from study.checks import check_against_config, check_devices
-from study.params import Param, SpaceError, closest, is_number, load_params
-
-SEARCHERS = ("optuna-tpe", "random", "grid")
-SCHEDULERS = ("asha", "none")
-
-
-@dataclass
-class StudySettings:
-    """How the study runs. Every field is a key of the space file's ``study`` section."""
-
-    metric: str = "val_knn_top1"
-    mode: str = "max"
-    num_samples: int = 16  #: trials (search); ignored for variants (variants x seeds)
-    searcher: str = "optuna-tpe"  #: optuna-tpe (multivariate TPE), random, or grid
-    grid_points: int = 2  #: values per continuous parameter with searcher = grid
-    seed: int = 0
-    scheduler: str = "asha"  #: asha or none
-    grace_period: int = 2  #: ASHA: compute (one-way epochs; a dual-view epoch counts 2) before a trial can stop
-    reduction_factor: int = 2  #: ASHA: keep 1 / reduction_factor at each rung
-    max_concurrent: int | None = None  #: trials at once (default: what the cluster holds)
-    workers_per_trial: int = 1
-    cpus_per_worker: float | None = None  #: default: 1 without GPUs, else cluster CPUs / GPUs
-    gpus_per_worker: float = 0  #: 0, a fraction (0.5: two workers share a GPU) or a whole number
-    max_failures: int = 2  #: worker failures per trial retried from its latest checkpoint
-    baseline: bool = True  #: evaluate the MoCo v2 baseline (lambda = rho = delta = 1) as the first trial
+from study.params import Param, SpaceError, closest, load_params
+from study.settings import MAX_SEED, MAX_TRIALS, StudySettings, load_settings
 
 
 @dataclass
@@ -138,11 +116,11 @@ class Space:
 
     def describe(self) -> dict[str, Any]:
         """The resolved space as plain data (written to study.json)."""
-        params = {p.name: {k: v for k, v in asdict(p).items() if k != "name" and v not in (None, False)}
+        params = {p.name: {k: v for k, v in p.model_dump().items() if k != "name" and v not in (None, False)}
                   for p in self.params}
         return {"params": params, "variants": self.variants, "seeds": self.seeds,
                 "base": {"config": self.base_name, "overrides": self.base_overrides},
-                "study": asdict(self.settings)}
+                "study": self.settings.model_dump()}
 
 
 # --- loading ------------------------------------------------------------------------------------------------------
@@ -167,21 +145,18 @@ def load_space(name_or_path: str) -> Space:
         if key not in SPACE_SECTIONS:
             raise SpaceError(source, str(key), "unknown section" + closest(key, SPACE_SECTIONS))
     base, base_name, overrides = _load_base(raw.get("base"), source)
-    settings = _load_settings(raw.get("study") or {}, source)
+    settings = load_settings(raw.get("study") or {}, source)
     space = Space(source, base, base_name, overrides, settings=settings)
     if raw.get("variants") is not None:
         if raw.get("search"):
             raise SpaceError(source, "variants", "use either `search` or `variants`, not both")
         space.variants, space.seeds = _load_variants(raw["variants"], raw.get("seeds", [base.seed]), source)
-        if settings.searcher != "grid":
-            space.settings.searcher = "grid"
+        space.settings = settings.model_copy(update={"searcher": "grid"})
     else:
         if raw.get("seeds") is not None:
             raise SpaceError(source, "seeds", "seeds apply to variants (each variant runs once per seed); a search "
                              "trains every trial with the base's seed and draws with study.seed")
         space.params = load_params(raw.get("search"), source)
-        if settings.num_samples < 1:
-            raise SpaceError(source, "study.num_samples", f"{settings.num_samples!r}: an integer >= 1")
     check_against_config(space)
     check_study(space)
     if "confirm" in raw:
@@ -191,10 +166,9 @@ def load_space(name_or_path: str) -> Space:
     return space
 
 
-def check_study(space: Space, cli: bool = False) -> None:
-    """Checks across sections, before anything starts (also after command-line overrides, with ``cli``)."""
+def check_study(space: Space) -> None:
+    """Checks across sections, before anything starts (also after command-line overrides)."""
     s, source = space.settings, space.source
-    check_settings(s, source, cli)
     check_devices(space)
     for overrides in space.variants.values() or [{}]:  # split sizes against the dataset (no worker would start)
         try:
@@ -245,69 +219,7 @@ def _load_base(section: Any, source: str) -> tuple[TrainConfig, str, dict]:
     return config, name, overrides
 
 
-MAX_TRIALS = 10_000  #: trials in one study (num_samples, or variants x seeds)
 MAX_GRID = 100_000  #: points of a grid search
-MAX_SEED = 2**32 - 1  #: numpy's largest seed (torch accepts more)
-#: how a setting is spelled on the command line, for refusals of command-line values
-CLI_FLAGS = {"num_samples": "--num-samples", "max_concurrent": "--max-concurrent", "seed": "--seed",
-             "workers_per_trial": "--workers-per-trial", "gpus_per_worker": "--gpus-per-worker",
-             "cpus_per_worker": "--cpus-per-worker"}
-
-
-def _load_settings(section: Any, source: str) -> StudySettings:
-    if not isinstance(section, dict):
-        raise SpaceError(source, "study", "a mapping of study settings")
-    known = StudySettings.__dataclass_fields__
-    for key in section:
-        if key not in known:
-            raise SpaceError(source, f"study.{key}", "unknown key" + closest(key, known))
-    settings = StudySettings(**section)
-    check_settings(settings, source)
-    return settings
-
-
-def check_settings(settings: StudySettings, source: str, cli: bool = False) -> None:
-    """Every study setting's type and range; with ``cli``, refusals name the command-line flag."""
-
-    def name(key: str) -> str:
-        return CLI_FLAGS.get(key, f"study.{key}") if cli else f"study.{key}"
-
-    types = {"metric": str, "mode": str, "num_samples": int, "searcher": str, "grid_points": int, "seed": int,
-             "scheduler": str, "grace_period": int, "reduction_factor": int, "workers_per_trial": int,
-             "max_failures": int, "baseline": bool}
-    for key, kind in types.items():
-        value = getattr(settings, key)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise SpaceError(source, name(key),
-                             f"{short(value)}: must be {'an integer' if kind is int else kind.__name__}")
-    checks = [
-        ("metric", settings.metric in STUDY_METRICS, "one the training reports every epoch: "
-         + ", ".join(STUDY_METRICS)),
-        ("mode", settings.mode in ("max", "min"), "max or min"),
-        ("num_samples", 1 <= settings.num_samples <= MAX_TRIALS, f"an integer in [1, {MAX_TRIALS:,}]"),
-        ("searcher", settings.searcher in SEARCHERS, "one of " + ", ".join(SEARCHERS)),
-        ("scheduler", settings.scheduler in SCHEDULERS, "one of " + ", ".join(SCHEDULERS)),
-        ("seed", 0 <= settings.seed <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
-        ("grid_points", 1 <= settings.grid_points <= 100, "an integer in [1, 100]"),
-        ("grace_period", settings.grace_period >= 1, "an integer >= 1"),
-        ("reduction_factor", settings.reduction_factor >= 2, "an integer >= 2"),
-        ("workers_per_trial", 0 <= settings.workers_per_trial <= 1024, "an integer in [0, 1024] (0 = in-process)"),
-        ("gpus_per_worker", is_number(settings.gpus_per_worker) and (
-            0 <= settings.gpus_per_worker <= 1 or float(settings.gpus_per_worker).is_integer()
-            and settings.gpus_per_worker <= 64), "0, a fraction in (0, 1] (0.5: two workers share a GPU) or a whole "
-         "number <= 64"),
-        ("max_failures", settings.max_failures >= 0, "an integer >= 0"),
-        ("max_concurrent", settings.max_concurrent is None or (isinstance(settings.max_concurrent, int)
-                                                                and not isinstance(settings.max_concurrent, bool)
-                                                                and 1 <= settings.max_concurrent <= MAX_TRIALS),
-         f"null or an integer in [1, {MAX_TRIALS:,}]"),
-        ("cpus_per_worker", settings.cpus_per_worker is None or (is_number(settings.cpus_per_worker)
-                                                                  and settings.cpus_per_worker > 0),
-         "null or a finite number > 0"),
-    ]
-    for key, ok, allowed in checks:
-        if not ok:
-            raise SpaceError(source, name(key), f"{short(getattr(settings, key))}: {allowed}")
 
 
 def _load_variants(section: Any, seeds: Any, source: str):

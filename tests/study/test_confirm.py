@@ -209,7 +209,7 @@ def test_a_confirmation_under_way_continues_only_as_planned(tmp_path):
     job = confirm.plan(space, run_dir)
     (run_dir / confirm.JSON).write_text(json.dumps(job.describe(space)))
     assert confirm.plan(space, run_dir).runs == job.runs  # the same plan continues
-    space.confirm.top = 2
+    space.confirm = space.confirm.model_copy(update={"top": 2})  # the space file edited since (settings are frozen)
     with pytest.raises(confirm.ConfirmError, match="started with candidates"):
         confirm.plan(space, run_dir)
 

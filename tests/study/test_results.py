@@ -94,6 +94,26 @@ def test_cpu_hours_count_every_worker_and_its_cpus(run_dir):
     assert row.cpus == cpus and row.cpu_hours == pytest.approx(720.0 * cpus / 3600)
 
 
+def test_cpus_are_the_planned_ones_when_cpus_per_worker_is_unset(run_dir, tmp_path):
+    """A GPU study without cpus_per_worker: the plan gives each worker the CPUs of its GPU's share (here 4 CPUs for
+    2 GPUs: 2 per worker), and trials.csv counts those, not 1."""
+    from study.cli import plan_resources
+
+    run, _ = run_dir
+    path = tmp_path / "gpu.yaml"
+    path.write_text(MINI_SPACE.read_text().replace("cpus_per_worker: 1", "gpus_per_worker: 1")
+                    .replace("overrides: {", "overrides: {device: cuda, "))
+    space = load_space(str(path))
+    assert space.settings.cpus_per_worker is None
+    resources = plan_resources(space, cpus=4, gpus=2)
+    assert resources["cpus_per_worker"] == 2
+    write_study_json(run, space, status="running", command=["test"], resources=resources)
+    append_result(run, "t1", _report(2, 62.0, world_size=2))
+    row = collect(run, space)[0].set_index("trial_id").loc["t1"]
+    assert row.cpus == 4 and row.cpu_hours == pytest.approx(720.0 * 4 / 3600)
+    assert row.gpus == 2 and row.gpu_hours == pytest.approx(720.0 * 2 / 3600)
+
+
 def test_a_study_without_completed_trials_gets_the_same_best_in_its_config_and_its_report(run_dir):
     from analysis.load import load_study
 

@@ -1,0 +1,61 @@
+"""study/callbacks.py: the trial record the search and the confirmation keep as Tune reports trials (fake trials; no
+Ray started)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+from study.callbacks import TrialFiles, trial_error, trial_number
+from study.results import STATUS_FILE
+
+
+class Files(TrialFiles):
+    live_files = ("trial_status.json",)
+
+    def max_epochs(self, trial) -> int:
+        return 3
+
+    def start_fields(self, trial) -> dict:
+        return {"number": trial_number(trial)}
+
+
+class Mirror:
+    def __init__(self):
+        self.pushed = []
+
+    def push(self, files=None):
+        self.pushed.append(files)
+
+
+def _trial(trial_id, tag, last=None, error_file=None):
+    return SimpleNamespace(trial_id=trial_id, experiment_tag=tag, config={"lr": 0.1}, last_result=last,
+                           error_file=error_file)
+
+
+def test_trials_are_recorded_as_they_start_complete_and_error(tmp_path):
+    writes, mirror = [], Mirror()
+    files = Files(tmp_path, lambda: writes.append(1), mirror)
+    error_file = tmp_path / "error.txt"
+    error_file.write_text("Traceback (most recent call last):\n  ...\nValueError: bad batch\n\n")
+    done, short, failed = (_trial("a", "1_lr=0.1", {"epoch": 3}), _trial("b", "2_lr=0.1", {"epoch": 1}),
+                           _trial("c", "3_lr=0.1", error_file=str(error_file)))
+    for trial in (done, short, failed):
+        files.on_trial_start(0, [], trial)
+    assert mirror.pushed == [("trial_status.json",)] * 3 and not writes
+    files.on_trial_complete(0, [], done)
+    files.on_trial_complete(0, [], short)
+    files.on_trial_error(0, [], failed)
+    records = json.loads((tmp_path / STATUS_FILE).read_text())
+    assert {k: (r["number"], r["status"], r["params"]) for k, r in records.items()} == {
+        "a": (0, "completed", {"lr": 0.1}), "b": (1, "pruned", {"lr": 0.1}), "c": (2, "errored", {"lr": 0.1})}
+    assert records["c"]["error"] == "ValueError: bad batch" and len(writes) == 3
+
+
+def test_an_error_without_its_file_is_recorded_with_where_to_look(tmp_path):
+    files = Files(tmp_path, lambda: None)
+    files.noun = "run"
+    trial = _trial("x", "1", error_file=str(tmp_path / "gone.txt"))
+    assert trial_error(trial) is None
+    files.on_trial_error(0, [], trial)
+    assert json.loads((tmp_path / STATUS_FILE).read_text())["x"]["error"] == "see the run's error.txt"
