@@ -60,9 +60,10 @@ TITLE = "3. Study efficiency"
 def settings(quick: bool) -> dict[str, Any]:
     if quick:  # Fashion-MNIST, 2000 training images, compute budget 4, 8 trials, 5 repetitions of the two searchers
         # the goal compares (grid: full mode only); two 1-CPU trials at once (quicker here, and bench/scaling.py
-        # reuses the random study as its 2-at-once point). About 40 minutes on 2 idle cores.
+        # reuses the random study as its 2-at-once point). TPE draws 3 trials at random, then chooses 5 (with
+        # Optuna's default 10 start-up trials, TPE would equal random search in 8). About 40 minutes on 2 idle cores.
         return {"num_samples": 8, "repetitions": 5, "study": {"grace_period": 1, "cpus_per_worker": 1,
-                                                                     "baseline": False},
+                                                                     "baseline": False, "startup_trials": 3},
                 "overrides": {"compute_budget": 4, "train_subset": 2000, "knn_bank_size": 2000,
                               "knn_val_size": 1000}, "searchers": ("tpe_asha", "random")}
     import yaml
@@ -298,12 +299,14 @@ def _ci(mean: float | None, ci: Sequence[float] | None) -> str:
     return f"{mean:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
-def _tpe_startup_trials() -> int:
-    """Optuna's default number of random start-up trials of the TPE sampler (study/search.py keeps the default)."""
+def _tpe_startup_trials(study_settings: dict[str, Any]) -> int:
+    """TPE's random start-up trials in the benchmark's studies: their ``startup_trials``, else Optuna's default."""
     import inspect
 
     import optuna
 
+    if study_settings.get("startup_trials") is not None:
+        return int(study_settings["startup_trials"])
     return int(inspect.signature(optuna.samplers.TPESampler).parameters["n_startup_trials"].default)
 
 
@@ -327,7 +330,7 @@ def render(r: dict[str, Any], figs: Path) -> list[str]:
                  for a in sm["at_budget"]]
         out.append(f"| {_NAMES.get(name, name)} | " + " | ".join(cells)
                    + f" | {spread(sm['total_compute'], 0)} | {spread(sm['best_endpoint'])} |")
-    startup = _tpe_startup_trials()
+    startup = _tpe_startup_trials(s.get("study_extra") or {})
     guided = max(0, s["num_samples"] - startup)
     out += ["", f"Both samplers are seeded with the study's seed, so TPE's first {startup} trials (Optuna's random "
             f"start-up, `n_startup_trials`) are the very configurations random search draws: of the {s['num_samples']} "

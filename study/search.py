@@ -185,7 +185,8 @@ def make_sampler(space: Space):
     if settings.searcher == "grid":
         grid = {p.name: p.grid_values(settings.grid_points) for p in space.params if p.when is None}
         return optuna.samplers.GridSampler(grid, seed=settings.seed)
-    return optuna.samplers.TPESampler(seed=settings.seed, multivariate=True, constant_liar=True)
+    startup = {} if settings.startup_trials is None else {"n_startup_trials": settings.startup_trials}
+    return optuna.samplers.TPESampler(seed=settings.seed, multivariate=True, constant_liar=True, **startup)
 
 
 def make_searcher(space: Space, run_dir: Path, optuna_storage: str | None = None):

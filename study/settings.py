@@ -38,6 +38,9 @@ class StudySettings(BaseModel):
     num_samples: int = Field(16, ge=1, le=MAX_TRIALS, description=f"an integer in [1, {MAX_TRIALS:,}]")
     #: optuna-tpe (multivariate TPE), random, or grid
     searcher: Literal[SEARCHERS] = Field("optuna-tpe", description="one of " + ", ".join(SEARCHERS))
+    #: optuna-tpe: trials drawn at random before TPE's model chooses (Optuna's n_startup_trials; null: its default, 10)
+    startup_trials: int | None = Field(None, ge=0, le=MAX_TRIALS,
+                                       description=f"null or an integer in [0, {MAX_TRIALS:,}]")
     #: values per continuous parameter with searcher = grid
     grid_points: int = Field(2, ge=1, le=100, description="an integer in [1, 100]")
     seed: int = Field(0, ge=0, le=MAX_SEED, description=f"an integer in [0, {MAX_SEED}]")

@@ -39,3 +39,25 @@ def test_command_line_values_are_validated_and_refusals_name_the_flag():
     assert (changed.num_samples, changed.seed, changed.cpus_per_worker) == (5, 4, 2.0)
     with pytest.raises(SpaceError, match=r"^command line: --seed: -1: an integer in \[0, "):
         with_cli(settings, {"seed": -1})
+
+
+def test_startup_trials_reach_the_tpe_sampler(tmp_path):
+    """``startup_trials`` sets TPE's random start-up (Optuna's n_startup_trials); unset, Optuna's default stays."""
+    import inspect
+
+    import optuna
+
+    import yaml
+
+    from study.search import make_sampler
+    from study.space import load_space
+    from tests.conftest import MINI_SPACE
+
+    default = inspect.signature(optuna.samplers.TPESampler).parameters["n_startup_trials"].default
+    assert default != 3
+    for value, expected in ((3, 3), (None, default)):
+        doc = yaml.safe_load(MINI_SPACE.read_text())
+        doc["study"] = {**doc["study"], "searcher": "optuna-tpe", "startup_trials": value}
+        path = tmp_path / f"space-{value}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        assert make_sampler(load_space(str(path)))._n_startup_trials == expected
