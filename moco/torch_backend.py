@@ -1,14 +1,15 @@
 """A Ray Train backend for PyTorch that does not import torch where it is configured.
 
-Ray's ``TorchConfig`` lives in ``ray.train.torch.config``, which imports torch at its top; its trainer and config
-are pickled to the Tune trial driver and the Train controller, so both load torch (~600 MB each) although neither
-trains. :class:`TorchBackendConfig` does the same setup for ``DataParallelTrainer`` (Ray Train V2: one or more
-workers on CPUs or GPUs) with torch imported only inside the functions it runs on the workers:
+Ray's ``TorchConfig`` lives in ``ray.train.torch.config``, which imports torch at its top; ``TorchTrainer`` and its
+config, pickled to the Train controller, made both the Tune trial driver and the controller load torch (~470 MB
+resident each) although neither trains. :class:`TorchBackendConfig` does the same setup for ``DataParallelTrainer``
+(Ray Train V2: one or more workers on CPUs or GPUs) with torch imported only inside the functions it runs on the
+workers:
 
 - process group: rank 0's address and a free port as ``MASTER_ADDR``/``MASTER_PORT``; the torchrun variables
   (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ...); ``torch.distributed.init_process_group`` with NCCL when the worker
-  holds a GPU and CUDA works there, else gloo (also for a GPU that a node declares without CUDA, under the test-only
-  switch ``moco.train.DECLARED_GPUS_ON_CPU_ENV``);
+  holds a GPU, else gloo (also for a GPU that a node declares without CUDA, under the test-only switch
+  ``moco.train.DECLARED_GPUS_ON_CPU_ENV``; without it such a node fails, as with Ray's TorchConfig);
 - the worker's CUDA device set as current before the training function runs (as Ray's own context manager does);
 - at the end: the process group destroyed (several workers) and the CUDA cache emptied.
 """
@@ -95,12 +96,11 @@ class TorchBackend(Backend):
 
 # --- run on the workers (torch is imported there) ---------------------------------------------------------------
 def _default_backend() -> str:
-    import torch
-
+    if not ray.get_gpu_ids():
+        return "gloo"
     from moco.train import declared_gpus_on_cpu
 
-    has_gpu = bool(ray.get_gpu_ids())
-    return "nccl" if has_gpu and torch.cuda.is_available() and not declared_gpus_on_cpu() else "gloo"
+    return "gloo" if declared_gpus_on_cpu() else "nccl"
 
 
 def _set_env_vars(addr: str, port: int) -> None:
