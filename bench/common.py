@@ -235,8 +235,9 @@ class TreeMemory:
                     continue
                 rss, pss = mem.rss // 1024, getattr(mem, "pss", 0) // 1024
                 entry = self.processes.setdefault(proc.pid, {"role": "other", "cmd": "", "peak_rss_kib": 0})
-                if entry["role"] in ("other", "ray worker (starting)", "ray idle worker", "raylet"):
-                    # workers set their title (ray::...) after start; re-read until they have
+                if entry["role"] in ("other", "ray worker (starting)", "ray idle worker", "raylet", "ray helper actor"):
+                    # workers set their title (ray::...) after start, and a Train worker's title names the setup
+                    # function it runs (ray::execute._init_process_group) before RayTrainWorker: re-read until known
                     entry.update(role=process_role(cmd), cmd=" ".join(cmd)[:120])
                 entry["peak_rss_kib"] = max(entry["peak_rss_kib"], hwm)
                 total_rss += rss

@@ -9,7 +9,7 @@ per-trial ``result.json``:
 - share of study time: inside-epochs / (study wall time x trials at once), i.e. of the trial slots the study held;
 - start-up per trial: time of the first report minus its epoch's ``epoch_s`` minus the between-epoch time (monitor
   kNN, checkpoint, report) measured on the trial's later epochs; the raw "first report - first epoch" is kept too;
-- its parts reported by the worker: ``startup_ray_s`` (TorchTrainer created -> training function runs: controller,
+- its parts reported by the worker: ``startup_ray_s`` (trainer created -> training function runs: controller,
   placement group, worker process, process group) and ``startup_setup_s`` (config, data, model, resume).
 
 Goal: >= 85 % of the study's time inside epochs for the default study (full mode). Where the efficiency

@@ -1,6 +1,6 @@
 """Benchmark: scaling on this machine, written as efficiency against linear.
 
-1. Data parallel: training images/s of one Ray Train run (``moco.train.make_trainer``, gloo, CPU) of the default
+1. Data parallel: training images/s of one Ray Train run (``moco.trainer.make_trainer``, gloo, CPU) of the default
    study's base config on a Fashion-MNIST subset with 1 worker x 1 CPU and 2 workers x 1 CPU (plus, in full mode,
    1 worker x 2 CPUs, all cores in one process, for reference). Runs alternate (1, 2, 1x2CPU, 1, 2, ...); each
    epoch after the first is one repetition (the first epoch is warm-up).
@@ -50,7 +50,8 @@ def data_parallel(quick: bool, workdir: Path) -> dict[str, Any]:
     import ray
 
     from moco.ray_address import start_local_ray
-    from moco.train import absolute_paths, make_trainer
+    from moco.train import absolute_paths
+    from moco.trainer import make_trainer
 
     cfg = absolute_paths(_base_config(quick))
     layouts = {"1 worker x 1 CPU": (1, 1.0), "2 workers x 1 CPU": (2, 1.0)}

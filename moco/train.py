@@ -1,7 +1,8 @@
-"""Ray Train edge of the training core: ``train_loop_per_worker``, checkpoints, and ``python -m moco.train``.
+"""Ray Train worker side of the training core: ``train_loop_per_worker``, checkpoints, and ``python -m moco.train``.
 
-The loop is a plain function of a config dict (as in Ray's own examples); everything Ray-specific lives here, while
-the training itself is :class:`moco.engine.Engine`. Every epoch the loop reports its metrics with
+The loop is a plain function of a config dict (as in Ray's own examples); the worker's Ray-specific part lives here
+(the trainer that runs it, without torch: :mod:`moco.trainer`), while the training itself is
+:class:`moco.engine.Engine`. Every epoch the loop reports its metrics with
 ``ray.train.report``; every ``checkpoint_every`` epochs (and at the end) rank 0 attaches a checkpoint holding the
 model (with its queue), optimiser, epoch and config. On start it resumes from ``ray.train.get_checkpoint()``; a
 checkpoint that fails its checksum is skipped for the previous one, with a warning.
@@ -32,6 +33,7 @@ from moco.engine import DistInfo, DivergedError, Engine, resolve_device
 from moco.faults import FAULT_ENV, maybe_fail_start, maybe_inject_fault, parse_fault
 from moco.precision import describe
 from moco.ray_address import AddressError, check_address, start_local_ray
+from moco.trainer import make_trainer
 from moco.vocabulary import COMPUTE, EPOCH, MONITOR_METRICS
 
 
@@ -176,36 +178,7 @@ def _node_id() -> str:
         return "local"
 
 
-# --- trainer construction (shared with study/) -------------------------------------------------------------------
-def make_trainer(cfg: TrainConfig, *, workers: int, use_gpu: bool, cpus_per_worker: float, storage: str, name: str,
-                 max_failures: int = 2, callbacks: list | None = None, fault: dict | None = None,
-                 gpus_per_worker: float = 1.0):
-    """A ``TorchTrainer`` for one run of ``cfg``; rerunning with the same ``storage``/``name`` resumes it.
-    ``gpus_per_worker`` (with ``use_gpu``) may be a fraction: workers of several runs then share a GPU."""
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    run_dir = storage.rstrip("/") + "/" + name
-    loop_config = {"train": cfg.to_dict(), "threads": max(1, int(cpus_per_worker)), "run_dir": run_dir,
-                   "fault": fault, "created_unix": time.time()}
-    resources = {"CPU": cpus_per_worker}
-    if use_gpu:
-        resources["GPU"] = gpus_per_worker
-    return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="gloo") if use_gpu and declared_gpus_on_cpu() else None,
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                               resources_per_worker=resources if workers else None),
-        run_config=ray.train.RunConfig(
-            name=name, storage_path=storage, callbacks=callbacks or [],
-            failure_config=ray.train.FailureConfig(max_failures=max_failures, controller_failure_limit=3),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            logging_config=ray.train.LoggingConfig(log_level=os.environ.get("MOCO_TRAIN_LOG_LEVEL", "WARNING")),
-        ),
-    )
-
-
+# --- driver side -------------------------------------------------------------------------------------------------
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """Ray workers change directory; make path-valued settings absolute before they leave the driver."""
     if cfg.data_root and "://" not in cfg.data_root:

@@ -1,9 +1,10 @@
-"""One study trial: a Ray Tune function trainable that runs a ``TorchTrainer`` (Ray Train V2).
+"""One study trial: a Ray Tune function trainable that runs a Ray Train V2 trainer (:mod:`moco.trainer`).
 
 Tune hands the trial its parameters; :func:`run_trial` turns them into a training config (a point of the space, or a
-confirmation run's candidate and seed: :meth:`TrialPlan.config`), starts a TorchTrainer
+confirmation run's candidate and seed: :meth:`TrialPlan.config`), starts a trainer
 named after the trial (so a resumed study resumes the trial's Train run from its latest checkpoint), and forwards
-every epoch's report to Tune with ``TuneReportCallback``, which drives ASHA and the searcher.
+every epoch's report to Tune with ``TuneReportCallback``, which drives ASHA and the searcher. This process loads no
+torch (only the Train workers do; :mod:`moco.import_probe` checks it in tests).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from moco.config import TrainConfig
+from moco.import_probe import record_modules
+from moco.trainer import make_trainer
 from study.space import Space
 
 
@@ -40,8 +43,6 @@ class TrialPlan:
 
 def run_trial(params: dict[str, Any], plan: TrialPlan) -> None:
     """Tune function trainable: train one configuration under Ray Train and forward its epoch reports."""
-    from moco.train import make_trainer  # here, not at the top: the study driver imports this module without torch
-
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = plan.config(params)
     trainer = make_trainer(cfg, workers=plan.workers, use_gpu=bool(plan.gpus_per_worker),
@@ -50,3 +51,4 @@ def run_trial(params: dict[str, Any], plan: TrialPlan) -> None:
                            max_failures=plan.space.settings.max_failures, callbacks=[TuneReportCallback()],
                            fault=plan.fault)
     trainer.fit()
+    record_modules("trial driver")

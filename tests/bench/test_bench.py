@@ -228,3 +228,15 @@ def test_the_committed_page_renders_from_the_committed_results(tmp_path):
 
     page = run.write_page(ROOT / "bench" / "results", tmp_path / "benchmarks.md")
     assert page.read_text() == (ROOT / "docs" / "benchmarks.md").read_text()
+
+
+def test_tree_memory_counts_a_train_worker_first_seen_running_a_setup_function():
+    from bench.common import TreeMemory
+
+    # One process, titled as a Ray Train worker is while it runs a backend setup function, then as the worker.
+    script = "sleep 1.5; exec -a ray::RayTrainWorker sleep 1.5"
+    proc = subprocess.Popen(["bash", "-c", f"exec -a ray::execute._init_process_group bash -c '{script}'"])
+    with TreeMemory(proc.pid, interval=0.2) as memory:
+        proc.wait(timeout=30)
+    roles = memory.summary()["peak_rss_mib_by_role"]
+    assert roles["train worker"]["count"] == 1 and "ray helper actor" not in roles

@@ -11,7 +11,7 @@ from moco.config import TrainConfig
 from moco.data import load_dataset
 from moco.engine import DivergedError, Engine
 from moco.checkpoint import engine_state, read_checkpoint_dir, restore, write_checkpoint_dir
-from moco.train import make_trainer
+from moco.trainer import make_trainer
 from tests.conftest import CONFIGS
 
 DIGITS = CONFIGS / "digits.yaml"
