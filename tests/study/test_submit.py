@@ -105,7 +105,7 @@ class LoopbackCluster:
         r.raise_for_status()
         return [n for n in r.json()["data"]["result"]["result"] if n["state"] == "ALIVE"]
 
-    def wait_for_nodes(self, count: int, timeout: float = 120) -> None:
+    def wait_for_nodes(self, count: int, timeout: float = 300) -> None:  # ray start can take minutes under load
         end = time.time() + timeout
         while time.time() < end:
             for proc in self.procs:
