@@ -1,4 +1,4 @@
-# Two commands do everything on a fresh machine:
+# Three commands do everything on a fresh machine:
 #   make study   set up, then run the default study and its confirmation (Fashion-MNIST, CPU, about 30 minutes)
 #   make test    set up, then ruff and every test that does not start Ray (the quick loop, a few minutes)
 #   make test-all  set up, then ruff and the whole suite, Ray tests included (what CI runs: .ci/run; about 30 min)
