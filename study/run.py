@@ -60,7 +60,7 @@ def _tune_callback(run_dir: Path, space: Space, mirror=None):
         def on_step_end(self, iteration, trials, **info):
             if time.time() - self._last_write > 30:
                 self._last_write = time.time()
-                _write(run_dir, space, mirror)
+                self.write()
 
     return StudyFiles()
 
