@@ -28,9 +28,10 @@ def trial_error(trial) -> str | None:
     return lines[-1][:500] if lines else None
 
 
-def trial_number(trial) -> int:
-    """A search trial's number from 0 (Tune tags the first trial ``1_...``)."""
-    return int(str(trial.experiment_tag).split("_", 1)[0]) - 1
+def trial_number(trial, grid: bool = False) -> int:
+    """A study trial's number from 0. Tune's searcher generator tags its first trial ``1_...``; its grid generator
+    (variants x seeds) tags its first ``0_...``."""
+    return int(str(trial.experiment_tag).split("_", 1)[0]) - (0 if grid else 1)
 
 
 class TrialFiles(Callback):

@@ -226,8 +226,8 @@ def tune_callback(console: Console, error_of):
 
     class ConsoleCallback(Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
-            params = dict(trial.config)
-            console.started(trial.trial_id, trial_number(trial), params, _max_epochs(console.space, params))
+            params, number = dict(trial.config), trial_number(trial, grid=bool(console.space.variants))
+            console.started(trial.trial_id, number, params, _max_epochs(console.space, params))
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             console.epoch(trial.trial_id, result)

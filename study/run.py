@@ -50,7 +50,7 @@ def _tune_callback(run_dir: Path, space: Space, mirror=None):
             return space.trial_config(trial.config).epochs
 
         def start_fields(self, trial) -> dict:
-            return {"number": trial_number(trial)}
+            return {"number": trial_number(trial, grid=bool(space.variants))}
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             append_result(run_dir, trial.trial_id, result)
@@ -170,18 +170,22 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
             local.get_run_config().callbacks = run_config.callbacks
             local.get_run_config().stop = breaker.stopper
     else:
-        searcher, param_space, concurrent = make_searcher(space, run_dir, args.optuna_storage), {}, None
-        if space.variants:  # a grid: Tune's own generator, its concurrency planned now
-            param_space = {"variant": tune.grid_search(list(space.variants)), "seed": tune.grid_search(space.seeds)}
-            concurrent = resources["max_concurrent"]
+        if space.variants:  # a grid of variants x seeds, seed-major, its concurrency planned now
+            from ray.tune.search.basic_variant import BasicVariantGenerator
+
+            # Tune's grid_search would vary the seed fastest; in this order an interrupted grid holds every variant
+            # at each seed it finished, paired by seed
+            points = [{"seed": seed, "variant": variant} for seed in space.seeds for variant in space.variants]
+            searcher = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=resources["max_concurrent"])
+            param_space = {"seed": tune.choice(space.seeds), "variant": tune.choice(list(space.variants))}
         else:  # a search: the concurrency follows the cluster's nodes as they come and go (study/cluster.py)
-            searcher = follow_cluster(searcher, s, space.num_trials)
+            searcher = follow_cluster(make_searcher(space, run_dir, args.optuna_storage), s, space.num_trials)
+            param_space = {}
         tuner = tune.Tuner(
             trainable, param_space=param_space, run_config=run_config,
             tune_config=tune.TuneConfig(
                 metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=make_scheduler(space),
-                num_samples=1 if space.variants else space.num_trials, max_concurrent_trials=concurrent,
-                reuse_actors=False))
+                num_samples=space.num_trials, reuse_actors=False))
     interrupted = {"flag": False}
 
     def on_sigterm(signum, frame):  # Tune stops cleanly on SIGINT; treat SIGTERM the same way

@@ -59,3 +59,27 @@ def test_an_error_without_its_file_is_recorded_with_where_to_look(tmp_path):
     assert trial_error(trial) is None
     files.on_trial_error(0, [], trial)
     assert json.loads((tmp_path / STATUS_FILE).read_text())["x"]["error"] == "see the run's error.txt"
+
+
+def test_trial_numbers_start_at_zero_for_both_of_tunes_generators():
+    """Tune's searcher generator tags its first trial ``1_...`` and its grid generator ``0_...`` (a variant grid's first
+    trial was once numbered -1); the real generators are asked, so a change in Ray's convention fails here."""
+    from ray import tune
+    from ray.tune.experiment import Experiment
+    from ray.tune.search import SearchGenerator, Searcher
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    class Fixed(Searcher):
+        def suggest(self, trial_id):
+            return {"lr": 0.1}
+
+    def trainable(config):
+        pass
+
+    grid = BasicVariantGenerator()
+    grid.add_configurations([Experiment("grid", trainable, config={
+        "variant": tune.grid_search(["baseline", "hcl"]), "seed": tune.grid_search([1, 2])})])
+    search = SearchGenerator(Fixed(metric="m", mode="max"))
+    search.add_configurations([Experiment("search", trainable, config={}, num_samples=2)])
+    assert [trial_number(grid.next_trial(), grid=True) for _ in range(4)] == [0, 1, 2, 3]
+    assert [trial_number(search.next_trial()) for _ in range(2)] == [0, 1]
