@@ -15,6 +15,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.load import Study
+from moco.vocabulary import STEP_STATS
 
 ALPHA = 0.05
 MIN_SEEDS = 3
@@ -147,3 +148,25 @@ def side_by_side(table: pd.DataFrame) -> pd.DataFrame:
     wide = wide.reindex(pd.unique(t["variant"])).reset_index()
     wide.columns.name = None
     return wide
+
+
+#: What :func:`diagnostics_table` reads from each trial's last epoch: the step statistics that explain a negative
+#: strategy's effect (its false-negative share, how many negatives it keeps, how similar they are), the embedding's
+#: alignment and uniformity, and the training throughput.
+DIAGNOSTICS = (*STEP_STATS, "alignment", "uniformity", "loss", "images_per_s")
+
+
+def diagnostics_table(study: Study) -> pd.DataFrame:
+    """One row per variant (baseline first): the mean over its completed trials of each :data:`DIAGNOSTICS` column
+    at the trial's last epoch (``history.csv``), with ``n`` the number of trials; empty when there is no history."""
+    h, t = study.history, study.completed.dropna(subset=["variant"])
+    cols = [c for c in DIAGNOSTICS if c in h.columns and h[c].notna().any()]
+    if h.empty or not cols or t.empty:
+        return pd.DataFrame()
+    last = h.sort_values("epoch").groupby("trial_id").tail(1).set_index("trial_id")[cols]
+    rows = last.join(t.set_index("trial_id")["variant"].astype(str), how="inner")
+    base = baseline_variant(study)
+    order = [base] + [v for v in pd.unique(rows["variant"]) if v != base]
+    out = rows.groupby("variant")[cols].mean().reindex([v for v in order if v in set(rows["variant"])])
+    out.insert(0, "n", rows.groupby("variant").size())
+    return out.reset_index()

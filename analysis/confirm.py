@@ -33,7 +33,9 @@ from scipy import stats
 
 from analysis import ablation as abl
 from analysis.checks import read_csv, read_json
-from moco.vocabulary import BASELINE, COMPLETED, COMPUTE, FINAL_VAL_KNN, TEST_ENDPOINTS, VAL_ENDPOINTS, raw_name
+from analysis.load import Study
+from moco.vocabulary import (
+    BASELINE, COMPLETED, COMPUTE, FINAL_METRICS, FINAL_OF, FINAL_VAL_KNN, TEST_ENDPOINTS, VAL_ENDPOINTS, raw_name)
 
 CSV, JSON = "confirm.csv", "confirm.json"  # as study/confirm.py writes them
 BETTER, WORSE = "better", "worse"
@@ -94,6 +96,25 @@ def load(run_dir: str | Path) -> Confirmation | None:
     meta = read_json(run_dir / JSON) if (run_dir / JSON).is_file() else {}
     table = read_csv(run_dir / CSV, ("candidate", "source_trial", "trial_id"))
     return Confirmation(table, meta) if len(table) else None
+
+
+def from_grid(study: Study) -> Confirmation | None:
+    """A seeded grid of variants (an ablation, :func:`analysis.ablation.is_ablation`) read as a confirmation: one row
+    per completed trial, ``candidate`` its variant (the baseline variant named ``baseline``), with the final endpoints
+    and their raw-pixel values from the trial's last report in ``history.csv``. None when the study is not an
+    ablation or no completed trial reported a final endpoint (``final_eval``)."""
+    h = study.history
+    present = [c for c in (*FINAL_METRICS, *(raw_name(m) for m in FINAL_METRICS)) if c in h.columns]
+    if not abl.is_ablation(study) or not any(h[c].notna().any() for c in present if c in FINAL_METRICS):
+        return None
+    last = h.dropna(subset=present, how="all").sort_values("epoch").groupby("trial_id").tail(1)
+    t = study.completed.dropna(subset=["variant"])
+    t = t[[c for c in ("trial_id", "variant", "seed", "status", COMPUTE) if c in t.columns]]
+    table = t.merge(last[["trial_id", *present]], on="trial_id", how="inner")
+    base = abl.baseline_variant(study)
+    table.insert(0, "candidate", table.pop("variant").astype(str).replace({base: BASELINE}))
+    meta = {"decision_endpoint": FINAL_OF.get(study.metric, FINAL_VAL_KNN), "metric": study.metric}
+    return Confirmation(table.reset_index(drop=True), meta) if len(table) else None
 
 
 def _compare(values: pd.Series, reference: pd.Series) -> dict[str, float]:
@@ -272,3 +293,58 @@ def section(doc, name: str, run_dir: Path, prefix: str = "") -> None:
                                                   "diff", "diff_ci_low", "diff_ci_high", "raw"]]
     doc.table(final, f"{prefix}confirm_final", "Final table, test endpoints (shown, never used to choose): mean "
               "[95 % CI] over seeds, paired difference from the baseline, raw pixels.")
+
+
+def grid_section(doc, study: Study, prefix: str = "") -> None:
+    """Add the final endpoints of a seeded grid of variants (:func:`from_grid`) to ``doc``: per endpoint, the
+    statistics of :func:`endpoint_table` (Holm over the variants of each endpoint). Nothing when the grid has none.
+
+    The variants of a grid are fixed before it runs (none is chosen by its numbers), so its test endpoints are
+    reported with their tests: they are the grid's answer, not a selection."""
+    conf = from_grid(study)
+    if conf is None:
+        return
+    t = conf.table
+    endpoints = [e for e in (*VAL_ENDPOINTS, *TEST_ENDPOINTS) if e in t.columns and t[e].notna().any()]
+    table = endpoint_table(conf, endpoints)
+    seeds = sorted(int(s) for s in pd.unique(t["seed"]))
+    compute = pd.to_numeric(t.get(COMPUTE, pd.Series(dtype=float)), errors="coerce").dropna()
+    spent = (f"{COMPUTE} {_num(float(compute.min()), '.0f')}" + ("" if compute.min() == compute.max() else
+             f" to {_num(float(compute.max()), '.0f')}") + " per run") if len(compute) else "compute not recorded"
+    doc.heading("Endpoints" + (f": {study.name}" if prefix else ""))
+    doc.para(f"**{study.name}**: {len(t)} completed runs of {len(conf.candidates)} variants, seeds {seeds}, "
+             f"{spent}. Each run's endpoints are measured once, after training: kNN and linear probe on the full "
+             f"validation split, then on the test split. The variants were fixed before the runs, so no test value "
+             f"chose anything. Per variant: mean over seeds with a 95 % t-interval; difference from the baseline "
+             f"paired by seed, paired t-test, Holm-corrected across the variants of each endpoint (α = {abl.ALPHA}); "
+             f"against raw pixels (the same endpoint on raw pixels, same bank and protocol): one-sample t-test, "
+             f"Holm-corrected. Verdicts: **{BETTER}** / **{WORSE}** when the corrected p < {abl.ALPHA}, otherwise "
+             f"**{NOT_DISTINGUISHABLE}**; with fewer than {abl.MIN_SEEDS} paired seeds, **{TOO_FEW}**.")
+    claims = []
+    for endpoint in endpoints:
+        rows = table[table["endpoint"] == endpoint]
+        base = rows[rows["candidate"] == BASELINE].iloc[0]
+        if math.isfinite(base["raw"]):
+            than = " than raw pixels" if base["raw_verdict"] in (BETTER, WORSE) else ""
+            claims.append(f"**{endpoint}**: baseline {_num(base['mean'])} {_ci(base['ci_low'], base['ci_high'])} "
+                          f"against raw pixels {_num(base['raw'])} ({_num(base['vs_raw'], '+.2f')} "
+                          f"{_ci(base['vs_raw_ci_low'], base['vs_raw_ci_high'])} points, Holm p = "
+                          f"{_num(base['p_raw_holm'], '.3g')}): **{base['raw_verdict']}**{than}.")
+        for r in rows[rows["candidate"] != BASELINE].itertuples():
+            claims.append(f"{endpoint}: **{r.candidate}** {_num(r.mean)} {_ci(r.ci_low, r.ci_high)}, "
+                          f"{_num(r.diff, '+.2f')} {_ci(r.diff_ci_low, r.diff_ci_high)} points from the baseline, "
+                          f"Holm p = {_num(r.p_holm, '.3g')}, n = {r.n_paired}: **{r.verdict}**.")
+    doc.bullets(claims)
+    doc.table(table, f"{prefix}endpoints", "Final endpoints: per variant mean [95 % CI] over seeds; paired difference "
+              "from the baseline with Holm-corrected p; the same against raw pixels.")
+
+    def figure():
+        from analysis import plots  # matplotlib only where a figure is drawn
+
+        view = table.rename(columns={"endpoint": "study", "candidate": "variant"})
+        plot = plots.ablation(view, "top-1 accuracy (%)", name="endpoints")
+        plot.caption = ("One colour per endpoint; the difference is paired by seed, its verdict Holm-corrected "
+                        "across the variants of that endpoint.")
+        return plot
+
+    doc.figure(figure, prefix, "Endpoints: means and paired differences")

@@ -189,3 +189,42 @@ def hard_negative_diagnostics(study: Study, max_curves: int = 4) -> Plot:
         tables["hard_negatives_similarity"] = sims.reset_index(drop=True)
     return Plot("hard_negative_diagnostics", fig, tables,
                 "Colour = epochs reached; star = baseline. Similarities are of the negatives kept after selection.")
+
+
+#: What :func:`variant_curves` draws per epoch: the study's metric, then the diagnostics that explain it.
+VARIANT_PANELS = ("false_neg_rate", "kept_negatives", "neg_sim_q90")
+
+
+@styled
+def variant_curves(study: Study) -> Plot:
+    """A seeded grid's variants over epochs, one colour each (the baseline black): the mean over seeds of the study's
+    metric and of the false-negative share, kept negatives and 90 % similarity quantile of the negatives in use, with
+    the seeds' range as a band."""
+    metric = _curve_metric(study)
+    t = study.completed.dropna(subset=["variant"])
+    h = study.history.merge(t[["trial_id", "variant"]].astype({"variant": str}), on="trial_id", how="inner")
+    panels = [metric] + [c for c in VARIANT_PANELS if c in h.columns and h[c].notna().any()]
+    if h.empty or h[metric].isna().all():
+        raise Skip("no completed variant has per-epoch values")
+    base = set(study.trials.loc[study.trials["is_baseline"], "variant"].dropna().astype(str))
+    found = list(pd.unique(h["variant"]))
+    variants = [v for v in found if v in base] + [v for v in found if v not in base]
+    stats = h.groupby(["variant", "epoch"])[panels].agg(["mean", "min", "max"])
+    fig, axes = new_figure(len(panels), ncols=2)
+    for ax, col in zip(axes, panels):
+        for i, v in enumerate(variants):
+            s = stats.loc[v][col].dropna()
+            color = "black" if v in base else STUDY_COLORS[i % len(STUDY_COLORS)]
+            ax.plot(s.index, s["mean"], color=color, lw=2.2 if color == "black" else 1.8, label=v)
+            ax.fill_between(s.index, s["min"], s["max"], color=color, alpha=0.12, lw=0)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label(col))
+    raw_line(axes[0], study.raw_pixel_value(metric))
+    axes[0].legend(loc="lower right")
+    fig.suptitle(f"{study.name}: variants over epochs (mean over seeds, band: min-max)")
+    table = stats.copy()
+    table.columns = [f"{c}_{a}" for c, a in table.columns]
+    return Plot("variant_curves", fig, {"variant_curves": table.reset_index()},
+                "false_neg_rate: the share of the negatives in use that are the query's own class (weighted by "
+                "softmax mass for hcl; a MoCHi mix counted by its sources with their mixing weights, the query as its "
+                "own class).")

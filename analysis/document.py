@@ -74,8 +74,8 @@ class Doc:
         self.blocks.append(("figure", (f"figures/{name}", what, plot.caption, csvs)))
 
     # -- rendering -------------------------------------------------------------------------------------------
-    def markdown(self) -> str:
-        """The report as Markdown (figures linked from ``figures/``)."""
+    def markdown(self, base: str = "") -> str:
+        """The report as Markdown (figures linked from ``base + "figures/"``, tables from ``base + "tables/"``)."""
         out = []
         for kind, b in self.blocks:
             if kind == "h":
@@ -87,12 +87,12 @@ class Doc:
             elif kind == "table":
                 df, csv, caption = b
                 out.append((f"{caption}\n\n" if caption else "") + _md_table(df)
-                           + f"\n\n<sub>data: [{csv}]({csv})</sub>")
+                           + f"\n\n<sub>data: [{csv}]({base}{csv})</sub>")
             elif kind == "figure":
                 stem, what, caption, csvs = b
-                links = ", ".join(f"[{c}]({c})" for c in csvs)
-                out.append(f"![{what}]({stem}.png)\n\n*{what}.* {caption} "
-                           f"<sub>([svg]({stem}.svg); data: {links})</sub>")
+                links = ", ".join(f"[{c}]({base}{c})" for c in csvs)
+                out.append(f"![{what}]({base}{stem}.png)\n\n*{what}.* {caption} "
+                           f"<sub>([svg]({base}{stem}.svg); data: {links})</sub>")
         return "\n\n".join(out) + "\n"
 
     def html(self, title: str) -> str:

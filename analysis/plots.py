@@ -244,9 +244,10 @@ def parallel_coordinates(study: Study, top: int = 10) -> Plot:
 
 
 @styled
-def ablation(table: pd.DataFrame, metric: str) -> Plot:
+def ablation(table: pd.DataFrame, metric: str, name: str = "ablation") -> Plot:
     """Left: per-variant mean with 95 % t-interval over seeds. Right: paired difference from the baseline with its
-    95 % t-interval (the quantity the verdict tests). One colour per study; verdict under each variant."""
+    95 % t-interval (the quantity the verdict tests). One colour per ``study`` value; verdict under each variant.
+    ``name`` names the figure and the CSV behind it."""
     if table.empty:
         raise Skip("no study has seeded variants with a baseline")
     studies = list(pd.unique(table["study"]))
@@ -262,7 +263,8 @@ def ablation(table: pd.DataFrame, metric: str) -> Plot:
             err = np.nan_to_num(np.vstack([rows[mid] - rows[lo], rows[hi] - rows[mid]]))
             ax.errorbar(x, rows[mid], yerr=err, fmt="o", ms=8, capsize=5, lw=2, color=color, label=s)
     axes[1].axhline(0, color="black", lw=1)
-    short = {"helps": "helps", "hurts": "hurts", "(reference)": "ref.", TOO_FEW_SHORT[0]: TOO_FEW_SHORT[1]}
+    short = {"helps": "helps", "hurts": "hurts", "better": "better", "worse": "worse", "(reference)": "ref.",
+             TOO_FEW_SHORT[0]: TOO_FEW_SHORT[1]}
     ticks = [v + "\n" + "/".join(short.get(x, "n.d.") for x in table[table["variant"] == v]["verdict"])
              for v in variants]
     for ax in axes:
@@ -272,5 +274,5 @@ def ablation(table: pd.DataFrame, metric: str) -> Plot:
     axes[1].set_ylabel("difference from baseline (points)\npaired by seed, ± 95 % CI")
     axes[0].legend(loc="best")
     fig.suptitle("Ablation (n.d. = not distinguishable at this budget and seed count)")
-    return Plot("ablation", fig, {"ablation": table.reset_index(drop=True)},
+    return Plot(name, fig, {name: table.reset_index(drop=True)},
                 "Paired t-test by seed against the baseline variant.")

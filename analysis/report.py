@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import math
+import shlex
 import shutil
 import sys
 import tempfile
@@ -154,6 +155,18 @@ def _ablation_section(doc: Doc, studies: Sequence[Study], metric: str) -> None:
                         f"(needs at least {abl.MIN_SEEDS} paired seeds).")
     doc.bullets(verdicts)
     doc.figure(lambda: plots.ablation(table, metric), "", "Ablation: means and paired differences")
+    many = len(studies) > 1
+    for s in (s for s in studies if abl.is_ablation(s)):
+        prefix = f"{slug(s.name)}__" if many else ""
+        confirm.grid_section(doc, s, prefix)
+        doc.heading("Why: diagnostics by variant" + (f": {s.name}" if many else ""), 3)
+        diag = abl.diagnostics_table(s)
+        if not diag.empty:
+            doc.table(diag, f"{prefix}diagnostics", "At each run's last epoch, mean over its completed seeds: "
+                      "false_neg_rate is the share of the negatives in use that are the query's own class; "
+                      "kept_negatives the negatives per query (synthetic ones included); neg_sim_q* the quantiles "
+                      "of their cosine similarity to the query; images_per_s the training throughput.")
+        doc.figure(lambda s=s: curves.variant_curves(s), prefix, "Variants over epochs")
 
 
 def _study_section(doc: Doc, s: Study, prefix: str, min_trials: int = MIN_TRIALS,
@@ -191,7 +204,8 @@ def _study_section(doc: Doc, s: Study, prefix: str, min_trials: int = MIN_TRIALS
 
 
 def _write(root: Path, studies: list[Study], formats: Sequence[str], min_trials: int = MIN_TRIALS,
-           resamples: int = RESAMPLES) -> None:
+           resamples: int = RESAMPLES, command: str | None = None, page: Path | None = None,
+           base: str = "") -> None:
     metric = studies[0].metric
     doc = Doc(root)
     title = f"Study report: {', '.join(s.name for s in studies)}"
@@ -199,6 +213,8 @@ def _write(root: Path, studies: list[Study], formats: Sequence[str], min_trials:
     doc.para(f"Generated {_dt.datetime.now().isoformat(timespec='seconds')} from "
              f"{', '.join(f'`{s.path}`' for s in studies)}. Metric: **{metric}** "
              f"({'higher' if studies[0].maximize else 'lower'} is better).")
+    if command:
+        doc.para(f"Regenerate this page: `{command}`")
     doc.heading("Summary")
     doc.table(summary_table(studies), "summary", "Trials by status, best vs baseline, total compute.")
     doc.bullets(n for s in studies for n in _state_notes(s))
@@ -215,7 +231,9 @@ def _write(root: Path, studies: list[Study], formats: Sequence[str], min_trials:
     many = len(studies) > 1
     for s in studies:
         _study_section(doc, s, f"{slug(s.name)}__" if many else "", min_trials, resamples)
-    if "md" in formats:
+    if page is not None:  # the Markdown outside the report directory, its links into it (``base``)
+        page.write_text(doc.markdown(base=base), encoding="utf-8")
+    elif "md" in formats:
         (root / "report.md").write_text(doc.markdown(), encoding="utf-8")
     if "html" in formats:
         (root / "report.html").write_text(doc.html(title), encoding="utf-8")
@@ -232,11 +250,14 @@ def _parse_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
 
 def build_report(run_dirs: str | Path | Iterable[str | Path], out: str | Path | None = None,
                  metric: str | None = None, formats: str | Iterable[str] = FORMATS, min_trials: int = MIN_TRIALS,
-                 resamples: int = RESAMPLES) -> Path:
-    """Write the report of one or more studies and return the report directory.
+                 resamples: int = RESAMPLES, command: str | None = None) -> Path:
+    """Write the report of one or more studies and return the report directory (or page).
 
     ``out`` defaults to ``<first run dir>/report``; an existing report there is replaced atomically (the new one
-    is built in a temporary sibling directory and renamed into place). Raises :class:`ReportError` for bad input
+    is built in a temporary sibling directory and renamed into place). An ``out`` ending in ``.md`` is a page for a
+    documentation tree: the Markdown goes there, and everything else (figures, tables, the HTML) into the directory
+    of the same name without ``.md``, which the page links into. ``command``, when given, is printed on the page as
+    the way to regenerate it. Raises :class:`ReportError` for bad input
     (not a study, empty study, unknown metric, studies with different metrics, unknown format) before anything is
     written. Trials are compared at the common rung that at least ``min_trials`` trials reached
     (``analysis/fidelity.py``); importance intervals use ``resamples`` bootstrap resamples (0: none).
@@ -246,23 +267,30 @@ def build_report(run_dirs: str | Path | Iterable[str | Path], out: str | Path | 
     formats = _parse_formats(formats)
     studies = load_studies(run_dirs, metric)
     final = Path(out) if out is not None else studies[0].path / "report"
+    page = None
+    if final.suffix == ".md":
+        page, final = final, final.with_suffix("")
     if final.exists() and not final.is_dir():
         raise ReportError(f"{final}: exists and is not a directory")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    staged = tmp.parent / f"{tmp.name}.md"  # the page, renamed into place after the directory it links into
     try:
-        _write(tmp, studies, formats, min_trials, resamples)
+        _write(tmp, studies, formats, min_trials, resamples, command, staged if page else None, f"{final.name}/")
         old = None
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
             final.rename(old / final.name)
         tmp.rename(final)
+        if page is not None:
+            staged.replace(page)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return final
+        staged.unlink(missing_ok=True)
+    return page or final
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -270,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     0 on success, 2 on bad input (message on stderr)."""
     parser = argparse.ArgumentParser(prog="mocostudy-report", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="study directories (runs/<name>)")
-    parser.add_argument("--out", help="report directory (default: RUN_DIR/report of the first study)")
+    parser.add_argument("--out", help="report directory, or a page PATH.md whose figures and tables go into PATH/ "
+                        "(default: RUN_DIR/report of the first study)")
     parser.add_argument("--metric", help="metric column of trials.csv (default: the study's metric)")
     parser.add_argument("--format", default="md,html", help="comma-separated: md, html (default: md,html)")
     parser.add_argument("--min-trials", type=int, default=MIN_TRIALS,
@@ -282,8 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     try:
+        command = shlex.join(["python", "-m", "analysis.report", *(sys.argv[1:] if argv is None else argv)])
         path = build_report(args.run_dirs, out=args.out, metric=args.metric, formats=args.format,
-                            min_trials=args.min_trials, resamples=args.resamples)
+                            min_trials=args.min_trials, resamples=args.resamples, command=command)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -146,9 +146,15 @@ VARIANTS = {  # variant -> (planted effect, seed noise sd)
 }
 
 
+#: Final endpoints a grid run reports with its last epoch (``final=True``): offset from the run's value, and raw pixels.
+FINAL = {"final_val_knn_top1": (0.0, 78.0), "final_val_probe_top1": (3.0, 81.0), "test_knn_top1": (-1.0, 77.0),
+         "linear_top1": (2.0, 80.0)}
+
+
 def make_grid_study(root: Path, name: str = "ablation", seeds: int = 3, seed: int = 1,
-                    variants: dict | None = None) -> Path:
-    """A seeded ablation grid; each seed has a shared offset (so pairing by seed matters)."""
+                    variants: dict | None = None, final: bool = False) -> Path:
+    """A seeded ablation grid; each seed has a shared offset (so pairing by seed matters). With ``final``, each run's
+    last history row also holds the :data:`FINAL` endpoints (its value plus the offset) and their raw-pixel values."""
     rng = np.random.default_rng(seed)
     variants = variants or VARIANTS
     trials, history, number = [], [], 0
@@ -162,6 +168,9 @@ def make_grid_study(root: Path, name: str = "ablation", seeds: int = 3, seed: in
             row["images_seen"] *= 2 if v in ("dual_view", "all") else 1
             trials.append(row)
             history += _history_rows(tid, value, MAX_EPOCHS, BASE, rng)
+            if final:
+                for endpoint, (offset, raw) in FINAL.items():
+                    history[-1].update({endpoint: value + offset, f"raw_{endpoint}": raw})
             number += 1
     space = {"variant": {"type": "categorical", "choices": list(variants)}, "seed": {"type": "categorical",
                                                                                      "choices": list(range(seeds))}}

@@ -139,3 +139,56 @@ def test_no_confirmation_no_section(tmp_path):
     study = make_search_study(tmp_path, "plain", n=8)
     assert confirm.load(study) is None
     assert "## Confirmation" not in (build_report(study, formats="md") / "report.md").read_text()
+
+
+def test_a_seeded_grid_reads_as_a_confirmation_with_holm_verdicts_per_endpoint(tmp_path):
+    """A grid's last reports (final_eval) become one row per run; the planted effects (dual_view +2, filter -2 with
+    tiny noise, selective 0 with sd 1) get their verdicts on every endpoint, Holm over the four variants."""
+    from analysis.load import load_study
+
+    from .conftest import FINAL, VARIANTS, make_grid_study
+
+    study = load_study(make_grid_study(tmp_path, seeds=5, final=True))
+    conf = confirm.from_grid(study)
+    assert len(conf.table) == 5 * len(VARIANTS) and conf.candidates[0] == BASELINE
+    table = confirm.endpoint_table(conf, tuple(FINAL))
+    for endpoint, (offset, raw) in FINAL.items():
+        rows = table[table["endpoint"] == endpoint].set_index("candidate")
+        assert rows.loc["dual_view", "verdict"] == confirm.BETTER
+        assert rows.loc["all", "verdict"] == confirm.BETTER
+        assert rows.loc["filter", "verdict"] == confirm.WORSE
+        assert rows.loc["selective", "verdict"] == confirm.NOT_DISTINGUISHABLE
+        assert rows.loc["dual_view", "diff"] == pytest.approx(2.0, abs=0.3)
+        assert rows.loc[BASELINE, "raw"] == raw
+        p = rows.loc[rows.index != BASELINE, "p_value"].to_numpy()
+        assert rows.loc[rows.index != BASELINE, "p_holm"].to_numpy() == pytest.approx(confirm.holm(p))
+
+
+def test_a_grid_without_final_endpoints_has_no_endpoint_view(tmp_path):
+    from analysis.load import load_study
+
+    from .conftest import make_grid_study
+
+    assert confirm.from_grid(load_study(make_grid_study(tmp_path))) is None
+    assert confirm.from_grid(load_study(make_search_study(tmp_path))) is None
+
+
+def test_the_grid_report_states_endpoints_diagnostics_and_the_command(tmp_path):
+    from .conftest import make_grid_study
+
+    grid = make_grid_study(tmp_path, seeds=5, final=True)
+    page = tmp_path / "docs" / "negatives.md"
+    out = build_report(grid, out=page, resamples=0, command="python -m analysis.report runs/ablation")
+    assert out == page and page.is_file()
+    md = page.read_text()
+    assert "## Endpoints" in md and "Holm-corrected across the variants of each endpoint" in md
+    assert "test_knn_top1: **dual_view**" in md and "**better**" in md
+    assert "Regenerate this page: `python -m analysis.report runs/ablation`" in md
+    folder = tmp_path / "docs" / "negatives"
+    for link in ("negatives/figures/endpoints.png", "negatives/tables/endpoints.csv",
+                 "negatives/tables/diagnostics.csv", "negatives/figures/variant_curves.png"):
+        assert f"]({link})" in md, link
+        assert (page.parent / link).is_file(), link
+    diag = pd.read_csv(folder / "tables" / "diagnostics.csv")
+    assert diag["variant"].iloc[0] == "baseline" and (diag["n"] == 5).all() and "false_neg_rate" in diag
+    assert (folder / "report.html").is_file() and not (folder / "report.md").exists()
