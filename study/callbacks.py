@@ -28,6 +28,28 @@ def trial_error(trial) -> str | None:
     return lines[-1][:500] if lines else None
 
 
+#: The files of ours that Tune's restore copies (every top-level ``*.json`` and ``*.pkl`` of the experiment folder).
+OWN_FILES = ("study.json", "trial_status.json", "confirm.json")
+
+
+def unstage(trial, names: tuple[str, ...] = OWN_FILES) -> list[Path]:
+    """Remove ``names`` from the driver staging folder of ``trial``'s Tune experiment; return what was removed.
+
+    On restore, Tune downloads every top-level ``*.json`` and ``*.pkl`` of the experiment folder into that staging
+    folder and then, at each experiment checkpoint, uploads the staging folder back over the experiment folder
+    (``ray.tune.execution.experiment_state``). The study's own records live in the experiment folder, so a resumed
+    study had them rolled back to their state at the restore every few seconds, and read them half-copied (an empty
+    ``trial_status.json``). Tune's own state files are left alone."""
+    staging = getattr(getattr(trial, "storage", None), "experiment_driver_staging_path", None)
+    removed = []
+    for name in names if staging else ():
+        path = Path(staging) / name
+        if path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
 def trial_number(trial, grid: bool = False) -> int:
     """A study trial's number from 0. Tune's searcher generator tags its first trial ``1_...``; its grid generator
     (variants x seeds) tags its first ``0_...``."""
@@ -43,6 +65,13 @@ class TrialFiles(Callback):
 
     def __init__(self, record_dir: Path, write: Callable[[], Any], mirror=None):
         self.record_dir, self.write, self.mirror = record_dir, write, mirror
+        self._unstaged = False
+
+    def on_step_begin(self, iteration, trials, **info):
+        """Once, as a restored run starts: :func:`unstage` this study's own files from Tune's driver staging folder."""
+        if not self._unstaged and trials:
+            self._unstaged = True
+            unstage(trials[0])
 
     def max_epochs(self, trial) -> int:
         """The epochs the trial trains when it is not stopped early (a shorter completed trial was pruned)."""

@@ -239,15 +239,26 @@ def _chain(err: BaseException):
 
 
 def _record_grid(grid, run_dir: Path, space: Space) -> None:
-    """Record outcomes from Tune's final results for trials the callback missed (e.g. restored by --resume)."""
+    """Record outcomes from Tune's final results for trials the callback missed (e.g. restored by --resume). A trial
+    Tune left unfinished (the study was stopped by Ctrl-C while it trained) has no outcome yet: ``--resume`` continues
+    it, so it stays running (recorded as pruned once, its shorter last epoch mistaken for a scheduler's stop)."""
+    from ray.tune import ExperimentAnalysis
+
     from study.results import finished_trials, record_trial
     from study.search import trial_outcome
 
     done = finished_trials(run_dir)
+    try:
+        trials = ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem).trials
+    except Exception as err:  # noqa: BLE001 - without Tune's own states nothing is recorded that could be wrong
+        print(f"warning: Tune's trial states could not be read ({err}); outcomes stay as the callback saw them",
+              file=sys.stderr)
+        return
+    ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
     for result in grid:
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id")
-        if not trial_id or trial_id in done:
+        if not trial_id or trial_id in done or trial_id not in ended:
             continue
         if result.error is not None:
             record_trial(run_dir, trial_id, status="errored", error=str(result.error).splitlines()[0][:500])
