@@ -8,6 +8,7 @@ import math
 from typing import TYPE_CHECKING
 
 from moco.config import ConfigError
+from moco.vocabulary import MONITOR_METRICS
 from study.params import Param, SpaceError
 
 if TYPE_CHECKING:
@@ -27,6 +28,24 @@ def check_devices(space: Space) -> None:
         if device == "cuda":
             raise SpaceError(space.source, key, "cuda, but gpus_per_worker = 0 gives the trials' workers no GPU: "
                              "set study.gpus_per_worker: 1 (or --gpus-per-worker 1), or device: auto")
+
+
+def check_monitor(space: Space) -> None:
+    """A study's per-epoch metric (``val_knn_top1``, ``val_probe_top1``) comes from the monitor, and Tune needs it
+    in every epoch report (it refuses a report without it; its scheduler and searcher read it there): in a study the
+    monitor runs every epoch (``knn_every: 1``)."""
+    if space.settings.metric not in MONITOR_METRICS:
+        return
+    places = [("base.overrides.knn_every" if "knn_every" in space.base_overrides else f"base ({space.base_name})",
+               space.base.knn_every)]
+    places += [(f"variants.{name}.knn_every", overrides.get("knn_every"))
+               for name, overrides in space.variants.items()]
+    places += [("search.knn_every", value) for p in space.params if p.name == "knn_every" for value in p.extremes()]
+    for key, every in places:
+        if every not in (None, 1):
+            raise SpaceError(space.source, key, f"{every}, but the study's metric {space.settings.metric} comes from "
+                             "the per-epoch monitor and Tune needs it in every epoch report: knn_every must be 1 in "
+                             "a study")
 
 
 EPOCHS_FOLLOW = ("trials are budgeted in compute, and their epochs follow from it (compute_budget / views): "

@@ -34,7 +34,7 @@ from moco.config import ConfigError, TrainConfig, field_names, load_yaml, plain_
 from moco.safe_yaml import short
 from moco.sources import check_sizes
 from moco.vocabulary import BASELINE_POINT, SPACE_SECTIONS
-from study.checks import check_against_config, check_devices
+from study.checks import check_against_config, check_devices, check_monitor
 from study.params import Param, SpaceError, closest, load_params
 from study.settings import MAX_SEED, MAX_TRIALS, StudySettings, load_settings
 
@@ -170,6 +170,7 @@ def check_study(space: Space) -> None:
     """Checks across sections, before anything starts (also after command-line overrides)."""
     s, source = space.settings, space.source
     check_devices(space)
+    check_monitor(space)
     for overrides in space.variants.values() or [{}]:  # split sizes against the dataset (no worker would start)
         try:
             check_sizes(space.config_with(overrides))

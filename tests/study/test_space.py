@@ -95,6 +95,10 @@ MALFORMED = {
                                                 " when: 'ratio < 1'}\nstudy:"), "selection_warmup_epochs.when"),
     "empty search": ("base: {config: digits}\nsearch: {}\n", "search"),
     "bad seeds": ("base: {config: digits}\nvariants: {baseline: {}}\nseeds: [0, zero]\n", "seeds"),
+    "monitor not every epoch": ("base:\n  config: digits\n  overrides: {knn_every: 2}\nvariants: {baseline: {}}\n"
+                                "seeds: [0]\n", "base.overrides.knn_every"),
+    "variant monitor not every epoch": ("base: {config: digits}\nvariants: {rare: {knn_every: 5}}\nseeds: [0]\n",
+                                        "variants.rare.knn_every"),
     "bad variant value": ("base: {config: digits}\nvariants: {hot: {temperature: -1}}\nseeds: [0]\n",
                           "variants.hot.temperature"),
 }
