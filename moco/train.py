@@ -127,7 +127,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             monitor = engine.monitor()
             last_monitor = {k: monitor[k] for k in MONITOR_METRICS}
             metrics.update(monitor)
-        metrics.update(last_monitor)  # epochs between monitors carry the latest value (the searcher reads it)
+        metrics.update(last_monitor)  # epochs between monitors carry the latest value (studies monitor every epoch)
         if dist_info.rank == 0 and last and cfg.final_eval:
             metrics.update(engine.final_evaluation())
         metrics.update(diverged=0, node_id=node_id, world_size=dist_info.world_size)
