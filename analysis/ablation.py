@@ -166,7 +166,8 @@ def diagnostics_table(study: Study) -> pd.DataFrame:
     last = h.sort_values("epoch").groupby("trial_id").tail(1).set_index("trial_id")[cols]
     rows = last.join(t.set_index("trial_id")["variant"].astype(str), how="inner")
     base = baseline_variant(study)
-    order = [base] + [v for v in pd.unique(rows["variant"]) if v != base]
+    ranked = t.sort_values("trial_number") if "trial_number" in t.columns else t  # the grid's own order
+    order = [base] + [v for v in pd.unique(ranked["variant"].astype(str)) if v != base]
     out = rows.groupby("variant")[cols].mean().reindex([v for v in order if v in set(rows["variant"])])
     out.insert(0, "n", rows.groupby("variant").size())
     return out.reset_index()
