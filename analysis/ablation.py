@@ -46,6 +46,13 @@ def baseline_variant(study: Study) -> str | None:
     return marked.iloc[0] if len(marked) else None
 
 
+def variant_order(study: Study) -> list[str]:
+    """The study's variants in the order its trials ran (by trial number), the baseline variant first."""
+    base, t = baseline_variant(study), study.trials
+    ranked = t.sort_values("trial_number", kind="stable") if "trial_number" in t.columns else t
+    return [base] + [v for v in pd.unique(ranked["variant"].dropna().astype(str)) if v != base]
+
+
 def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """Two-sided t confidence interval of the mean; NaN bounds with fewer than two values."""
     values = np.asarray(values, dtype=float)
@@ -100,7 +107,7 @@ def ablation_table(study: Study, metric: str | None = None) -> pd.DataFrame:
     t["variant"] = t["variant"].astype(str)
     per_seed = t.groupby(["variant", "seed"])[metric].mean()
     cost = t.groupby("variant")[["cpu_hours", "gpu_hours", "images_seen"]].mean()
-    order = [base] + [v for v in pd.unique(study.trials["variant"].dropna().astype(str)) if v != base]
+    order = variant_order(study)
     base_seeds = per_seed.loc[base] if base in per_seed.index.get_level_values(0) else pd.Series(dtype=float)
     rows = []
     for v in order:
@@ -165,9 +172,6 @@ def diagnostics_table(study: Study) -> pd.DataFrame:
         return pd.DataFrame()
     last = h.sort_values("epoch").groupby("trial_id").tail(1).set_index("trial_id")[cols]
     rows = last.join(t.set_index("trial_id")["variant"].astype(str), how="inner")
-    base = baseline_variant(study)
-    ranked = t.sort_values("trial_number") if "trial_number" in t.columns else t  # the grid's own order
-    order = [base] + [v for v in pd.unique(ranked["variant"].astype(str)) if v != base]
-    out = rows.groupby("variant")[cols].mean().reindex([v for v in order if v in set(rows["variant"])])
+    out = rows.groupby("variant")[cols].mean().reindex([v for v in variant_order(study) if v in set(rows["variant"])])
     out.insert(0, "n", rows.groupby("variant").size())
     return out.reset_index()

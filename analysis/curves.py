@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from analysis.ablation import baseline_variant, variant_order  # noqa: E402
 from analysis.load import Study  # noqa: E402
 from analysis.style import (  # noqa: E402
     BASELINE_MARK, CMAP, PANEL, RAW_LABEL, RAW_STYLE, STATUS_STYLE, STUDY_COLORS, Plot, Skip, label, log_axis,
@@ -206,9 +207,8 @@ def variant_curves(study: Study) -> Plot:
     panels = [metric] + [c for c in VARIANT_PANELS if c in h.columns and h[c].notna().any()]
     if h.empty or h[metric].isna().all():
         raise Skip("no completed variant has per-epoch values")
-    base = set(study.trials.loc[study.trials["is_baseline"], "variant"].dropna().astype(str))
-    found = list(pd.unique(h["variant"]))
-    variants = [v for v in found if v in base] + [v for v in found if v not in base]
+    base = {baseline_variant(study)}
+    variants = [v for v in variant_order(study) if v in set(h["variant"])]
     stats = h.groupby(["variant", "epoch"])[panels].agg(["mean", "min", "max"])
     fig, axes = new_figure(len(panels), ncols=2)
     for ax, col in zip(axes, panels):

@@ -15,16 +15,22 @@ if TYPE_CHECKING:
     from study.space import Space
 
 
+def _places(space: Space, field: str) -> list[tuple[str, object]]:
+    """Where a training-config ``field`` gets its values in ``space``, each with the key path a refusal names: the
+    base (its override, or the base config's value), each variant's override (None where it sets none) and the
+    bounds of a search over it."""
+    places = [(f"base.overrides.{field}" if field in space.base_overrides else f"base ({space.base_name})",
+               getattr(space.base, field))]
+    places += [(f"variants.{name}.{field}", overrides.get(field)) for name, overrides in space.variants.items()]
+    return places + [(f"search.{field}", value) for p in space.params if p.name == field for value in p.extremes()]
+
+
 def check_devices(space: Space) -> None:
     """``device: cuda`` needs a GPU per worker: with ``gpus_per_worker: 0`` Ray gives the workers none, and every
     trial would fail inside its worker."""
     if space.settings.gpus_per_worker:
         return
-    places = [("base.overrides.device" if "device" in space.base_overrides else f"base ({space.base_name})",
-               space.base.device)]
-    places += [(f"variants.{name}.device", overrides.get("device")) for name, overrides in space.variants.items()]
-    places += [("search.device", value) for p in space.params if p.name == "device" for value in p.extremes()]
-    for key, device in places:
+    for key, device in _places(space, "device"):
         if device == "cuda":
             raise SpaceError(space.source, key, "cuda, but gpus_per_worker = 0 gives the trials' workers no GPU: "
                              "set study.gpus_per_worker: 1 (or --gpus-per-worker 1), or device: auto")
@@ -36,12 +42,7 @@ def check_monitor(space: Space) -> None:
     monitor runs every epoch (``knn_every: 1``)."""
     if space.settings.metric not in MONITOR_METRICS:
         return
-    places = [("base.overrides.knn_every" if "knn_every" in space.base_overrides else f"base ({space.base_name})",
-               space.base.knn_every)]
-    places += [(f"variants.{name}.knn_every", overrides.get("knn_every"))
-               for name, overrides in space.variants.items()]
-    places += [("search.knn_every", value) for p in space.params if p.name == "knn_every" for value in p.extremes()]
-    for key, every in places:
+    for key, every in _places(space, "knn_every"):
         if every not in (None, 1):
             raise SpaceError(space.source, key, f"{every}, but the study's metric {space.settings.metric} comes from "
                              "the per-epoch monitor and Tune needs it in every epoch report: knn_every must be 1 in "
