@@ -240,3 +240,23 @@ def test_tree_memory_counts_a_train_worker_first_seen_running_a_setup_function()
         proc.wait(timeout=30)
     roles = memory.summary()["peak_rss_mib_by_role"]
     assert roles["train worker"]["count"] == 1 and "ray helper actor" not in roles
+
+
+def test_negatives_goal_is_judged_per_backbone_and_not_on_a_loaded_machine():
+    from bench.step_page import _negatives
+
+    def result(load: float) -> dict:
+        rows = {"plain": (0.25, 0.0, 0.05, 0.0), "hcl": (0.30, 0.20, 0.10, 0.05), "mochi": (0.40, 0.60, 0.25, 0.20)}
+        return {"command": "python -m bench.step --parts negatives", "date": "d", "precision": "bf16",
+                "queue_size": 16384, "batch": 256, "repeats": 15, "goal_added_share": 0.1,
+                "machine": {"load_average_at_start": [load, load, load], "cpu_count": 2},
+                "strategies": {k: {"step_s": a, "added_share_of_plain_step": b, "loss_path_s": c,
+                                   "loss_path_added_s": d} for k, (a, b, c, d) in rows.items()}}
+
+    quiet = "\n".join(_negatives(result(1.0), resnet18_step_s=5.0))
+    assert "| mochi | 0.400 | 60.0 % | 0.250 | +0.200 | 4.0 % |" in quiet
+    assert "On the default ConvNet (whole steps): **MISSED** for hcl, mochi." in quiet
+    assert "On a ResNet-18 step at B = 256 (5.00 s, the loss path's added time): **met**." in quiet
+    assert "**MISSED** for mochi." in "\n".join(_negatives(result(1.0), resnet18_step_s=1.0))  # 20 % of 1 s
+    loaded = "\n".join(_negatives(result(9.0), resnet18_step_s=None))
+    assert "**not judged**" in loaded and "ResNet-18 step at" not in loaded
