@@ -20,7 +20,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from moco.vocabulary import COMPLETED, COMPUTE, DIVERGED, EPOCH, ERRORED, PRUNED
 
@@ -97,16 +97,20 @@ def duration(seconds: float) -> str:
 class Console:
     """The study's console state; :func:`tune_callback` feeds it Tune's trial events. ``out`` is where it prints."""
 
-    def __init__(self, space, out=None, clock=time.time, done_before: int = 0):
+    def __init__(self, space, out=None, clock=time.time, finished: Iterable[dict[str, Any]] = ()):
+        """``finished``: a resumed study's trials that ended before this run (:func:`finished_rows`), counted in
+        the progress line's trials and compute, ranked for the best so far and shown in the table."""
         self.space, self.metric, self.mode = space, space.settings.metric, space.settings.mode
         self.params = [p.name for p in space.params] or ["variant", "seed"]
         self.planned = space.num_trials
         self.budget = space.num_trials * space.max_budget
         self.out, self.clock = out or sys.stdout, clock
         self.started_at = clock()
-        self.done_before = done_before  #: trials a resumed study had finished before this run
-        self.rows: dict[str, dict[str, Any]] = {}  # trial id -> number, status, params, epoch, compute, metric
-        self.best: tuple[float, int] | None = None  # (value, trial number)
+        # trial id -> number, status, params, max_epochs, epoch, compute, metric, diverged
+        self.rows: dict[str, dict[str, Any]] = {r["trial_id"]: {k: v for k, v in r.items() if k != "trial_id"}
+                                                for r in finished}
+        self.done_before = len(self.rows)  #: trials a resumed study had finished before this run
+        self.best: tuple[float, int] | None = self._rank()  # (value, trial number)
         self._epochs_seen: set[tuple[str, int]] = set()
         self._last_table = self._last_progress = self.started_at
         self._dirty = False
@@ -130,10 +134,7 @@ class Console:
         value = result.get(self.metric)
         row.update(epoch=epoch, compute=int(result.get(COMPUTE, epoch)), metric=value,
                    diverged=bool(result.get("diverged")))
-        self.best = None  # as the study ranks trials: by each trial's latest value, not its best epoch
-        for r in self.rows.values():
-            if isinstance(r["metric"], (int, float)) and not r.get("diverged") and self._better(r["metric"]):
-                self.best = (float(r["metric"]), r["number"])
+        self.best = self._rank()
         best = f"  (best {self.best[0]:.2f}, trial {self.best[1]})" if self.best else ""
         shown = f"{value:.2f}" if isinstance(value, (int, float)) else "n/a"
         self._print(f"[trial {row['number']}] epoch {epoch}/{row['max_epochs']}  compute {row[COMPUTE]}/"
@@ -176,8 +177,8 @@ class Console:
     def progress(self) -> None:
         now = self.clock()
         self._last_progress = now
-        now_done = sum(row["status"] != "running" for row in self.rows.values())
-        done = self.done_before + now_done
+        done = sum(row["status"] != "running" for row in self.rows.values())
+        now_done = done - self.done_before  # in this run: the ETA's rate
         used = sum(row[COMPUTE] for row in self.rows.values())
         elapsed = now - self.started_at
         eta = ("done" if done >= self.planned else f"ETA ~{duration(elapsed / now_done * (self.planned - done))}"
@@ -193,8 +194,7 @@ class Console:
         lines, best = [], None
         for row in sorted(self.rows.values(), key=lambda r: r["number"]):
             value = row["metric"]
-            if isinstance(value, (int, float)) and row["status"] != DIVERGED and (best is None or self._better(
-                    value, best)):
+            if isinstance(value, (int, float)) and row["status"] != DIVERGED and self._better(value, best):
                 best = float(value)
             params = row.get("params", {})
             lines.append([str(row["number"]), row["status"], f"{row['epoch']}/{row.get('max_epochs', '?')}",
@@ -207,11 +207,21 @@ class Console:
         self._print("\n".join(text))
         self.progress()
 
-    def _better(self, value: float, than: float | None = None) -> bool:
-        than = self.best[0] if than is None and self.best else than
-        if than is None or (isinstance(value, float) and math.isnan(value)):
-            return than is None and not (isinstance(value, float) and math.isnan(value))
-        return value > than if self.mode == "max" else value < than
+    def _rank(self) -> tuple[float, int] | None:
+        """(value, trial number) of the best trial as the study ranks them: by each trial's latest value, not its
+        best epoch; diverged trials never."""
+        best = None
+        for r in self.rows.values():
+            if isinstance(r["metric"], (int, float)) and not r.get("diverged") and self._better(
+                    r["metric"], best[0] if best else None):
+                best = (float(r["metric"]), r["number"])
+        return best
+
+    def _better(self, value: float, than: float | None) -> bool:
+        """``value`` ranks above ``than`` (any non-NaN value above None)."""
+        if isinstance(value, float) and math.isnan(value):
+            return False
+        return than is None or (value > than if self.mode == "max" else value < than)
 
     def _print(self, text: str) -> None:
         print(text, file=self.out, flush=True)

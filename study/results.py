@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from moco.vocabulary import COMPLETED, COMPUTE, FINISHED, HISTORY_KEYS, PENDING, PRUNED, RUNNING
+from moco.vocabulary import COMPLETED, COMPUTE, DIVERGED, FINISHED, HISTORY_KEYS, PENDING, PRUNED, RUNNING
 from study.space import Space
 
 STATUS_FILE = "trial_status.json"  # per trial: params, number, status, error
@@ -197,6 +197,25 @@ def collect(run_dir: Path, space: Space) -> tuple[pd.DataFrame, pd.DataFrame]:
     if len(trials_df):
         trials_df = trials_df.sort_values("trial_number").reset_index(drop=True)
     return trials_df, pd.DataFrame(history)
+
+
+def finished_rows(run_dir: Path, space: Space) -> list[dict[str, Any]]:
+    """The trials of ``run_dir`` whose outcome is final, as the console's rows (``Console(finished=...)``): trial_id,
+    number, status, params, max_epochs, epoch, compute, metric (their last report's), diverged."""
+    trials, _ = collect(run_dir, space)
+    if trials.empty:
+        return []
+    names = [p.name for p in space.params] if space.params else ["variant", "seed"]
+    rows = []
+    for _, t in trials[trials.status.isin(FINISHED)].iterrows():
+        params = {n: t.get(n if not space.params else f"param_{n}") for n in names}
+        metric = t.get(space.settings.metric)
+        rows.append({"trial_id": str(t.trial_id), "number": int(t.trial_number), "status": t.status,
+                     "params": {k: v for k, v in _plain(params).items() if not _missing(v)},
+                     "max_epochs": int(t.max_epochs), "epoch": int(t.epochs),
+                     COMPUTE: int(t[COMPUTE]) if not _missing(t[COMPUTE]) else 0,
+                     "metric": None if _missing(metric) else float(metric), "diverged": t.status == DIVERGED})
+    return rows
 
 
 def best_trial(trials: pd.DataFrame, metric: str, maximize: bool = True) -> pd.Series | None:

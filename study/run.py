@@ -118,7 +118,7 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
     from ray import tune
 
     from moco.faults import FAULT_ENV, parse_fault
-    from study.results import finished_trials, write_results, write_study_json
+    from study.results import finished_rows, finished_trials, write_results, write_study_json
     from study.search import make_scheduler, make_searcher
     from study.breaker import StartFailureBreaker
     from study.callbacks import trial_error
@@ -148,7 +148,7 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
                      gpus_per_worker=resources["gpus_per_worker"], fault=parse_fault(os.environ.get(FAULT_ENV)))
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), driver_resources(cluster_plan.nodes))
     s = space.settings
-    console = Console(space, done_before=len(finished_trials(run_dir)) if args.resume else 0)
+    console = Console(space, finished=finished_rows(run_dir, space) if args.resume else ())
     if mirror is None:
         console.watch_hint(run_dir)
     breaker = StartFailureBreaker(args.max_start_failures, trial_error)

@@ -8,8 +8,8 @@ import math
 import pandas as pd
 import pytest
 
-from study.results import (RESULTS_FILE, STATUS_FILE, append_result, best_trial, collect, finished_trials,
-                           record_trial, write_results, write_study_json)
+from study.results import (RESULTS_FILE, STATUS_FILE, append_result, best_trial, collect, finished_rows,
+                           finished_trials, record_trial, write_results, write_study_json)
 from study.space import load_space
 from tests.conftest import MINI_SPACE
 
@@ -84,6 +84,17 @@ def test_collect_rebuilds_one_row_per_trial_and_one_per_trial_epoch(run_dir):
     assert math.isnan(t2.val_knn_top1) and t2.best_val_knn_top1 == 70.0  # a diverged report is no value
     assert len(history) == 6 and list(history[history.trial_id == "t0"].val_knn_top1) == [50.0, 56.0, 58.0]
     assert set(finished_trials(run)) == {"t0", "t1", "t2"}
+
+
+def test_finished_rows_give_a_resumed_console_each_ended_trial_with_its_last_value(run_dir):
+    run, space = run_dir
+    record_trial(run, "t3", params=PARAMS, number=3)
+    append_result(run, "t3", _report(1, 80.0))  # still running: not a finished row
+    rows = {r["trial_id"]: r for r in finished_rows(run, space)}
+    assert set(rows) == {"t0", "t1", "t2"}
+    assert rows["t0"] == {"trial_id": "t0", "number": 0, "status": "pruned", "params": PARAMS, "max_epochs": 4,
+                          "epoch": 2, "compute": 2, "metric": 56.0, "diverged": False}
+    assert rows["t2"]["diverged"] and rows["t2"]["metric"] is None
 
 
 def test_cpu_hours_count_every_worker_and_its_cpus(run_dir):
