@@ -11,7 +11,7 @@ from moco.backbones import build_backbone
 from moco.config import ConfigError, TrainConfig
 from moco.losses import contrastive_loss
 from moco.model import MoCo
-from moco.negatives import Negatives, for_step, hcl_loss, mochi_draws, mochi_loss, ring_loss
+from moco.negatives import Negatives, _pair_dots, for_step, hcl_loss, mochi_draws, mochi_loss, ring_loss
 from moco.vocabulary import STEP_STATS
 
 B, K, D, TAU = 6, 40, 8, 0.2
@@ -355,3 +355,11 @@ def test_engine_mochi_is_reproducible_and_plain_moco_during_the_warm_up():
     again = [b.train_epoch() for _ in range(2)]
     assert first[1]["loss"] == again[1]["loss"] and first[1]["kept_negatives"] == again[1]["kept_negatives"]
     assert first[1]["kept_negatives"] > first[0]["kept_negatives"]
+
+
+def test_pair_dots_in_chunks_equal_the_dots_gathered_at_once():
+    keys = F.normalize(torch.randn(100, 16, generator=torch.Generator().manual_seed(0)), dim=1)
+    i, j = torch.randint(0, 100, (2, 1037), generator=torch.Generator().manual_seed(1))
+    whole = torch.linalg.vecdot(keys[i], keys[j])
+    assert torch.equal(_pair_dots(keys, i, j, chunk=256), whole)  # 1037 = 4 chunks of 256 and one of 13
+    assert _pair_dots(keys, i[:0], j[:0]).shape == (0,)
