@@ -34,7 +34,7 @@ from moco.faults import FAULT_ENV, maybe_fail_start, maybe_inject_fault, parse_f
 from moco.precision import describe
 from moco.ray_address import AddressError, check_address, start_local_ray
 from moco.trainer import make_trainer
-from moco.vocabulary import COMPUTE, EPOCH, MONITOR_METRICS
+from moco.vocabulary import COMPUTE, EPOCH, MONITOR_METRICS, REPEATED
 
 
 # --- checkpoints (the state and its folder: moco/checkpoint.py) -------------------------------------------------
@@ -106,10 +106,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     startup = {"startup_ray_s": loop_start - loop_config["created_unix"] if loop_config.get("created_unix") else None,
                "startup_setup_s": time.time() - loop_start}
     last_monitor = {k: engine.last_metrics[k] for k in MONITOR_METRICS if k in engine.last_metrics}
-    if engine.epoch >= cfg.epochs and engine.last_metrics:
-        # Restarted after the final checkpoint (e.g. a study resumed after a crash): report the result again.
-        ray.train.report(engine.last_metrics)
-        return
+    if state is not None and engine.last_metrics:
+        # Resumed from a checkpoint: report its epoch again. Its first report can have missed the study (a study
+        # stopped after the checkpoint was stored but before the report reached it), which keeps one report per
+        # epoch. After the final checkpoint (a study resumed after a crash) this is the run's result.
+        ray.train.report({**engine.last_metrics, REPEATED: 1})
+        if engine.epoch >= cfg.epochs:
+            return
     while engine.epoch < cfg.epochs:
         epoch = engine.epoch + 1
         maybe_inject_fault(loop_config.get("fault"), epoch, dist_info.rank, loop_config.get("run_dir"))

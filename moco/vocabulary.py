@@ -13,6 +13,9 @@ from __future__ import annotations
 #: proportional to the FLOPs spent; it is the time attribute of ASHA and the x axis of best-so-far figures.
 COMPUTE = "compute"
 EPOCH = "epoch"
+#: Set to 1 on the report that a run resumed from a checkpoint repeats for that checkpoint's epoch (moco/train.py):
+#: a study records it only when that epoch is missing from its record (its first report was lost with the study).
+REPEATED = "repeated"
 
 # --- metrics ----------------------------------------------------------------------------------------------------------
 #: Per-epoch validation monitor (bounded bank and validation subset): weighted kNN and a closed-form linear probe.

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from moco.vocabulary import COMPLETED, COMPUTE, DIVERGED, EPOCH, ERRORED, PRUNED
+from moco.vocabulary import COMPLETED, COMPUTE, DIVERGED, EPOCH, ERRORED, PRUNED, REPEATED
 
 STUDY_EXAMPLES = """examples:
   mocostudy --list                                   # the space files and training configs that ship
@@ -137,8 +137,9 @@ class Console:
         self.best = self._rank()
         best = f"  (best {self.best[0]:.2f}, trial {self.best[1]})" if self.best else ""
         shown = f"{value:.2f}" if isinstance(value, (int, float)) else "n/a"
+        again = "  (again, from its checkpoint)" if result.get(REPEATED) else ""
         self._print(f"[trial {row['number']}] epoch {epoch}/{row['max_epochs']}  compute {row[COMPUTE]}/"
-                    f"{self.space.max_budget}  {self.metric} {shown}{best}")
+                    f"{self.space.max_budget}  {self.metric} {shown}{best}{again}")
         self._dirty = True
 
     def ended(self, trial_id: str, outcome: str, error: str | None = None) -> None:

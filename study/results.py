@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from moco.vocabulary import COMPLETED, COMPUTE, DIVERGED, FINISHED, HISTORY_KEYS, PENDING, PRUNED, RUNNING
+from moco.vocabulary import COMPLETED, COMPUTE, DIVERGED, EPOCH, FINISHED, HISTORY_KEYS, PENDING, PRUNED, RUNNING
 from study.space import Space
 
 STATUS_FILE = "trial_status.json"  # per trial: params, number, status, error
@@ -126,6 +126,11 @@ def finished_trials(run_dir: Path) -> dict[str, dict]:
     """Trials whose outcome is final (completed, pruned, diverged or errored)."""
     return {k: v for k, v in _read_json(run_dir / STATUS_FILE).items()
             if v.get("status") in FINISHED}
+
+
+def recorded_epochs(run_dir: Path) -> set[tuple[str, int]]:
+    """(trial id, epoch) of every epoch report in ``results.jsonl``."""
+    return {(trial_id, int(r.get(EPOCH) or 0)) for trial_id, rows in _read_results(run_dir).items() for r in rows}
 
 
 def _read_results(run_dir: Path) -> dict[str, list[dict[str, Any]]]:

@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # `python study/run.py` puts study/ on sys.path, 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from moco.sources import DatasetNotFoundError, check_dataset  # noqa: E402
+from moco.vocabulary import EPOCH, REPEATED  # noqa: E402
 from study.cli import (  # noqa: E402
     CHECK_ERRORS, StudyError, build_parser, check_address, check_args, check_writable, describe_plan, dry_run,
     local_gpus, plan_resources, resume_command)
@@ -35,7 +36,7 @@ LIVE_FILES = ("trial_status.json", "results.jsonl", "optuna.db")  # mirrored at 
 
 def _tune_callback(run_dir: Path, space: Space, mirror=None):
     from study.callbacks import TrialFiles, trial_number
-    from study.results import append_result
+    from study.results import append_result, recorded_epochs
 
     class StudyFiles(TrialFiles):
         """Also records every epoch report as it happens, and rewrites the result files every 30 s."""
@@ -45,6 +46,7 @@ def _tune_callback(run_dir: Path, space: Space, mirror=None):
         def __init__(self):
             super().__init__(run_dir, lambda: _write(run_dir, space, mirror), mirror)
             self._last_write = 0.0
+            self._recorded = recorded_epochs(run_dir)  # (trial id, epoch) already in results.jsonl
 
         def max_epochs(self, trial) -> int:
             return space.trial_config(trial.config).epochs
@@ -53,6 +55,10 @@ def _tune_callback(run_dir: Path, space: Space, mirror=None):
             return {"number": trial_number(trial, grid=bool(space.variants))}
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            key = (trial.trial_id, int(result.get(EPOCH) or 0))
+            if result.get(REPEATED) and key in self._recorded:
+                return  # a resumed run's repeat of its checkpoint's epoch: recorded before the study stopped
+            self._recorded.add(key)
             append_result(run_dir, trial.trial_id, result)
             if mirror is not None:  # every epoch report reaches the storage before the next one
                 mirror.push(LIVE_FILES)

@@ -124,3 +124,25 @@ def test_worker_failure_resumes_from_checkpoint_with_same_metrics(ray_session, t
     assert (tmp_path / "faulty" / ".fault-injected-epoch3").exists()
     assert faulty["epoch"] == 3
     _same(faulty, straight)
+
+
+def test_a_resumed_worker_reports_its_checkpoint_epoch_again_then_trains_on(tmp_path, monkeypatch):
+    """The lost-report case: epoch 1's checkpoint was stored but its report never reached the study; the resumed
+    worker reports epoch 1 again (from the checkpoint) before epoch 2."""
+    import ray.train
+
+    from moco.train import train_loop_per_worker
+
+    cfg = _cfg(epochs=2)
+    engine = Engine(cfg, load_dataset(cfg), torch.device("cpu"))
+    engine.last_metrics = {**_run(engine, 1)[0], "epoch": 1}
+    (tmp_path / "epoch-0001").mkdir()
+    write_checkpoint_dir(engine_state(engine), tmp_path / "epoch-0001")
+    reports = []
+    monkeypatch.setattr(ray.train, "get_checkpoint",
+                        lambda: ray.train.Checkpoint.from_directory(str(tmp_path / "epoch-0001")))
+    monkeypatch.setattr(ray.train, "report", lambda metrics, **kw: reports.append((dict(metrics), kw)))
+    train_loop_per_worker({"train": cfg.to_dict()})
+    assert [m["epoch"] for m, _ in reports] == [1, 2]
+    assert reports[0] == ({**engine.last_metrics, "repeated": 1}, {})  # as stored, marked, no checkpoint
+    assert reports[1][1]["checkpoint_dir_name"] == "epoch-0002"

@@ -83,3 +83,24 @@ def test_trial_numbers_start_at_zero_for_both_of_tunes_generators():
     search.add_configurations([Experiment("search", trainable, config={}, num_samples=2)])
     assert [trial_number(grid.next_trial(), grid=True) for _ in range(4)] == [0, 1, 2, 3]
     assert [trial_number(search.next_trial()) for _ in range(2)] == [0, 1]
+
+
+def test_a_repeated_report_is_recorded_only_when_its_epoch_is_missing(tmp_path):
+    """A resumed run repeats its checkpoint's epoch (moco/train.py): kept when the study lost the first report,
+    dropped when the record has it; a trial that re-trains an epoch (no mark) is recorded again, the latest wins."""
+    from study.results import RESULTS_FILE, append_result
+    from study.run import _tune_callback
+    from study.space import load_space
+    from tests.conftest import MINI_SPACE
+
+    append_result(tmp_path, "t0", {"epoch": 1, "compute": 1, "val_knn_top1": 50.0})  # before the study stopped
+    files = _tune_callback(tmp_path, load_space(str(MINI_SPACE)))
+    trial = _trial("t0", "1_x")
+    for result in ({"epoch": 1, "compute": 1, "val_knn_top1": 50.0, "repeated": 1},  # recorded: dropped
+                   {"epoch": 2, "compute": 2, "val_knn_top1": 55.0, "repeated": 1},  # lost before: kept
+                   {"epoch": 2, "compute": 2, "val_knn_top1": 55.0, "repeated": 1},  # again: dropped
+                   {"epoch": 3, "compute": 3, "val_knn_top1": 56.0},
+                   {"epoch": 3, "compute": 3, "val_knn_top1": 57.0}):  # re-trained: kept
+        files.on_trial_result(0, [trial], trial, result)
+    rows = [json.loads(line) for line in (tmp_path / RESULTS_FILE).read_text().splitlines()]
+    assert [(r["epoch"], r["val_knn_top1"]) for r in rows] == [(1, 50.0), (2, 55.0), (3, 56.0), (3, 57.0)]

@@ -93,13 +93,15 @@ def test_a_resumed_study_counts_ranks_and_shows_the_trials_finished_before_and_a
               for tid, n, status, epochs, value in (("a", 0, "completed", 4, 78.5), ("b", 1, "pruned", 2, 61.0))]
     console = Console(load_space(str(MINI_SPACE)), out=out, clock=clock, finished=before)
     console.started("c", 2, {"queue_size": 512}, 4)
+    console.epoch("c", {"epoch": 1, "compute": 1, "val_knn_top1": 70.0, "repeated": 1})  # resumed at epoch 1
     console.epoch("c", {"epoch": 1, "compute": 1, "val_knn_top1": 70.0})
     console.retrying("c", "RayActorError: the worker died")
     clock.now += 30
     console.ended("c", "completed")
     console.table()
     text = out.getvalue()
-    assert "[trial 2] epoch 1/4  compute 1/4  val_knn_top1 70.00  (best 78.50, trial 0)" in text
+    assert "[trial 2] epoch 1/4  compute 1/4  val_knn_top1 70.00  (best 78.50, trial 0)  (again, from its " \
+        "checkpoint)" in text and text.count("[trial 2] epoch 1/4") == 1
     assert "[trial 2] failed, retrying from its latest checkpoint: RayActorError: the worker died" in text
     # trials: 2 before + 1 now; compute: 4 + 2 before + 1 now; the ETA from this run's one trial in 30 s
     assert "[study] 3/4 trials done, 0 running | compute 7/16 | best val_knn_top1 78.50 (trial 0)" in text
