@@ -165,7 +165,9 @@ def _ablation_section(doc: Doc, studies: Sequence[Study], metric: str) -> None:
             doc.table(diag, f"{prefix}diagnostics", "At each run's last epoch, mean over its completed seeds: "
                       "false_neg_rate is the share of the negatives in use that are the query's own class; "
                       "kept_negatives the negatives per query (synthetic ones included); neg_sim_q* the quantiles "
-                      "of their cosine similarity to the query; images_per_s the training throughput.")
+                      "of their cosine similarity to the query; images_per_s the wall-clock training throughput, "
+                      "which also depends on what else shared the machine (the cost that every variant pays alike "
+                      "is the compute budget; a strategy's own step cost is in bench/step.py).")
         doc.figure(lambda s=s: curves.variant_curves(s), prefix, "Variants over epochs")
 
 
