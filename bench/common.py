@@ -52,6 +52,30 @@ def loadavg() -> list[float] | None:
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
+class CpuShare:
+    """The share of ``threads`` cores this process used while the ``with`` block ran (CPU time of all its threads /
+    (wall time x threads)): near 1 when the machine left the benchmark alone, lower when other work took the cores.
+    A steadier sign of a disturbed measurement than the load average, which counts every runnable thread on the
+    machine (Ray's polling threads among them) whatever its priority.
+
+    >>> with CpuShare(threads=1) as used:
+    ...     _ = sum(i * i for i in range(200_000))
+    >>> 0.0 <= used.share <= 2.0
+    True
+    """
+
+    def __init__(self, threads: int):
+        self.threads, self.share = max(threads, 1), float("nan")
+
+    def __enter__(self) -> "CpuShare":
+        self._wall, self._cpu = time.perf_counter(), sum(os.times()[:2])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = time.perf_counter() - self._wall
+        self.share = (sum(os.times()[:2]) - self._cpu) / (wall * self.threads) if wall > 0 else float("nan")
+
+
 def stats(values: Iterable[float]) -> dict[str, float]:
     """min / median / max and the number of repetitions of ``values`` (NaN-free; empty -> n = 0)."""
     values = [float(v) for v in values if v is not None and v == v]

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from bench.common import machine
+from bench.common import CpuShare, machine
 from moco.backbones import build_backbone
 from moco.config import TrainConfig
 from moco.losses import contrastive_loss
@@ -304,11 +304,12 @@ def bench_negatives(repeats: int, queue_size: int = 16384) -> dict:
             negatives.term(q, k, keys, 0.2, query_ids=qids, queue_ids=kids, threshold=1.0)[0].backward()
 
         paths[name] = path
-    steps = {name: statistics.median(ts) for name, ts in _alternating(fns, repeats, warmup=2).items()}
-    losses = {name: statistics.median(ts) for name, ts in _alternating(paths, repeats, warmup=2).items()}
+    with CpuShare(torch.get_num_threads()) as used:
+        steps = {name: statistics.median(ts) for name, ts in _alternating(fns, repeats, warmup=2).items()}
+        losses = {name: statistics.median(ts) for name, ts in _alternating(paths, repeats, warmup=2).items()}
     plain = steps["plain"]
     return {"config": DEFAULT_CONFIG.name, "batch": base.batch_size, "queue_size": queue_size, "precision": precision,
-            "repeats": repeats, "goal_added_share": 0.10,
+            "repeats": repeats, "goal_added_share": 0.10, "cpu_share": used.share,
             "strategies": {name: {"overrides": NEGATIVE_VARIANTS[name], "step_s": steps[name],
                                   "added_share_of_plain_step": steps[name] / plain - 1.0,
                                   "loss_path_s": losses[name], "loss_path_added_s": losses[name] - losses["plain"]}

@@ -245,11 +245,12 @@ def test_tree_memory_counts_a_train_worker_first_seen_running_a_setup_function()
 def test_negatives_goal_is_judged_per_backbone_and_not_on_a_loaded_machine():
     from bench.step_page import _negatives
 
-    def result(load: float) -> dict:
+    def result(load: float, share: float | None = None) -> dict:
         rows = {"plain": (0.25, 0.0, 0.05, 0.0), "hcl": (0.30, 0.20, 0.10, 0.05), "mochi": (0.40, 0.60, 0.25, 0.20)}
         return {"command": "python -m bench.step --parts negatives", "date": "d", "precision": "bf16",
                 "queue_size": 16384, "batch": 256, "repeats": 15, "goal_added_share": 0.1,
-                "machine": {"load_average_at_start": [load, load, load], "cpu_count": 2},
+                **({"cpu_share": share} if share is not None else {}),
+                "machine": {"load_average_at_start": [load, load, load], "cpu_count": 2, "torch_threads": 2},
                 "strategies": {k: {"step_s": a, "added_share_of_plain_step": b, "loss_path_s": c,
                                    "loss_path_added_s": d} for k, (a, b, c, d) in rows.items()}}
 
@@ -260,3 +261,7 @@ def test_negatives_goal_is_judged_per_backbone_and_not_on_a_loaded_machine():
     assert "**MISSED** for mochi." in "\n".join(_negatives(result(1.0), resnet18_step_s=1.0))  # 20 % of 1 s
     loaded = "\n".join(_negatives(result(9.0), resnet18_step_s=None))
     assert "**not judged**" in loaded and "ResNet-18 step at" not in loaded
+    # with the benchmark's own CPU share recorded, that decides, whatever the load average says
+    assert "**MISSED** for hcl, mochi" in "\n".join(_negatives(result(9.0, share=0.97), resnet18_step_s=None))
+    shared = "\n".join(_negatives(result(1.0, share=0.55), resnet18_step_s=None))
+    assert "had 55 % of its 2 threads' CPU time" in shared and "**not judged**" in shared
