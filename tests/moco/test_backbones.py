@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from moco.backbones import build_backbone
+from moco.backbones import MaxPool2, build_backbone
 
 
 @pytest.mark.parametrize("norm", ["batch", "group", "none"])
@@ -43,3 +44,22 @@ def test_invalid_arguments():
         build_backbone("convnet", 1, norm="layer")
     with pytest.raises(ValueError, match="in_channels"):
         build_backbone("convnet", 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(16, 8, 28, 28), (5, 3, 9, 7), (2, 1, 3, 2)])
+def test_maxpool2_equals_torchs_values_and_gradients_bit_for_bit(shape, dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g).to(dtype)
+    for inp in (x, (x * 4).round() / 4, torch.where(x > 0, x, torch.zeros_like(x))):  # ties, as after a ReLU
+        for layout in (torch.contiguous_format, torch.channels_last):
+            a = inp.contiguous(memory_format=layout).clone().requires_grad_()
+            b = a.detach().clone().requires_grad_()
+            want, got = F.max_pool2d(a, 2), MaxPool2()(b)
+            assert torch.equal(want, got) and got.is_contiguous(memory_format=layout)
+            grad = torch.randn(want.shape, generator=g).to(dtype)
+            want.backward(grad)
+            got.backward(grad)
+            assert torch.equal(a.grad, b.grad)
+    with torch.no_grad():
+        assert torch.equal(MaxPool2()(x), F.max_pool2d(x, 2))
