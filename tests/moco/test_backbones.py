@@ -61,5 +61,6 @@ def test_maxpool2_equals_torchs_values_and_gradients_bit_for_bit(shape, dtype):
             want.backward(grad)
             got.backward(grad)
             assert torch.equal(a.grad, b.grad)
-    with torch.no_grad():
-        assert torch.equal(MaxPool2()(x), F.max_pool2d(x, 2))
+    with torch.no_grad():  # the path without indices
+        got = MaxPool2()(x)
+        assert torch.equal(got, F.max_pool2d(x, 2)) and got.is_contiguous()
