@@ -232,24 +232,26 @@ def bench_precision(repeats: int, epoch_steps: int, epoch_repeats: int) -> dict:
     from moco.engine import Engine
 
     cfg = TrainConfig.from_yaml(DEFAULT_CONFIG)
-    times = _alternating({name: _default_step_fn(cfg, p, f) for name, p, f in LAYOUTS}, repeats, warmup=2)
-    fp32 = statistics.median(times["fp32"])
-    steps = {name: {**_summary(ts), "images_per_s": cfg.batch_size / statistics.median(ts),
-                    "speedup_over_fp32": fp32 / statistics.median(ts)} for name, ts in times.items()}
-    cpu = torch.device("cpu")
-    small = cfg.replace(train_subset=epoch_steps * cfg.batch_size)
-    data = load_dataset(small)
-    engines = {name: Engine(small.replace(precision=name, memory_format=name if name == "auto" else "contiguous"),
-                            data, cpu) for name in ("fp32", "auto")}
-    rates: dict[str, list[float]] = {name: [] for name in engines}
-    for name, engine in engines.items():  # warm-up epoch (also fills the queue)
-        engine.train_epoch()
-    for _ in range(epoch_repeats):
-        for name, engine in engines.items():
-            rates[name].append(engine.train_epoch()["images_per_s"])
+    with CpuShare(torch.get_num_threads()) as used:  # the share of the CPU these measurements got
+        times = _alternating({name: _default_step_fn(cfg, p, f) for name, p, f in LAYOUTS}, repeats, warmup=2)
+        fp32 = statistics.median(times["fp32"])
+        steps = {name: {**_summary(ts), "images_per_s": cfg.batch_size / statistics.median(ts),
+                        "speedup_over_fp32": fp32 / statistics.median(ts)} for name, ts in times.items()}
+        cpu = torch.device("cpu")
+        small = cfg.replace(train_subset=epoch_steps * cfg.batch_size)
+        data = load_dataset(small)
+        engines = {name: Engine(small.replace(precision=name, memory_format=name if name == "auto" else "contiguous"),
+                                data, cpu) for name in ("fp32", "auto")}
+        rates: dict[str, list[float]] = {name: [] for name in engines}
+        for name, engine in engines.items():  # warm-up epoch (also fills the queue)
+            engine.train_epoch()
+        for _ in range(epoch_repeats):
+            for name, engine in engines.items():
+                rates[name].append(engine.train_epoch()["images_per_s"])
     epochs = {name: {"images_per_s": statistics.median(r), "all": r} for name, r in rates.items()}
     auto = engines["auto"]
     return {"config": str(DEFAULT_CONFIG.name), "batch": cfg.batch_size, "cpu_bf16_flags": cpu_bf16_flags(),
+            "cpu_share": used.share,
             "auto_resolves_to": {"precision": resolve_precision("auto", cpu),
                                  "memory_format": resolve_memory_format("auto", cpu)},
             "bare_step": steps,
@@ -334,7 +336,7 @@ def run(quick: bool = False, command: str = "python -m bench.step", parts: tuple
     out["quick"] = quick
     if "precision" in parts:
         out["precision"] = {**bench_precision(repeats=5 if quick else 15, epoch_steps=10 if quick else 30,
-                                              epoch_repeats=2 if quick else 3), "quick": quick, "command": command,
+                                              epoch_repeats=2 if quick else 7), "quick": quick, "command": command,
                             "date": out["date"], "machine": out["machine"]}
     if "negatives" in parts:
         out["negatives"] = {**bench_negatives(repeats=5 if quick else 15), "quick": quick, "command": command,

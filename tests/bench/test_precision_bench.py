@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.precision import paired_summary, parity_goal, render_parity
+from bench.precision import paired_summary, parity_goal, render_parity, step_goal
 
 
 def _runs(fp32: list[float], bf16: list[float]) -> dict:
@@ -42,3 +42,18 @@ def test_an_unfinished_pair_is_left_out_and_a_partial_run_is_not_judged():
     assert met.startswith("partial run: within")
     one = paired_summary(_runs([80.0], [79.0]))
     assert one["test_knn"]["costs_accuracy"] is None
+
+
+def _step(fp32: list[float], auto: list[float], flags=("avx512_bf16",)) -> dict:
+    med = sorted(auto)[len(auto) // 2] / sorted(fp32)[len(fp32) // 2]
+    return {"machine": {"cpu_bf16_flags": list(flags)},
+            "epoch": {"fp32": {"all": fp32}, "auto": {"all": auto}, "speedup_auto_over_fp32": med,
+                      "auto_resolved": {"precision": "bf16" if flags else "fp32"}}}
+
+
+def test_the_2x_goal_needs_the_pairs_interval_above_2_to_be_met_outright():
+    assert step_goal(_step([100, 101, 99], [230, 232, 229]))[2] is True
+    noisy = step_goal(_step([100, 80, 120, 100], [204, 190, 230, 205]))
+    assert noisy[2] == "on medians only" and "pairs' 95 % CI from" in noisy[1]
+    assert step_goal(_step([100, 100, 100], [180, 181, 179]))[2] is False
+    assert step_goal(_step([100, 100], [100, 100], flags=()))[2] is True  # no bf16: auto stays fp32
