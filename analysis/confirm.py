@@ -341,8 +341,10 @@ def grid_section(doc, study: Study, prefix: str = "") -> None:
     def figure():
         from analysis import plots  # matplotlib only where a figure is drawn
 
-        view = table.rename(columns={"endpoint": "study", "candidate": "variant"})
-        plot = plots.ablation(view, "top-1 accuracy (%)", name="endpoints")
+        names = {"endpoint": "study", "candidate": "variant"}  # the ablation plot's grouping columns
+        plot = plots.ablation(table.rename(columns=names), "top-1 accuracy (%)", name="endpoints")
+        # its data file is the table's own (same name): written with the table's column names
+        plot.tables = {k: v.rename(columns={b: a for a, b in names.items()}) for k, v in plot.tables.items()}
         plot.caption = ("One colour per endpoint; the difference is paired by seed, its verdict Holm-corrected "
                         "across the variants of that endpoint.")
         return plot

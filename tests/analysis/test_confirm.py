@@ -189,6 +189,8 @@ def test_the_grid_report_states_endpoints_diagnostics_and_the_command(tmp_path):
                  "negatives/tables/diagnostics.csv", "negatives/figures/variant_curves.png"):
         assert f"]({link})" in md, link
         assert (page.parent / link).is_file(), link
+    endpoints = pd.read_csv(folder / "tables" / "endpoints.csv")  # the figure's data file is the table's
+    assert list(endpoints.columns[:2]) == ["endpoint", "candidate"] and "test_knn_top1" in set(endpoints.endpoint)
     diag = pd.read_csv(folder / "tables" / "diagnostics.csv")
     assert diag["variant"].iloc[0] == "baseline" and (diag["n"] == 5).all() and "false_neg_rate" in diag
     assert (folder / "report.html").is_file() and not (folder / "report.md").exists()
