@@ -154,11 +154,16 @@ def render_step_part(p: dict[str, Any]) -> list[str]:
     return out
 
 
+def _pairs(e: dict[str, Any]) -> list[float]:
+    """The auto / fp32 speed ratio of each alternating pair of epochs."""
+    return [a / f for f, a in zip(e["fp32"].get("all", []), e["auto"].get("all", [])) if f]
+
+
 def _pair_ratios(e: dict[str, Any]) -> str:
-    """The auto / fp32 ratio of each alternating pair of epochs, with the 95 % t-interval of their mean."""
+    """The pairs' ratios (:func:`_pairs`) with the 95 % t-interval of their mean."""
     from analysis.ablation import t_interval
 
-    pairs = [a / f for f, a in zip(e["fp32"].get("all", []), e["auto"].get("all", [])) if f]
+    pairs = _pairs(e)
     if len(pairs) < 2:
         return ""
     lo, hi = t_interval(pairs)
@@ -174,7 +179,7 @@ def step_goal(p: dict[str, Any]) -> tuple[str, str, bool | str]:
         return ("auto = fp32 on a CPU without bf16 (nothing changes)", measured,
                 e["auto_resolved"]["precision"] == "fp32")
     met: bool | str = e["speedup_auto_over_fp32"] >= 2.0
-    pairs = [a / f for f, a in zip(e["fp32"].get("all", []), e["auto"].get("all", [])) if f]
+    pairs = _pairs(e)
     if met and len(pairs) >= 2:
         from analysis.ablation import t_interval
 

@@ -49,8 +49,8 @@ def _negatives(n: dict, resnet18_step_s: float | None) -> list[str]:
     # disturbed: the benchmark had less than 80 % of its threads' CPU time (older results: the load average)
     noisy = share < 0.8 if share is not None else load and load[0] > 2 * (machine.get("cpu_count") or 1)
 
-    def verdict(share, what: str) -> str:
-        over = [k for k, row in n["strategies"].items() if share(row) is not None and share(row) > goal]
+    def verdict(added, what: str) -> str:  # added(row): the strategy's added cost as a share
+        over = [k for k, row in n["strategies"].items() if added(row) is not None and added(row) > goal]
         return f"{what}: " + ("**met**." if not over else "**MISSED** for " + ", ".join(over) + ".")
 
     out += ["", f"Goal: each strategy's step at most {100 * goal:.0f} % over plain MoCo v2. "
