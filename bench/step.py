@@ -331,9 +331,12 @@ def _environment(command: str) -> dict:
 
 def run(quick: bool = False, command: str = "python -m bench.step", parts: tuple[str, ...] = PARTS) -> dict:
     """Run the benchmarks of ``parts`` on the CPU; ``quick`` uses fewer repeats and sizes (a few minutes)."""
+    from moco.allocator import retain_freed_memory
+
     repeats = 3 if quick else 7
     out = _environment(command)
     out["quick"] = quick
+    out["retains_freed_memory"] = retain_freed_memory()  # as moco.engine.Engine runs its steps
     if "precision" in parts:
         out["precision"] = {**bench_precision(repeats=5 if quick else 15, epoch_steps=10 if quick else 30,
                                               epoch_repeats=2 if quick else 7), "quick": quick, "command": command,

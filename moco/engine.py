@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from moco.allocator import retain_freed_memory
 from moco.augment import build_augment
 from moco.config import TrainConfig
 from moco.data import Dataset, train_batches
@@ -79,6 +80,7 @@ class Engine:
             raise ValueError(f"batch_size = {cfg.batch_size} must be divisible by the number of workers "
                              f"({self.dist.world_size})")
         self.local_batch = cfg.batch_size // self.dist.world_size
+        self.retains_freed_memory = retain_freed_memory()  # malloc keeps freed pages for the next step
         seed_everything(cfg.seed)  # identical initial weights on every rank
         # Resolved ``precision`` (fp32 | bf16) and ``memory_format`` (channels_last | contiguous): moco/precision.py.
         self.precision = resolve_precision(cfg.precision, device)

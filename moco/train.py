@@ -94,7 +94,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         torch.cuda.set_device(device)
     engine = Engine(cfg, load_dataset(cfg), device, dist_info)
     if dist_info.rank == 0:
-        print(describe(device, engine.precision, engine.memory_format), flush=True)
+        print(describe(device, engine.precision, engine.memory_format)
+              + (", freed memory kept (moco/allocator.py)" if engine.retains_freed_memory else ""), flush=True)
     state = load_latest_valid(ray.train.get_checkpoint())
     if state is not None:
         restore(engine, state)
