@@ -72,12 +72,48 @@ def check_hcl(beta: float, tau_plus: float) -> None:
         raise _bad("tau_plus", tau_plus, "a number in [0, 1)")
 
 
+class _WeightedLogRatio(torch.autograd.Function):
+    """r [B] = LSE_i((1 + beta) x_i) - LSE_i(beta x_i) over each row's entries not in ``dropped`` (every row keeps one).
+
+    x [B, K] (with gradient), dropped [B, K] bool or None. With m the row's kept maximum, d = x - m (-inf where
+    dropped), e_b = exp(beta d) and e_h = e_b exp(d): r = m + log sum e_h - log sum e_b, and the gradient is
+    dr/dx_i = (1 + beta) e_h,i / sum e_h - beta e_b,i / sum e_b. One fused pass each way over [B, K] instead of two
+    masked copies and two logsumexps with their backward (on 2 CPU cores at B = 256, K = 16384 the HCL term cost
+    about as much again as MoCo v2's).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dropped: Tensor | None, beta: float) -> Tensor:
+        d = x.clone() if dropped is None else x.masked_fill(dropped, float("-inf"))
+        m = d.amax(dim=1, keepdim=True)
+        e1 = d.sub_(m).exp()  # d <= 0; 0 where dropped
+        if beta == 0.0:
+            e_b, e_h = torch.ones_like(e1) if dropped is None else (~dropped).to(x.dtype), e1
+        else:
+            e_b = e1 if beta == 1.0 else d.mul_(beta).exp_()
+            e_h = e_b * e1
+        z_h, z_b = e_h.sum(dim=1), e_b.sum(dim=1)
+        ctx.beta = beta
+        ctx.save_for_backward(e_h, e_b, z_h, z_b)
+        return m.squeeze(1) + z_h.log() - z_b.log()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        e_h, e_b, z_h, z_b = ctx.saved_tensors
+        beta = ctx.beta
+        out = e_h * (grad * (1.0 + beta) / z_h).unsqueeze(1)
+        if beta != 0.0:
+            out.addcmul_(e_b, (grad * -beta / z_b).unsqueeze(1))
+        return out, None, None
+
+
 def hcl_log_ng(pos_logit: Tensor, neg_logits: Tensor, dropped: Tensor | None, counts: Tensor, beta: float,
                tau_plus: float, temperature: float) -> Tensor:
     """log Ng [B] of the module docstring, in log space (stable for large beta / tau), -inf for rows with N = 0.
 
     pos_logit [B] = q.k / tau, neg_logits [B, K] = s / tau (with gradient), dropped [B, K] (filtered entries),
-    counts [B] = N. Uses sum_i w_i neg_i = N * sum_i exp((1 + beta) s_i / tau) / sum_j exp(beta s_j / tau).
+    counts [B] = N. Uses sum_i w_i neg_i = N * sum_i exp((1 + beta) s_i / tau) / sum_j exp(beta s_j / tau)
+    (:class:`_WeightedLogRatio`).
     """
     b, k = neg_logits.shape
     inf = float("inf")
@@ -86,11 +122,8 @@ def hcl_log_ng(pos_logit: Tensor, neg_logits: Tensor, dropped: Tensor | None, co
     has = counts > 0
     if dropped is not None:  # rows without candidates compute on all entries (finite values, discarded below)
         dropped = dropped & has.view(-1, 1)
-    hard, plain = (1.0 + beta) * neg_logits, beta * neg_logits
-    if dropped is not None:
-        hard, plain = hard.masked_fill(dropped, -inf), plain.masked_fill(dropped, -inf)
     log_n = torch.where(has, counts, k).to(neg_logits.dtype).log()
-    log_weighted = log_n + hard.logsumexp(dim=1) - plain.logsumexp(dim=1)  # log sum_i w_i neg_i
+    log_weighted = log_n + _WeightedLogRatio.apply(neg_logits, dropped, float(beta))  # log sum_i w_i neg_i
     if tau_plus > 0.0:
         log_debias = math.log(tau_plus) + log_n + pos_logit  # log(tau+ N pos)
         top = torch.maximum(log_weighted, log_debias)

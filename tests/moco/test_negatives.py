@@ -11,7 +11,8 @@ from moco.backbones import build_backbone
 from moco.config import ConfigError, TrainConfig
 from moco.losses import contrastive_loss
 from moco.model import MoCo
-from moco.negatives import Negatives, _pair_dots, for_step, hcl_loss, mochi_draws, mochi_loss, ring_loss
+from moco.negatives import (Negatives, _pair_dots, _WeightedLogRatio, for_step, hcl_loss, mochi_draws, mochi_loss,
+                            ring_loss)
 from moco.vocabulary import STEP_STATS
 
 B, K, D, TAU = 6, 40, 8, 0.2
@@ -194,6 +195,23 @@ def test_hcl_weights_carry_gradient_as_documented():
                             "attached": lambda x: direct(x, False), "detached": lambda x: direct(x, True)})
     assert torch.allclose(grads["ours"], grads["attached"], atol=1e-10)
     assert not torch.allclose(grads["ours"], grads["detached"], atol=1e-3)
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0, 2.5])
+@pytest.mark.parametrize("with_dropped", [False, True])
+def test_hcl_fused_log_ratio_matches_two_logsumexps_with_its_gradient(beta, with_dropped):
+    g = torch.Generator().manual_seed(3)
+    x = (3 * torch.randn(6, 11, generator=g, dtype=torch.float64)).requires_grad_()
+    dropped = torch.rand(6, 11, generator=g) < 0.4 if with_dropped else None
+    if dropped is not None:
+        dropped[:, 4] = False  # every row keeps one entry (hcl_log_ng's contract)
+    fill = (lambda t: t) if dropped is None else (lambda t: t.masked_fill(dropped, float("-inf")))
+    expected = fill((1 + beta) * x).logsumexp(1) - fill(beta * x).logsumexp(1)
+    assert torch.allclose(_WeightedLogRatio.apply(x, dropped, beta), expected, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda t: _WeightedLogRatio.apply(t, dropped, beta), (x,))
+    if dropped is not None:  # dropped entries get no gradient
+        _WeightedLogRatio.apply(x, dropped, beta).sum().backward()
+        assert (x.grad[dropped] == 0).all()
 
 
 def test_ring_gives_no_gradient_to_dropped_negatives():
