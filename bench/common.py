@@ -121,6 +121,12 @@ def machine() -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
 
 
+def malloc_note(machine: dict[str, Any]) -> str:
+    """How a result's process ran malloc (its ``malloc_retains_freed_memory``), as a clause for a page line."""
+    return {True: ", freed memory kept (moco/allocator.py)",
+            False: ", malloc's defaults"}.get(machine.get("malloc_retains_freed_memory"), "")
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in ("torch", "torchvision", "ray", "optuna", "numpy", "pandas", "matplotlib"):

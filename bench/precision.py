@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from bench.common import RESULTS_DIR, ROOT, Context, loadavg, run_record, write_json
+from bench.common import RESULTS_DIR, ROOT, Context, loadavg, malloc_note, run_record, write_json
 from bench.page import Goal
 
 CONFIG = ROOT / "configs" / "fashion_mnist.yaml"
@@ -66,8 +66,11 @@ def train_pairs(seeds: list[int], overrides: dict[str, Any], save: Callable[[dic
     from bench.longrun import train_run
     from moco.config import TrainConfig
 
+    from moco.allocator import retain_freed_memory
+
     out: dict[str, Any] = {"config": str(CONFIG.relative_to(ROOT)), "overrides": overrides, "seeds": seeds,
-                           "torch_threads": torch.get_num_threads(), "runs": {}}
+                           "torch_threads": torch.get_num_threads(),
+                           "malloc_retains_freed_memory": retain_freed_memory(), "runs": {}}
     for seed in seeds:
         for precision in PRECISIONS:
             cfg = TrainConfig.from_yaml(CONFIG, {**overrides, "seed": seed, "precision": precision,
@@ -118,7 +121,8 @@ def _num(value: Any, digits: int = 2) -> str:
 
 
 def _flags(machine: dict[str, Any]) -> str:
-    return f"{machine.get('cpu')}, bf16 flags: {', '.join(machine.get('cpu_bf16_flags') or []) or 'none'}"
+    return (f"{machine.get('cpu')}, bf16 flags: {', '.join(machine.get('cpu_bf16_flags') or []) or 'none'}"
+            + malloc_note(machine))
 
 
 def render_step_part(p: dict[str, Any]) -> list[str]:

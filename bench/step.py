@@ -319,10 +319,14 @@ def bench_negatives(repeats: int, queue_size: int = 16384) -> dict:
 
 
 def _environment(command: str) -> dict:
+    """The run's command, date, machine and versions; sets malloc as moco.engine.Engine does (moco/allocator.py)."""
+    from moco.allocator import retain_freed_memory
+
     return {"command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                         "cpu": machine()["cpu"], "cpu_bf16_flags": machine()["cpu_bf16_flags"],
                         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                        "malloc_retains_freed_memory": retain_freed_memory(),
                         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "torchvision": torchvision.__version__},
@@ -331,12 +335,9 @@ def _environment(command: str) -> dict:
 
 def run(quick: bool = False, command: str = "python -m bench.step", parts: tuple[str, ...] = PARTS) -> dict:
     """Run the benchmarks of ``parts`` on the CPU; ``quick`` uses fewer repeats and sizes (a few minutes)."""
-    from moco.allocator import retain_freed_memory
-
     repeats = 3 if quick else 7
     out = _environment(command)
     out["quick"] = quick
-    out["retains_freed_memory"] = retain_freed_memory()  # as moco.engine.Engine runs its steps
     if "precision" in parts:
         out["precision"] = {**bench_precision(repeats=5 if quick else 15, epoch_steps=10 if quick else 30,
                                               epoch_repeats=2 if quick else 7), "quick": quick, "command": command,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.common import Context
+from bench.common import Context, malloc_note
 from bench.page import Goal, both, goal_sentence, num, pct
 
 TITLE = "1. Training step"
@@ -33,7 +33,7 @@ def _negatives(n: dict, resnet18_step_s: float | None) -> list[str]:
     machine = n.get("machine") or {}
     load, share = machine.get("load_average_at_start"), n.get("cpu_share")
     out = [f"Negative sampling (part 5; `{n.get('command')}`, {n.get('date')}, {n['precision']}, K = "
-           f"{n['queue_size']}, B = {n['batch']}, {n['repeats']} alternating repeats"
+           f"{n['queue_size']}, B = {n['batch']}, {n['repeats']} alternating repeats{malloc_note(machine)}"
            + (f"; load average at start {load[0]:.1f} on {machine.get('cpu_count')} cores" if load else "")
            + (f"; the benchmark had {pct(share, 0)} of its {machine.get('torch_threads')} threads' CPU time"
               if share is not None else "") + "):", "",
