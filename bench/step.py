@@ -24,11 +24,14 @@
    with plain MoCo v2; the added share of a plain step (goal: at most 10 %), and the loss path alone (forward and
    backward to q) for each.
 
-``python -m bench.step [--quick] [--parts NAMES]`` prints the results and writes ``bench/results/step.json``;
-``--parts precision`` (or ``negatives``, ``lightly``) runs that part only and replaces just that part of an existing
-result file.
 6. Against lightly 1.6 (``bench/lightly_step.py``): our step and lightly's MoCo recipe on the same backbone, fp32 and
    bf16, alternating.
+7. Freed memory kept or not (``bench/allocator_step.py``): default-config epochs with moco/allocator.py's malloc
+   setting and with glibc's defaults, in the main thread and in a worker thread, fp32 and bf16, a process each.
+
+``python -m bench.step [--quick] [--parts NAMES]`` prints the results and writes ``bench/results/step.json``;
+``--parts precision`` (or ``negatives``, ``lightly``, ``allocator``) runs that part only and replaces just that part
+of an existing result file. Every process of this benchmark keeps freed memory as the Engine does (part 7 excepted).
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ IMAGE = 32
 DIM, HIDDEN = 128, 512
 RESULTS = Path(__file__).parent / "results" / "step.json"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist.yaml"
-PARTS = ("reference", "precision", "negatives", "lightly")  # parts 1-3 (ResNet-18 step, selection, dual view), 4-6
+PARTS = ("reference", "precision", "negatives", "lightly", "allocator")  # parts 1-3 (ResNet-18 step, selection,
+# dual view), 4-7
 #: (name, precision, memory format) of the bare-step variants of part 4
 LAYOUTS = (("fp32", "fp32", "contiguous"), ("channels_last", "fp32", "channels_last"),
            ("bf16", "bf16", "contiguous"), ("channels_last+bf16", "bf16", "channels_last"))
@@ -350,6 +354,12 @@ def run(quick: bool = False, command: str = "python -m bench.step", parts: tuple
 
         out["lightly"] = {**bench_lightly(repeats=5 if quick else 15), "command": command, "date": out["date"],
                           "machine": out["machine"]}
+    if "allocator" in parts:  # part 7: bench/allocator_step.py
+        from bench.allocator_step import bench_allocator
+
+        out["allocator"] = {**bench_allocator(steps=10 if quick else 30, epochs=2 if quick else 3,
+                                              rounds=1 if quick else 2), "command": command, "date": out["date"],
+                            "machine": out["machine"]}
     if "reference" not in parts:
         return out
     # the headline ratio: two near-identical steps, so it needs more repeats than the rest to rise above noise

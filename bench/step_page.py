@@ -105,6 +105,10 @@ def render(r: dict, figs: Path) -> list[str]:
         from bench.lightly_step import render as render_lightly
 
         out += render_lightly(r["lightly"])
+    if r.get("allocator"):
+        from bench.allocator_step import render as render_allocator
+
+        out += render_allocator(r["allocator"])
     return out
 
 

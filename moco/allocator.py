@@ -1,11 +1,11 @@
 """Keep freed memory in the process, so that each training step reuses its large tensors' pages.
 
 A CPU training step allocates and frees tensors of several MB each (activations, the [B, K] logits of the
-contrastive loss). glibc's malloc gives blocks above its mmap threshold back to the kernel on ``free``, and trims
-the top of its heap above the trim threshold, so the next step faults the same pages in again, each zeroed by the
-kernel. On this project's 2-core machine that cost a default-config fp32 epoch run in the main thread about a
-quarter of its time (968 vs 1,321 images/s; bf16 epochs and epochs in a Ray Train worker thread changed by a few
-percent only; ``python -m bench.step --parts precision`` measures the step as the engine runs it).
+contrastive loss). With glibc's defaults, malloc gives blocks above its mmap threshold back to the kernel on ``free``
+and trims the top of its heap above the trim threshold, so the next step faults the same pages in again, each zeroed
+by the kernel. That slowed training in a process's main thread (the benchmarks, runs without Ray) and not visibly in
+a second thread (where Ray Train runs the training function); ``python -m bench.step --parts allocator`` measures
+both with and without.
 
 :func:`retain_freed_memory` sets glibc's trim threshold to 1 GiB and its mmap threshold to 32 MiB (glibc's largest),
 which also stops glibc from adapting them. Freed memory then stays with the process up to that much: its resident

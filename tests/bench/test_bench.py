@@ -265,3 +265,19 @@ def test_negatives_goal_is_judged_per_backbone_and_not_on_a_loaded_machine():
     assert "**MISSED** for hcl, mochi" in "\n".join(_negatives(result(9.0, share=0.97), resnet18_step_s=None))
     shared = "\n".join(_negatives(result(1.0, share=0.55), resnet18_step_s=None))
     assert "had 55 % of its 2 threads' CPU time" in shared and "**not judged**" in shared
+
+
+def test_allocator_part_renders_each_variant_and_a_skip():
+    from bench.allocator_step import render
+
+    def row(kept: float, defaults: float) -> dict:
+        return {"kept": {"images_per_s": kept}, "defaults": {"images_per_s": defaults},
+                "kept_over_defaults": kept / defaults}
+
+    page = "\n".join(render({"command": "python -m bench.step --parts allocator", "date": "d",
+                             "machine": {"cpu": "AMD EPYC"}, "steps_per_epoch": 30, "epochs_per_process": 3,
+                             "rounds": 2, "variants": {"fp32, main thread": row(1321.0, 968.0),
+                                                       "bf16, worker thread": row(1900.0, 2000.0)}}))
+    assert "| fp32, main thread | 1,321 | 968 | 1.36x |" in page
+    assert "| bf16, worker thread | 1,900 | 2,000 | 0.95x |" in page
+    assert "skipped (not glibc)" in "\n".join(render({"skipped": "not glibc", "machine": {}}))
