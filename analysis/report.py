@@ -133,7 +133,9 @@ def _ablation_section(doc: Doc, studies: Sequence[Study], metric: str) -> None:
     doc.heading("Ablation")
     doc.para(f"Per variant: mean {metric} over seeds with a 95 % t-interval; difference from the baseline variant "
              f"paired by seed, paired t-test (two-sided, α = {abl.ALPHA}, not corrected for the number of variants), "
-             f"effect size Cohen's d_z = mean(diff) / sd(diff); compute cost averaged per run. Verdicts: "
+             f"effect size Cohen's d_z = mean(diff) / sd(diff); cost averaged per run: images seen is the compute, "
+             f"CPU- and GPU-hours are wall time times the trial's resources, so they also count whatever else the "
+             f"machine was doing. Verdicts: "
              f"**helps** / **hurts** when p < {abl.ALPHA}; otherwise **{abl.NOT_DISTINGUISHABLE}**; with fewer than "
              f"{abl.MIN_SEEDS} paired seeds, **{abl.TOO_FEW}**.")
     if table["study"].nunique() > 1:
