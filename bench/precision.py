@@ -64,9 +64,8 @@ def train_pairs(seeds: list[int], overrides: dict[str, Any], save: Callable[[dic
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train every (seed, precision) pair in turn; ``save(partial_result)`` after each finished run."""
     from bench.longrun import train_run
-    from moco.config import TrainConfig
-
     from moco.allocator import retain_freed_memory
+    from moco.config import TrainConfig
 
     out: dict[str, Any] = {"config": str(CONFIG.relative_to(ROOT)), "overrides": overrides, "seeds": seeds,
                            "torch_threads": torch.get_num_threads(),

@@ -64,8 +64,8 @@ IMAGE = 32
 DIM, HIDDEN = 128, 512
 RESULTS = Path(__file__).parent / "results" / "step.json"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist.yaml"
-PARTS = ("reference", "precision", "negatives", "lightly", "allocator")  # parts 1-3 (ResNet-18 step, selection,
-# dual view), 4-7
+#: "reference" is parts 1-3 (ResNet-18 step, selection, dual view); the others are parts 4-7
+PARTS = ("reference", "precision", "negatives", "lightly", "allocator")
 #: (name, precision, memory format) of the bare-step variants of part 4
 LAYOUTS = (("fp32", "fp32", "contiguous"), ("channels_last", "fp32", "channels_last"),
            ("bf16", "bf16", "contiguous"), ("channels_last+bf16", "bf16", "channels_last"))
