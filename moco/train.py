@@ -33,7 +33,7 @@ from moco.engine import DistInfo, DivergedError, Engine, resolve_device
 from moco.faults import FAULT_ENV, maybe_fail_start, maybe_inject_fault, parse_fault
 from moco.precision import describe
 from moco.ray_address import AddressError, check_address, start_local_ray
-from moco.trainer import make_trainer
+from moco.trainer import PREEMPTION_WATCHER_ENV, make_trainer
 from moco.vocabulary import COMPUTE, EPOCH, MONITOR_METRICS, REPEATED
 
 
@@ -257,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         if address:
             ray.init(address=address, log_to_driver=True)
         elif args.workers > 0:
+            os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")  # this machine alone: nothing to preempt
             start_local_ray(log_to_driver=True)
     total_cpus = (ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else os.cpu_count() or 1)
     cpus = args.cpus_per_worker or max(1.0, float(int(total_cpus // max(args.workers, 1))))

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from moco.ray_address import (address_file, free_ports, ray_temp_dir, read_address_file,
                                remove_stale_address_file)
+from moco.trainer import PREEMPTION_WATCHER_ENV
 
 TEMP_SUBDIR = "mocostudy"  # the head's --temp-dir, under Ray's temp dir
 PORT_FLAGS = ("--port", "--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
@@ -98,7 +99,7 @@ class LocalCluster:
         env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
         env.update(self._env)
         # One machine, nothing to be preempted: skip Ray Train's per-run PreemptionWatcher actor (~200 MB per trial).
-        env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+        env[PREEMPTION_WATCHER_ENV] = "0"
         self._log = tempfile.NamedTemporaryFile("w+", prefix="mocostudy-ray-head-", suffix=".log", delete=False)
         remove_stale_address_file()
         self._proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,8 +15,8 @@ from moco.config import TrainConfig
 from moco.data import load_dataset
 from moco.engine import DivergedError, Engine
 from moco.checkpoint import engine_state, read_checkpoint_dir, restore, write_checkpoint_dir
-from moco.trainer import make_trainer
-from tests.conftest import CONFIGS
+from moco.trainer import PREEMPTION_WATCHER_ENV, PRINT_PATCH_ENV, make_trainer
+from tests.conftest import CONFIGS, ROOT
 
 DIGITS = CONFIGS / "digits.yaml"
 
@@ -146,3 +150,17 @@ def test_a_resumed_worker_reports_its_checkpoint_epoch_again_then_trains_on(tmp_
     assert [m["epoch"] for m, _ in reports] == [1, 2]
     assert reports[0] == ({**engine.last_metrics, "repeated": 1}, {})  # as stored, marked, no checkpoint
     assert reports[1][1]["checkpoint_dir_name"] == "epoch-0002"
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_moco_train_prints_each_epoch_once_and_no_ray_report_dumps(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in (PRINT_PATCH_ENV, PREEMPTION_WATCHER_ENV)}
+    proc = subprocess.run([sys.executable, "-m", "moco.train", "--config", str(DIGITS), "--epochs", "2",
+                           "--set", "final_eval=false", "--storage", str(tmp_path), "--name", "console"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=280)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    for epoch in (1, 2):
+        assert len(re.findall(rf"epoch +{epoch}/2 compute", out)) == 1, out[-3000:]
+    assert "Reporting training result" not in out and "PreemptionWatcher" not in out

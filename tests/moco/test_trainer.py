@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -34,3 +35,42 @@ def test_unpickling_the_training_function_and_backend_imports_no_torch():
     proc = subprocess.run([sys.executable, "-c", load], cwd=ROOT, input=blob, capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     assert proc.stdout.decode().split() == ["False", "moco.trainer"]
+
+
+def test_the_trainer_starts_no_dataset_manager_for_a_run_without_datasets(tmp_path):
+    from moco.config import TrainConfig
+    from moco.trainer import make_trainer
+
+    trainer = make_trainer(TrainConfig(), workers=1, use_gpu=False, cpus_per_worker=1, storage=str(tmp_path), name="t")
+    kinds = {type(cb).__name__ for cb in trainer._create_default_callbacks()}
+    assert "DatasetsCallback" not in kinds and {"BackendSetupCallback", "PlacementGroupCleanerCallback"} <= kinds
+    trainer.datasets = {"train": None}  # a run that passes Ray Datasets keeps Ray's callback
+    assert "DatasetsCallback" in {type(cb).__name__ for cb in trainer._create_default_callbacks()}
+
+
+def test_workers_print_once_unless_the_user_turns_rays_print_patch_back_on(tmp_path, monkeypatch):
+    from moco.config import TrainConfig
+    from moco.trainer import PRINT_PATCH_ENV, make_trainer
+
+    monkeypatch.delenv(PRINT_PATCH_ENV, raising=False)
+    make_trainer(TrainConfig(), workers=1, use_gpu=False, cpus_per_worker=1, storage=str(tmp_path), name="t")
+    assert os.environ[PRINT_PATCH_ENV] == "0"
+    monkeypatch.setenv(PRINT_PATCH_ENV, "1")
+    make_trainer(TrainConfig(), workers=1, use_gpu=False, cpus_per_worker=1, storage=str(tmp_path), name="t")
+    assert os.environ[PRINT_PATCH_ENV] == "1"
+
+
+def test_rays_per_report_metrics_dump_is_quieted():
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    from moco.trainer import quiet_report_log
+
+    assert isinstance(context.logger, logging.Logger)  # where Ray 2.60 logs "Reporting training result N: ..."
+    previous = context.logger.level
+    try:
+        quiet_report_log()
+        assert not context.logger.isEnabledFor(logging.INFO) and context.logger.isEnabledFor(logging.WARNING)
+    finally:
+        context.logger.setLevel(previous)
