@@ -66,10 +66,28 @@ def analyse(run_dir: Path, study_wall_s: float) -> dict[str, Any]:
         # where a trial's start-up goes (first report of each worker process; see moco/train.py)
         "startup_ray_s": stats(e.get("startup_ray_s") for e in events),
         "startup_setup_s": stats(e.get("startup_setup_s") for e in events),
+        "monitor_s": stats(e.get("monitor_s") for e in events),
+        "final_eval_s": stats(e.get("final_eval_s") for e in events),
+        "accounting_s": accounting(events, inside, study_wall_s * concurrent if study_wall_s else None),
         "goal": f">= {GOAL_SHARE:.0%} of the study's time inside training epochs (default study)",
         "goal_met": bool(share_study is not None and share_study >= GOAL_SHARE),
         "per_trial": trials,
     }
+
+
+def accounting(events: list[dict], inside: float, slots_s: float | None) -> dict[str, float] | None:
+    """Where the trial slots' time went, in seconds, from what the workers report (moco/train.py, moco/engine.py):
+    training epochs, the per-epoch monitor, the final evaluation, worker start-up (Ray's part and the setup), and the
+    rest (Tune and Train bookkeeping, trials starting and stopping, reports in flight). None without the timers."""
+    if slots_s is None or not any("monitor_s" in e for e in events):
+        return None
+    parts = {"training epochs": inside,
+             "monitor (kNN, ridge probe, raw pixels at the first)": sum(float(e.get("monitor_s") or 0) for e in events),
+             "final evaluation": sum(float(e.get("final_eval_s") or 0) for e in events),
+             "worker start-up: Ray": sum(float(e.get("startup_ray_s") or 0) for e in events),
+             "worker start-up: setup": sum(float(e.get("startup_setup_s") or 0) for e in events)}
+    parts["rest: Tune and Train between and around trials"] = slots_s - sum(parts.values())
+    return parts
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -126,7 +144,14 @@ def render(r: dict, figs: Path) -> list[str]:
               f"| of which setup: config, data, model, resume (s) | {spread(r['startup_setup_s'], 2)} |"]
              if (r.get("startup_ray_s") or {}).get("n") else []),
            f"| between epochs: monitor, checkpoint, report (s) | {spread(r['between_epochs_s'], 2)} |",
-           f"| one training epoch (s) | {spread(r['epoch_s'], 2)} |", "",
+           f"| one training epoch (s) | {spread(r['epoch_s'], 2)} |",
+           *([f"| one monitor (s) | {spread(r['monitor_s'], 2)} |",
+              f"| one final evaluation (s) | {spread(r['final_eval_s'], 2)} |"]
+             if (r.get("monitor_s") or {}).get("n") else []), "",
+           *(["Where the trial slots' time went (wall x trials at once; from the workers' own timers):", "",
+              "| part | seconds | share |", "|---|---|---|",
+              *(f"| {part} | {num(sec, 1)} | {pct(sec / r['study_wall_s'] / r['trials_at_once'])} |"
+                for part, sec in r["accounting_s"].items()), ""] if r.get("accounting_s") else []),
            *([f"The same search without early stopping (random search, every trial runs all epochs; "
               f"`{full['study_command']}`): {full['trials']} trials, {full['trial_epochs']} trial-epochs, "
               f"{num(full['study_wall_s'], 0)} s, **{pct(full['share_of_study_time'])}** inside epochs (start-up "

@@ -198,7 +198,9 @@ class Engine:
     # --- evaluation (the protocol: moco.evaluate.score_splits) --------------------------------------------------
     def monitor(self) -> dict[str, float]:
         """The per-epoch validation monitor on a bounded bank and validation subset: kNN and ridge probe, alignment,
-        uniformity; with ``raw_reference``, at the first call, raw pixels scored the same way (``raw_<metric>``)."""
+        uniformity; with ``raw_reference``, at the first call, raw pixels scored the same way (``raw_<metric>``);
+        ``monitor_s``, its own wall time."""
+        start = time.perf_counter()
         bank_split = self.dataset.labeled_train.subset(self._bank_index)
         val = self.dataset.val.subset(self._val_index)
         out = score_splits(self.model, self.dataset, self.cfg, self.device, bank_split, {(VAL_KNN, VAL_PROBE): val},
@@ -210,16 +212,19 @@ class Engine:
             self.model.eval()
             z1 = F.normalize(self.model.features(self.augment(x, gen)).float(), dim=1)
             z2 = F.normalize(self.model.features(self.augment(x, gen)).float(), dim=1)
-        out.update(alignment=float(alignment(z1, z2)), uniformity=float(uniformity(z1)))
+        out.update(alignment=float(alignment(z1, z2)), uniformity=float(uniformity(z1)),
+                   monitor_s=time.perf_counter() - start)
         return out
 
     def final_evaluation(self) -> dict[str, float]:
         """The endpoints, with all labeled training images as the bank: kNN and ridge probe on the full validation
         split (for selection); kNN on test, and with ``linear_probe`` the SGD linear probe on test (final tables
-        only); with ``raw_reference`` the raw-pixel value of each."""
+        only); with ``raw_reference`` the raw-pixel value of each; ``final_eval_s``, its own wall time."""
+        start = time.perf_counter()
         queries = {(FINAL_VAL_KNN, FINAL_VAL_PROBE): self.dataset.val}
         if len(self.dataset.test):
             queries[(TEST_KNN, None)] = self.dataset.test
         linear = TEST_LINEAR if self.cfg.linear_probe and len(self.dataset.test) else None
-        return score_splits(self.model, self.dataset, self.cfg, self.device, self.dataset.labeled_train, queries,
-                            linear, raw=self.cfg.raw_reference)
+        out = score_splits(self.model, self.dataset, self.cfg, self.device, self.dataset.labeled_train, queries,
+                           linear, raw=self.cfg.raw_reference)
+        return {**out, "final_eval_s": time.perf_counter() - start}

@@ -31,6 +31,11 @@ class AddressError(Exception):
 
 
 # --- the address file ---------------------------------------------------------------------------------------------
+#: Set to 0 where Ray runs on this one machine (a study's own head, ``moco-train`` without ``--address``): nothing
+#: there is preempted, and Ray Train's per-run ``PreemptionWatcher`` actor would be one more process per run. (Here,
+#: not beside the trainer: this module imports no Ray at its top, and Ray reads its auth-token settings on import.)
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
 def ray_temp_dir() -> Path:
     """Ray's default temp dir, as Ray 2.60 computes it (``ray._common.utils.get_default_ray_temp_dir``):
     ``$RAY_TMPDIR/ray``, else ``$TMPDIR/ray`` on Linux, else ``/tmp/ray``. Computed here without importing Ray, which

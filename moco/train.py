@@ -32,8 +32,8 @@ from moco.data import DatasetNotFoundError, check_dataset, load_dataset
 from moco.engine import DistInfo, DivergedError, Engine, resolve_device
 from moco.faults import FAULT_ENV, maybe_fail_start, maybe_inject_fault, parse_fault
 from moco.precision import describe
-from moco.ray_address import AddressError, check_address, start_local_ray
-from moco.trainer import PREEMPTION_WATCHER_ENV, make_trainer
+from moco.ray_address import PREEMPTION_WATCHER_ENV, AddressError, check_address, start_local_ray
+from moco.trainer import make_trainer
 from moco.vocabulary import COMPUTE, EPOCH, MONITOR_METRICS, REPEATED
 
 

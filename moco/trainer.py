@@ -22,9 +22,6 @@ from moco.torch_backend import TorchBackendConfig
 #: output on the console every line arrived twice. With it off (Ray Train hands this variable on to the controller and
 #: the workers) a worker's print reaches its stdout once; Ray's log files keep it as before. Set it to 1 to undo.
 PRINT_PATCH_ENV = "RAY_TRAIN_ENABLE_PRINT_PATCH"
-#: Set to 0 where Ray runs on this one machine (a study's own head, ``moco-train`` without ``--address``): nothing
-#: there is preempted, and Ray Train's per-run ``PreemptionWatcher`` actor would be one more process per run.
-PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:

@@ -64,7 +64,7 @@ HISTORY_KEYS = (EPOCH, COMPUTE, "loss", "lr", "momentum", "images_per_s", "epoch
                 "alignment", "uniformity", "images_seen", "ratio", "threshold", *FINAL_METRICS,
                 *(raw_name(m) for m in FINAL_METRICS),
                 "time_total_s", "node_id", "world_size", "diverged", "startup_ray_s", "startup_setup_s",
-                *RUN_SETTINGS)
+                "monitor_s", "final_eval_s", *RUN_SETTINGS)
 
 # --- search space (study/space.py reads space files, study/results.py writes study.json, analysis/ reads it) -----
 #: The sections of a space file (a training config has none of them: it is a flat mapping of TrainConfig keys).

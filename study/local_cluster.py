@@ -28,9 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from moco.ray_address import (address_file, free_ports, ray_temp_dir, read_address_file,
+from moco.ray_address import (PREEMPTION_WATCHER_ENV, address_file, free_ports, ray_temp_dir, read_address_file,
                                remove_stale_address_file)
-from moco.trainer import PREEMPTION_WATCHER_ENV
 
 TEMP_SUBDIR = "mocostudy"  # the head's --temp-dir, under Ray's temp dir
 PORT_FLAGS = ("--port", "--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",

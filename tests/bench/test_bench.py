@@ -211,6 +211,16 @@ def test_overhead_reuses_the_saved_efficiency_studies(tmp_path):
     assert saved_result(tmp_path / "results", "efficiency")["quick"] is False  # the mode comes from the file
 
 
+def test_overhead_accounts_the_trial_slots_with_the_workers_own_timers():
+    from bench import overhead
+
+    events = [{"epoch_s": 10.0, "monitor_s": 1.5, "startup_ray_s": 7.0, "startup_setup_s": 2.0},
+              {"epoch_s": 10.0, "monitor_s": 0.5, "final_eval_s": 4.0}]
+    parts = overhead.accounting(events, inside=20.0, slots_s=40.0)
+    assert list(parts.values()) == [20.0, 2.0, 4.0, 7.0, 2.0, 5.0]  # the rest is what no timer covers
+    assert overhead.accounting([{"epoch_s": 10.0}], inside=10.0, slots_s=40.0) is None  # results without timers
+
+
 def test_every_benchmark_has_the_interface():
     from bench import run
 
