@@ -90,6 +90,20 @@ def accounting(events: list[dict], inside: float, slots_s: float | None) -> dict
     return parts
 
 
+def run_default_search(folder: Path, quick: bool, overrides: dict[str, Any] | None = None,
+                       sample_memory: bool = False) -> dict[str, Any]:
+    """Run the efficiency benchmark's first TPE + ASHA study (full mode: the default study's search, seed 0) in
+    ``folder``, with training-config ``overrides`` on top; return :func:`bench.common.run_study`'s record."""
+    from bench import efficiency
+    from bench.common import run_study, write_space
+
+    cfg = efficiency.settings(quick)
+    space = write_space(Path(folder) / "tpe.yaml", {**efficiency.SEARCHERS["tpe_asha"], **cfg["study"], "seed": 0,
+                                                    "num_samples": cfg["num_samples"]})
+    return run_study(space, Path(folder) / "runs", "tpe-seed0", overrides={**cfg["overrides"], **(overrides or {})},
+                     sample_memory=sample_memory)
+
+
 def run(ctx: Context) -> dict[str, Any]:
     quick, workdir, results_dir = ctx.quick, ctx.workdir, ctx.results_dir
     eff = ctx.results.get("efficiency")
@@ -101,15 +115,7 @@ def run(ctx: Context) -> dict[str, Any]:
                       "(bench/results/efficiency.json; its files still on disk)")
     if not eff or not eff.get("studies", {}).get("tpe_asha") or not Path(
             eff["studies"]["tpe_asha"][0]["run_dir"]).is_dir() or eff.get("quick") != quick:
-        from bench import efficiency
-        from bench.common import run_study, write_space
-
-        cfg = efficiency.settings(quick)
-        space = write_space(Path(workdir) / "overhead" / "tpe.yaml",
-                            {**efficiency.SEARCHERS["tpe_asha"], **cfg["study"], "seed": 0,
-                             "num_samples": cfg["num_samples"]})
-        record = run_study(space, Path(workdir) / "overhead" / "runs", "tpe-seed0", overrides=cfg["overrides"],
-                           sample_memory=True)
+        record = run_default_search(Path(workdir) / "overhead", quick, sample_memory=True)
         source = ("ran its own TPE + ASHA study (" + ("the efficiency benchmark's quick settings" if quick
                                                        else "the default study, configs/hardneg.yaml as it is") + ")")
     else:

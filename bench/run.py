@@ -50,7 +50,7 @@ from bench.common import DOCS, RESULTS_DIR, Context, git, loadavg, read_json, ru
 REGISTRY = {"step": "bench.step_page", "augment": "bench.augment", "efficiency": "bench.efficiency",
             "overhead": "bench.overhead", "scaling": "bench.scaling", "quality": "bench.quality",
             "memory": "bench.memory", "longrun": "bench.longrun", "precision": "bench.precision",
-            "faults": "bench.faults"}
+            "faults": "bench.faults", "study_wall": "bench.study_wall"}
 BENCHMARKS = tuple(name for name in REGISTRY if name != "faults")  # what bench/run.py runs (faults runs on its own)
 RESUMABLE = {"efficiency": ("moco", "study", "configs", "bench/efficiency.py", "bench/common.py")}  # name -> code
 
