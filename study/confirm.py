@@ -49,6 +49,10 @@ class ConfirmError(Exception):
     """The confirmation cannot start (no finished study, a different base config); exit status 2."""
 
 
+class NothingToConfirm(ConfirmError):
+    """No trial besides the baseline completed: an error for ``--confirm``; after a search, the stage is skipped."""
+
+
 class ConfirmSettings(BaseModel):
     """The ``confirm:`` section. ``seeds`` None means "the DEFAULT_SEEDS smallest seeds the search never used"."""
 
@@ -251,7 +255,7 @@ def plan(space: Space, run_dir: Path, settings: ConfirmSettings | None = None) -
     trials = pd.read_csv(path, dtype={"trial_id": str, "variant": str})
     candidates = select_candidates(trials, space, settings.top)
     if len(candidates) == 1:
-        raise ConfirmError(f"--confirm: {path} has no completed trial besides the baseline: nothing to confirm")
+        raise NothingToConfirm(f"--confirm: {path} has no completed trial besides the baseline: nothing to confirm")
     configs = {}
     for c in candidates:
         params = {**c.params, "seed": seeds[0]} if space.variants else c.params

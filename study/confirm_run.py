@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from moco.vocabulary import COMPUTE, EPOCH, ERRORED, FINAL_METRICS, FINISHED, PENDING, RUNNING, raw_name
-from study.confirm import CONFIRM_DIR, CSV, JSON, Confirmation, ConfirmError, plan
+from study.confirm import CONFIRM_DIR, CSV, JSON, Confirmation, ConfirmError, NothingToConfirm, plan
 from study.params import SpaceError
 from study.space import Space
 
@@ -194,10 +194,17 @@ def stage(space: Space, args, run_dir: Path, storage: str, resources: dict[str, 
     try:
         job = plan(space, run_dir)
     except (ConfirmError, SpaceError) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        # Right after a search, nothing to confirm is an outcome of the search, not a failed command.
+        skipped = isinstance(err, NothingToConfirm) and not args.confirm
+        if skipped:
+            print("[confirm] skipped: no trial besides the baseline completed in the search (the others were "
+                  "stopped early, diverged or failed), so there is nothing to confirm against it; a longer search "
+                  "(--num-samples) gives it candidates", flush=True)
+        else:
+            print(f"error: {err}", file=sys.stderr, flush=True)
         if not args.no_report:
             _report(run_dir)
-        return 2
+        return 0 if skipped else 2
     if not run(space, job, run_dir, storage, resources, mirror):
         finished_search = argparse.Namespace(**{**vars(args), "confirm": True})  # the search is done: --confirm
         print(f"[confirm] interrupted; continue with:\n  {resume_command(finished_search, run_dir.name)}", flush=True)

@@ -3,6 +3,7 @@ from the search's, candidate selection from a finished study's trials.csv, the r
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -232,6 +233,11 @@ def test_confirm_refusals(tmp_path, capsys):
     finished_study(run_dir, space, {"b": TRIALS["b"], "p": TRIALS["p"]})
     assert main(args + ["--name", "s"]) == 2
     assert "nothing to confirm" in capsys.readouterr().err
+    # right after a search the same outcome skips the stage: the search itself finished (exit 0, no error)
+    args_after_search = argparse.Namespace(confirm=False, no_report=True, address=None)
+    assert confirm_run.stage(space, args_after_search, run_dir, str(tmp_path / "runs"), resources={}) == 0
+    out = capsys.readouterr()
+    assert "[confirm] skipped: no trial besides the baseline completed" in out.out and "error" not in out.err
     # a new study whose --set makes a confirmation seed a search seed is refused before it starts
     seeded = space_file(tmp_path, "confirm: {seeds: [1, 2]}")
     assert main(["--space", str(seeded), "--storage", str(tmp_path / "runs"), "--name", "new", "--set", "seed=2"]) == 2
