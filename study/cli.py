@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -222,9 +224,14 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
 
 
 def local_gpus() -> float:
-    import torch
-
-    return float(torch.cuda.device_count())
+    """CUDA devices this machine shows torch (``CUDA_VISIBLE_DEVICES`` applies), counted in a short-lived process:
+    torch imported in the study driver, which trains nothing, would hold about 400 MB for the whole study."""
+    probe = "import torch; print(torch.cuda.device_count())"
+    try:
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+        return float(out.stdout.split()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as err:
+        raise StudyError(f"could not count this machine's GPUs with torch: {err}") from None
 
 
 def check_writable(storage: Path) -> None:

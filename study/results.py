@@ -49,12 +49,18 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def versions() -> dict[str, str]:
-    import optuna
-    import ray
-    import torch
+    """The versions that matter, read from the installed packages' metadata: importing torch here would cost the
+    study driver, which trains nothing, about 400 MB."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
-            "optuna": optuna.__version__, "pandas": pd.__version__, "platform": platform.platform()}
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return {"python": platform.python_version(), **{name: installed(name) for name in ("torch", "ray", "optuna")},
+            "pandas": pd.__version__, "platform": platform.platform()}
 
 
 def git_commit() -> str | None:

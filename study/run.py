@@ -22,6 +22,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python study/run.py` puts study/ on sys.path, not the project root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from moco.import_probe import record_modules  # noqa: E402
 from moco.sources import DatasetNotFoundError, check_dataset  # noqa: E402
 from moco.vocabulary import EPOCH, REPEATED  # noqa: E402
 from study.cli import (  # noqa: E402
@@ -223,6 +224,7 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
     write_study_json(run_dir, space, status="finished" if complete else "interrupted", resources=resources,
                      optuna_storage=optuna_storage)
     print(f"[study] {finished}/{space.num_trials} trials finished; {json.dumps(summary, default=str)}")
+    record_modules("study driver")  # after the whole search: it trains nothing, so it must not have loaded torch
     if not complete:
         print(f"[study] interrupted; continue with:\n  {resume_command(args, run_dir.name)}", flush=True)
         return 130
