@@ -221,6 +221,26 @@ def test_overhead_accounts_the_trial_slots_with_the_workers_own_timers():
     assert overhead.accounting([{"epoch_s": 10.0}], inside=10.0, slots_s=40.0) is None  # results without timers
 
 
+def test_study_wall_compares_epochs_by_kind_and_renders(tmp_path):
+    from bench import study_wall
+
+    sides = {}
+    for side, (one_way_s, dual_s, precision) in {"auto": (6.0, 12.0, "bf16"), "fp32": (9.0, 18.0, "fp32")}.items():
+        run_dir = tmp_path / side
+        for trial, (views, epoch_s) in {"a": (1, one_way_s), "b": (2, dual_s)}.items():
+            (run_dir / trial).mkdir(parents=True)
+            rows = [{"trial_id": trial, "epoch": e, "compute": e * views, "epoch_s": epoch_s, "precision": precision,
+                     "timestamp": e} for e in (1, 2)]
+            (run_dir / trial / "result.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        sides[side] = study_wall.summarise(run_dir, wall_s=100.0 if side == "auto" else 130.0, command=side)
+    assert sides["auto"]["epoch_s"]["dual-view"]["median"] == 12.0 and sides["auto"]["trial_epochs"] == 4
+    assert sides["fp32"]["precision"] == ["fp32"] and sides["fp32"]["inside_epochs_s"] == 54.0
+    result = {**sides, "fp32_over_auto": {"wall": 1.3, "inside_epochs": 1.5, "epoch_one-way": 1.5,
+                                          "epoch_dual-view": 1.5}}
+    text = "\n".join(study_wall.render(result, tmp_path))
+    assert "`precision: auto` (bf16)" in text and "1.30x" in text
+
+
 def test_every_benchmark_has_the_interface():
     from bench import run
 
