@@ -91,9 +91,10 @@ def accounting(events: list[dict], inside: float, slots_s: float | None) -> dict
 
 
 def run_default_search(folder: Path, quick: bool, overrides: dict[str, Any] | None = None,
-                       sample_memory: bool = False) -> dict[str, Any]:
+                       sample_memory: bool = False, extra: list[str] | None = None) -> dict[str, Any]:
     """Run the efficiency benchmark's first TPE + ASHA study (full mode: the default study's search, seed 0) in
-    ``folder``, with training-config ``overrides`` on top; return :func:`bench.common.run_study`'s record."""
+    ``folder``, with training-config ``overrides`` on top and ``extra`` study/run.py options; return
+    :func:`bench.common.run_study`'s record."""
     from bench import efficiency
     from bench.common import run_study, write_space
 
@@ -101,7 +102,7 @@ def run_default_search(folder: Path, quick: bool, overrides: dict[str, Any] | No
     space = write_space(Path(folder) / "tpe.yaml", {**efficiency.SEARCHERS["tpe_asha"], **cfg["study"], "seed": 0,
                                                     "num_samples": cfg["num_samples"]})
     return run_study(space, Path(folder) / "runs", "tpe-seed0", overrides={**cfg["overrides"], **(overrides or {})},
-                     sample_memory=sample_memory)
+                     sample_memory=sample_memory, extra=extra)
 
 
 def run(ctx: Context) -> dict[str, Any]:

@@ -241,6 +241,24 @@ def test_study_wall_compares_epochs_by_kind_and_renders(tmp_path):
     assert "`precision: auto` (bf16)" in text and "1.30x" in text
 
 
+def test_memory_reports_two_trials_at_once_against_the_goal(tmp_path):
+    from bench import memory
+
+    study = {"source": "s", "mode": "full", "command": "c", "interval_s": 1.0, "samples": 3, "processes": 9,
+             "peak_rss_mib_by_role": {}, "peak_total_pss_mib": 3000.0, "peak_total_rss_mib": 5000.0,
+             "peak_total_anon_mib": 2900.0, "peak_total_pss_gib": 3000 / 1024, "goal_met": True}
+    two = {"command": "study/run.py --num-samples 4 --cpus-per-worker 1", "wall_s": 190.0, "peak_total_pss_mib": 4454.0,
+           "pss_mib_by_role_at_peak": {"train worker": 1956.0, "ray helper actor": 843.0},
+           "peak_total_pss_gib": 4454 / 1024, "goal_met": False}
+    result = {"study": study, "two_trials": two, "engine_process": {"train_subset": 1, "queue_size": 1, "width": 1,
+              "peak_mib": 1.0, "after_imports_mib": 1.0, "after_data_mib": 1.0},
+              "queue_65536": memory.queue_memory(1024, 8)}
+    text = "\n".join(memory.render(result, tmp_path))
+    assert "peak total 4,454 MiB PSS" in text or "peak total 4454 MiB PSS" in text
+    assert "two 1-thread trials under 4 GiB in total: **MISSED**" in text
+    assert [met for _, _, met in memory.goals(result)] == [True, False]
+
+
 def test_every_benchmark_has_the_interface():
     from bench import run
 
