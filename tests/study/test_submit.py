@@ -29,21 +29,33 @@ RAY = str(Path(sys.executable).parent / "ray")
 SUBMIT = [sys.executable, str(ROOT / "study" / "submit.py")]
 
 
+_HANDED_OUT: set[int] = set()  # ports given to a cluster of this test process: free now, but not yet bound by Ray
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _free_range(n: int = 40) -> tuple[int, int]:
+    """A range of ``n`` free ports overlapping none handed out before (a node's worker-port range once took the port
+    chosen for its own dashboard agent, and ``ray start`` refused to start)."""
     for _ in range(200):
         base = random.randint(30000, 60000 - n)
+        if _HANDED_OUT.intersection(range(base, base + n)):
+            continue
         try:
             for port in range(base, base + n):
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", port))
         except OSError:
             continue
+        _HANDED_OUT.update(range(base, base + n))
         return base, base + n - 1
     raise RuntimeError("no free range of ports")
 
@@ -75,13 +87,13 @@ class LoopbackCluster:
     def _node_ports(self, node: str) -> list[str]:
         # One temp dir per node, as on separate machines: nodes sharing one would share runtime_resources/, and a
         # node's runtime-env agent would delete the job's working_dir under the other node's job driver.
-        low, high = _free_range()
+        singles = {flag: _free_port() for flag in ("--node-manager-port", "--object-manager-port",
+                                                   "--dashboard-agent-grpc-port", "--dashboard-agent-listen-port",
+                                                   "--metrics-export-port", "--runtime-env-agent-port")}
+        low, high = _free_range()  # after the single ports, so that it avoids them
         return ["--node-ip-address", "127.0.0.1", "--num-gpus", "0", "--temp-dir", f"{self.temp_dir}/{node}",
-                "--disable-usage-stats", "--node-manager-port", str(_free_port()),
-                "--object-manager-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
-                "--dashboard-agent-listen-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
-                "--runtime-env-agent-port", str(_free_port()), "--min-worker-port", str(low),
-                "--max-worker-port", str(high)]
+                "--disable-usage-stats", *(str(x) for item in singles.items() for x in item),
+                "--min-worker-port", str(low), "--max-worker-port", str(high)]
 
     def _start(self, args: list[str], log: str) -> None:
         with open(f"{self.temp_dir}/{log}", "w") as out:
