@@ -5,8 +5,8 @@
    bench/efficiency.py: peak resident memory (VmHWM) of each process by role, and the peak of the tree's total
    proportional set size (PSS: shared pages are split between the processes that map them, so the sum is not
    inflated by shared libraries or Ray's shared-memory object store). Goal: the default study stays under 4 GiB.
-   Taken from the first source that has it: the efficiency or overhead benchmark of the same invocation, then
-   ``bench/results/efficiency.json`` or ``overhead.json``; else reported as not measured.
+   Taken from the first source that has it: the efficiency or overhead benchmark of the same invocation, then the
+   newer of ``bench/results/efficiency.json`` and ``overhead.json``; else reported as not measured.
 2. One training process without Ray: peak RSS of a fresh process that loads Fashion-MNIST and trains one epoch of the
    default study's base config on a small subset with ``moco.engine.Engine`` (what a trial worker holds, minus Ray).
 3. Two 1-thread trials at once (full mode only): the first 4 trials of the default study's search run with
@@ -87,10 +87,10 @@ def run(ctx: Context) -> dict[str, Any]:
     study = None
     candidates = [(ctx.results.get("efficiency"), "the efficiency benchmark of this invocation"),
                   (ctx.results.get("overhead"), "the overhead benchmark's own study in this invocation")]
-    if results_dir is not None:
-        for name in ("efficiency", "overhead"):
-            saved = saved_result(results_dir, name)
-            candidates.append((saved, f"bench/results/{name}.json ({saved['date'] if saved else ''})"))
+    if results_dir is not None:  # the newest saved study first (an older efficiency run must not hide it)
+        saved = [(saved_result(results_dir, name), name) for name in ("efficiency", "overhead")]
+        for result, name in sorted((x for x in saved if x[0]), key=lambda x: str(x[0].get("date")), reverse=True):
+            candidates.append((result, f"bench/results/{name}.json ({result['date']})"))
     for result, source in candidates:
         if not result:
             continue
