@@ -72,14 +72,24 @@ def engine_process(quick: bool) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def against_goal(memory: dict[str, Any]) -> dict[str, Any]:
+    """A sampled tree's peak total PSS in GiB and whether it is under the goal."""
+    total_gib = memory["peak_total_pss_mib"] / 1024
+    return {"peak_total_pss_gib": total_gib, "goal_met": bool(total_gib < GOAL_GIB)}
+
+
+def by_role(pss_mib: dict[str, float]) -> str:
+    """PSS by role, largest first: "train worker 1988, ray helper actor 694, ..." (MiB)."""
+    return ", ".join(f"{role} {mib:.0f}" for role, mib in sorted(pss_mib.items(), key=lambda kv: -kv[1]))
+
+
 def two_trials(workdir: Path) -> dict[str, Any]:
     """Part 3: peak memory of the default study's search with two 1-thread trials at once (its first 4 trials)."""
     from bench.overhead import run_default_search
 
     record = run_default_search(Path(workdir) / "memory" / "two-trials", False, sample_memory=True, extra=TWO_TRIALS)
-    total_gib = record["memory"]["peak_total_pss_mib"] / 1024
     return {"command": record["command"], "wall_s": record["wall_s"], **record["memory"],
-            "peak_total_pss_gib": total_gib, "goal_met": bool(total_gib < GOAL_GIB)}
+            **against_goal(record["memory"])}
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -102,10 +112,9 @@ def run(ctx: Context) -> dict[str, Any]:
         if not record or not record.get("memory"):
             continue
         mem = record["memory"]
-        total_gib = mem["peak_total_pss_mib"] / 1024
         study = {"source": f"{source}, {record['label']}", "mode": "quick" if result.get("quick") else "full",
-                 "command": record["command"], **mem, "peak_total_pss_gib": total_gib,
-                 "goal": f"study total < {GOAL_GIB:g} GiB", "goal_met": bool(total_gib < GOAL_GIB)}
+                 "command": record["command"], **mem, "goal": f"study total < {GOAL_GIB:g} GiB",
+                 **against_goal(mem)}
         break
     return {"study": study if study else "not measured (run the efficiency benchmark in the same invocation)",
             "engine_process": engine_process(quick), "queue_65536": queue_memory(),
@@ -124,8 +133,7 @@ def render(r: dict, figs: Path) -> list[str]:
             out.append(f"| {role} | {s['count']} | {spread(s, 0)} |")
         at_peak = st.get("pss_mib_by_role_at_peak")
         if at_peak:
-            out += ["", "At the moment of the peak, PSS by role (MiB): " + ", ".join(
-                f"{role} {mib:.0f}" for role, mib in sorted(at_peak.items(), key=lambda kv: -kv[1])) + "."]
+            out += ["", f"At the moment of the peak, PSS by role (MiB): {by_role(at_peak)}."]
         if "peak_total_anon_mib" not in st:
             out += ["", "*This result predates the role fix: Ray workers first sampled before they set their process "
                     "title were counted as `raylet`; the per-process peaks and the totals are unaffected.*"]
@@ -141,9 +149,7 @@ def render(r: dict, figs: Path) -> list[str]:
     if two:
         out += [f"Two 1-thread trials at once (the default study's search, its first 4 trials at `--cpus-per-worker "
                 f"1`; `{two['command']}`, {num(two['wall_s'], 0)} s): peak total {num(two['peak_total_pss_mib'], 0)} "
-                f"MiB PSS; at the peak, by role (MiB): " + ", ".join(
-                    f"{role} {mib:.0f}" for role, mib in sorted(two["pss_mib_by_role_at_peak"].items(),
-                                                                key=lambda kv: -kv[1])) + ". "
+                f"MiB PSS; at the peak, by role (MiB): {by_role(two['pss_mib_by_role_at_peak'])}. "
                 + goal_sentence(two["goal_met"], f"two 1-thread trials under {GOAL_GIB:g} GiB in total"), ""]
     e = r["engine_process"]
     q = r["queue_65536"]

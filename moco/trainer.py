@@ -9,6 +9,7 @@ Its training function, :func:`train_loop`, imports :mod:`moco.train` (and torch)
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -46,6 +47,7 @@ def quiet_report_log() -> None:
         log.setLevel(logging.WARNING)
 
 
+@functools.cache
 def trainer_class():
     """Ray Train V2's ``DataParallelTrainer``, without Ray Data's ``DatasetManager`` actor for a run that passes no
     datasets (ours never does: the engine reads its own data). Ray starts that actor for every run: one more process
