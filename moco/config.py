@@ -62,6 +62,7 @@ class TrainConfig:
     backbone: str = "convnet"  #: one of BACKBONES
     width: int = 32  #: convnet base channel count
     norm: str = "batch"  #: convnet normalisation: batch, group (split-independent) or none
+    pool_grid: int = 1  #: convnet: average-pool the last map to a g x g grid, features 4 * width * g^2 (1 = global)
     cifar_stem: bool = True  #: ResNet: 3x3 stride-1 conv1 and no max-pool (for 32x32 images)
     feature_dim: int = 128  #: output dimension of the MLP head (the contrastive embedding)
     mlp_hidden: int = 512  #: hidden width of the 2-layer MLP head
@@ -132,6 +133,9 @@ class TrainConfig:
         need(self.backbone in BACKBONES, "backbone", f"one of {', '.join(BACKBONES)}")
         need(self.width >= 1, "width", "an integer >= 1")
         need(self.norm in NORMS, "norm", f"one of {', '.join(NORMS)}")
+        need(self.pool_grid >= 1, "pool_grid", "an integer >= 1")
+        need(self.pool_grid == 1 or self.backbone == "convnet", "pool_grid",
+             f"1 with backbone = {self.backbone} (ResNets pool globally; a grid is a convnet option)")
         need(self.feature_dim >= 1, "feature_dim", "an integer >= 1")
         need(self.mlp_hidden >= 1, "mlp_hidden", "an integer >= 1")
         need(self.queue_size >= 1, "queue_size", "an integer >= 1")

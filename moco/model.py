@@ -299,10 +299,10 @@ def _step_stats(infos: list[ContrastiveInfo], labels: Tensor | None, queue_label
 
 
 def build_model(cfg, in_channels: int) -> MoCo:
-    """A :class:`MoCo` from a :class:`moco.config.TrainConfig` (backbone, width, norm, cifar_stem, feature_dim,
-    mlp_hidden, queue_size, temperature, dual_view_weight, bn_mode, bn_splits)."""
+    """A :class:`MoCo` from a :class:`moco.config.TrainConfig` (backbone, width, norm, pool_grid, cifar_stem,
+    feature_dim, mlp_hidden, queue_size, temperature, dual_view_weight, bn_mode, bn_splits)."""
     backbone, backbone_dim = build_backbone(cfg.backbone, in_channels, cifar_stem=cfg.cifar_stem, width=cfg.width,
-                                            norm=cfg.norm)
+                                            norm=cfg.norm, pool_grid=cfg.pool_grid)
     return MoCo(backbone, backbone_dim, dim=cfg.feature_dim, mlp_hidden=cfg.mlp_hidden, queue_size=cfg.queue_size,
                 temperature=cfg.temperature, dual_view_weight=cfg.dual_view_weight, bn_mode=cfg.bn_mode,
                 bn_splits=cfg.bn_splits)

@@ -16,6 +16,20 @@ def test_convnet_shapes_and_norms(norm):
     assert (nn.BatchNorm2d in kinds) == (norm == "batch") and (nn.GroupNorm in kinds) == (norm == "group")
 
 
+@pytest.mark.parametrize("grid", [1, 2, 3])
+def test_convnet_pool_grid_keeps_a_grid_of_the_last_map(grid):
+    net, dim = build_backbone("convnet", 1, width=8, pool_grid=grid)
+    x = torch.randn(3, 1, 28, 28)
+    feats = net(x)
+    assert dim == 32 * grid * grid and feats.shape == (3, dim)
+    last = net.net[:-2](x)  # [3, 32, 7, 7], before pooling
+    assert last.shape == (3, 32, 7, 7)
+    # flattened channel-major: feature (c, i, j) is the mean of the last map's (i, j) window of channel c
+    assert torch.allclose(feats.view(3, 32, grid, grid), F.adaptive_avg_pool2d(last, grid), atol=1e-6)
+    if grid == 2:  # on a 7x7 map the windows are rows/columns 0-3 and 3-6
+        assert torch.allclose(feats.view(3, 32, 2, 2)[..., 1, 0], last[:, :, 3:, :4].mean((2, 3)), atol=1e-6)
+
+
 def test_group_norm_is_independent_of_batch_split():
     net, _ = build_backbone("convnet", 1, width=8, norm="group")
     x = torch.randn(4, 1, 28, 28)
@@ -44,6 +58,10 @@ def test_invalid_arguments():
         build_backbone("convnet", 1, norm="layer")
     with pytest.raises(ValueError, match="in_channels"):
         build_backbone("convnet", 0)
+    with pytest.raises(ValueError, match="pool_grid"):
+        build_backbone("convnet", 1, pool_grid=0)
+    with pytest.raises(ValueError, match="ResNets pool globally"):
+        build_backbone("resnet18", 3, pool_grid=2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

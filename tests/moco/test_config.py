@@ -48,3 +48,14 @@ def test_the_defaults_are_fashion_mnist_yaml_but_for_the_two_keys_the_docstring_
     differ = {f.name for f in dataclasses.fields(TrainConfig) if getattr(default, f.name) != getattr(shipped, f.name)}
     assert differ == {"mlp_hidden", "knn_val_size"}
     assert all(f"``{key}`` ({getattr(shipped, key)} in the file)" in TrainConfig.__doc__ for key in differ)
+
+
+@pytest.mark.parametrize("values, allowed", [
+    ({"pool_grid": 0}, "an integer >= 1"),
+    ({"pool_grid": 2, "backbone": "resnet18"}, "ResNets pool globally"),
+])
+def test_a_pooling_grid_is_a_positive_convnet_option(values, allowed):
+    with pytest.raises(ConfigError, match=allowed) as err:
+        TrainConfig.from_dict(values, source="space.yaml")
+    assert err.value.key == "pool_grid"
+    assert TrainConfig.from_dict({"pool_grid": 2}).pool_grid == 2
