@@ -14,6 +14,9 @@ Benchmarks (in this order; each writes ``<results-dir>/<name>.json``):
   memory      peak memory of the study's processes, of one training process and of the K = 65536 queue
   longrun     the default Fashion-MNIST config after 10 and after 50 epochs vs raw pixels (bench/longrun.py)
   precision   the default config in fp32 and in bf16, paired by seed: kNN and linear probe (bench/precision.py)
+  study_wall  the default study's search in fp32 and in precision auto, one after the other (bench/study_wall.py)
+  encoder     the default study's metric for raw pixels, untrained and trained encoders, pooled to 1 or 2x2
+              (bench/encoder.py)
   faults      faults injected into mini studies and what survived (bench/faults.py; on the page only, run it with
               ``python bench/faults.py``)
 
@@ -50,7 +53,7 @@ from bench.common import DOCS, RESULTS_DIR, Context, git, loadavg, read_json, ru
 REGISTRY = {"step": "bench.step_page", "augment": "bench.augment", "efficiency": "bench.efficiency",
             "overhead": "bench.overhead", "scaling": "bench.scaling", "quality": "bench.quality",
             "memory": "bench.memory", "longrun": "bench.longrun", "precision": "bench.precision",
-            "faults": "bench.faults", "study_wall": "bench.study_wall"}
+            "faults": "bench.faults", "study_wall": "bench.study_wall", "encoder": "bench.encoder"}
 BENCHMARKS = tuple(name for name in REGISTRY if name != "faults")  # what bench/run.py runs (faults runs on its own)
 RESUMABLE = {"efficiency": ("moco", "study", "configs", "bench/efficiency.py", "bench/common.py")}  # name -> code
 

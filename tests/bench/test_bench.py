@@ -329,3 +329,24 @@ def test_allocator_part_renders_each_variant_and_a_skip():
     assert "| fp32, main thread | 1,321 | 968 | 1.36x |" in page
     assert "| bf16, worker thread | 1,900 | 2,000 | 0.95x |" in page
     assert "skipped (not glibc)" in "\n".join(render({"skipped": "not glibc", "machine": {}}))
+
+
+def test_encoder_summarises_over_seeds_and_judges_the_grid_against_raw_and_untrained(tmp_path):
+    from bench import encoder
+
+    def runs(trained_probe):
+        return [{"pool_grid": grid, "seed": seed, "raw": {"val_knn_top1": 77.0, "val_probe_top1": 81.3},
+                 "untrained": {"val_knn_top1": 60.0 + grid, "val_probe_top1": 79.0 + 0.1 * seed},
+                 "trained": {"val_knn_top1": 70.0 + grid, "val_probe_top1": trained_probe + 0.1 * seed}, "train_s": 1.0}
+                for grid in encoder.GRIDS for seed in encoder.SEEDS]
+
+    result = {"space": "hardneg", "quick": False, "seeds": list(encoder.SEEDS), "torch_threads": 2, "compute": 8,
+              "train_subset": 15000, "width": 16, "runs": runs(82.5)}
+    stats = encoder.summary(result)
+    mean, lo, hi = stats["MoCo v2 baseline trained, pool_grid 2"]["val_probe_top1"]
+    assert mean == pytest.approx(82.7) and lo < mean < hi  # seeds 1, 2, 3 add 0.1, 0.2, 0.3
+    assert stats["untrained encoder, pool_grid 1"]["val_knn_top1"][0] == pytest.approx(61.0)
+    assert encoder.goals(result)[0][2] is True
+    assert encoder.goals({**result, "runs": runs(81.0)})[0][2] is False  # below raw pixels
+    text = "\n".join(encoder.render(result, tmp_path))
+    assert "| raw pixels (centred) | 77.00 | 81.30 |" in text and "(the search's budget)" in text

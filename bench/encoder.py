@@ -1,0 +1,123 @@
+"""Benchmark: what the default study's metric measures. Its monitor values for raw pixels, an untrained encoder and the
+MoCo v2 baseline trained at the search's budget, with features pooled to one point (``pool_grid`` 1) or to a 2x2 grid
+(2, the shipped default).
+
+A representation is worth studying when training it beats what comes for free: raw pixels, and the same encoder
+untrained (random convolutions are strong features of small centred images). For each grid and each seed (1, 2, 3:
+seeds the default study's search, seed 0, does not train with) the base of ``configs/hardneg.yaml`` (15,000 images,
+a 16-channel ConvNet) is scored by ``Engine.monitor`` (weighted kNN and ridge probe, 5k-image bank, 2k validation
+images) before training and after training MoCo v2 (the study's baseline point) for the search's compute budget,
+with ``moco.engine.Engine`` directly on the CPU (no Ray). Raw pixels are scored once by the same monitor (centred).
+Per row: the mean over seeds with a 95 % t-interval.
+
+Quick mode: one seed, compute 2 on 4,096 images (a smoke test of the path, not a quality figure).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import Context, loadavg
+from bench.page import Goal, num
+
+SPACE = "hardneg"
+GRIDS = (1, 2)
+SEEDS = (1, 2, 3)
+METRICS = ("val_knn_top1", "val_probe_top1")
+TITLE = "12. What the default study's metric measures: raw pixels, untrained and trained encoders"
+
+
+def _monitor(engine) -> dict[str, float]:
+    out = engine.monitor()
+    return {k: v for k, v in out.items() if k in METRICS or k.removeprefix("raw_") in METRICS}
+
+
+def score(cfg, log=print) -> dict[str, Any]:
+    """Monitor values of ``cfg``'s encoder before and after training for ``cfg.epochs`` epochs, and of raw pixels
+    (the monitor scores them at its first call only)."""
+    from moco.data import load_dataset
+    from moco.engine import Engine
+
+    engine = Engine(cfg, load_dataset(cfg), torch.device("cpu"))
+    untrained = _monitor(engine)
+    start = time.perf_counter()
+    for _ in range(cfg.epochs):
+        row = engine.train_epoch()
+        log(f"[encoder] pool_grid {cfg.pool_grid} seed {cfg.seed}: epoch {row['epoch']} loss {row['loss']:.4f} "
+            f"({time.perf_counter() - start:.0f} s, load {loadavg()})")
+    return {"untrained": {k: v for k, v in untrained.items() if k in METRICS},
+            "raw": {k.removeprefix("raw_"): v for k, v in untrained.items() if k.startswith("raw_")},
+            "trained": _monitor(engine), "train_s": time.perf_counter() - start}
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    from moco.vocabulary import BASELINE_POINT
+    from study.space import load_space
+
+    space = load_space(SPACE)
+    seeds = SEEDS[:1] if ctx.quick else SEEDS
+    extra = {"compute_budget": 2, "train_subset": 4096} if ctx.quick else {}
+    out: dict[str, Any] = {"space": SPACE, "quick": ctx.quick, "seeds": list(seeds),
+                           "torch_threads": torch.get_num_threads(), "runs": []}
+    for grid in GRIDS:
+        for seed in seeds:
+            cfg = space.config_with({**BASELINE_POINT, **extra, "pool_grid": grid, "seed": seed, "final_eval": False})
+            out.update(compute=cfg.compute_budget, train_subset=cfg.train_subset, width=cfg.width)
+            out["runs"].append({"pool_grid": grid, "seed": seed, **score(cfg)})
+    return out
+
+
+def summary(r: dict) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """row name -> metric -> (mean, CI low, CI high) over seeds."""
+    import numpy as np
+
+    from analysis.ablation import t_interval
+
+    rows: dict[str, list[dict[str, float]]] = {"raw pixels (centred)": [r["runs"][0]["raw"]]}
+    for grid in GRIDS:
+        runs = [run for run in r["runs"] if run["pool_grid"] == grid]
+        rows[f"untrained encoder, pool_grid {grid}"] = [run["untrained"] for run in runs]
+        rows[f"MoCo v2 baseline trained, pool_grid {grid}"] = [run["trained"] for run in runs]
+    out = {}
+    for name, values in rows.items():
+        out[name] = {}
+        for metric in METRICS:
+            v = np.array([row[metric] for row in values])
+            out[name][metric] = (float(v.mean()), *t_interval(v))
+    return out
+
+
+# --- the page -----------------------------------------------------------------------------------------------------
+def render(r: dict, figs: Path) -> list[str]:
+    def cell(stat: tuple[float, float, float]) -> str:
+        mean, lo, hi = stat
+        return num(mean) if lo != lo else f"{num(mean)} [{num(lo)}, {num(hi)}]"
+
+    out = [f"The base of `configs/{r['space']}.yaml` ({r['train_subset']} images, width {r['width']}), seeds "
+           f"{', '.join(map(str, r['seeds']))} (the search trains with seed 0), {r['torch_threads']} torch threads. "
+           "The study's per-epoch monitor (weighted kNN, k = 200, t = 0.1, and ridge probe; 5k-image bank, 2k "
+           f"validation images) of the encoder before training and after training MoCo v2 for compute {r['compute']}"
+           + (" (quick mode: a smoke test, not the search's budget)" if r.get("quick") else " (the search's budget)")
+           + "; raw pixels centred on the bank's mean. Mean over seeds [95 % t-interval].", "",
+           "| features | monitor kNN (`val_knn_top1`) | monitor ridge probe (`val_probe_top1`) |", "|---|---|---|"]
+    for name, stats in summary(r).items():
+        out.append(f"| {name} | {cell(stats['val_knn_top1'])} | {cell(stats['val_probe_top1'])} |")
+    out.append("")
+    return out
+
+
+def goals(r: dict) -> list[Goal]:
+    s = summary(r)
+    raw = s["raw pixels (centred)"]["val_probe_top1"][0]
+    grid = max(GRIDS)
+    trained = s[f"MoCo v2 baseline trained, pool_grid {grid}"]["val_probe_top1"]
+    untrained = s[f"untrained encoder, pool_grid {grid}"]["val_probe_top1"]
+    return [(f"the default study's trained baseline beats raw pixels and its untrained encoder on the study's metric "
+             f"(monitor ridge probe, pool_grid {grid}, lower CI bound)",
+             f"{num(trained[0])} [{num(trained[1])}, {num(trained[2])}] vs raw {num(raw)}, "
+             f"untrained {num(untrained[0])}",
+             bool(trained[1] > max(raw, untrained[2])) if trained[1] == trained[1] else None)]
