@@ -346,7 +346,8 @@ def test_encoder_summarises_over_seeds_and_judges_the_grid_against_raw_and_untra
     mean, lo, hi = stats["MoCo v2 baseline trained, pool_grid 2"]["val_probe_top1"]
     assert mean == pytest.approx(82.7) and lo < mean < hi  # seeds 1, 2, 3 add 0.1, 0.2, 0.3
     assert stats["untrained encoder, pool_grid 1"]["val_knn_top1"][0] == pytest.approx(61.0)
-    assert encoder.goals(result)[0][2] is True
-    assert encoder.goals({**result, "runs": runs(81.0)})[0][2] is False  # below raw pixels
+    assert stats["trained minus raw, pool_grid 2 (paired by seed)"]["val_probe_top1"][0] == pytest.approx(1.4)
+    assert [goal[2] for goal in encoder.goals(result)] == [True, True]
+    assert [goal[2] for goal in encoder.goals({**result, "runs": runs(81.0)})] == [False, True]  # below raw pixels
     text = "\n".join(encoder.render(result, tmp_path))
-    assert "| raw pixels (centred) | 77.00 | 81.30 |" in text and "(the search's budget)" in text
+    assert "| raw pixels (centred) | 77.00 [77.00, 77.00] | 81.30 [81.30, 81.30] |" in text and "(the search's budget)" in text
