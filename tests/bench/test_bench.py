@@ -54,7 +54,7 @@ def test_quick_memory_benchmark_writes_result_and_page(tmp_path):
 def _study(seed: int, finals: list[float | None], per_trial: float = 4.0) -> dict:
     """A finished study record as bench/efficiency.py keeps it: trials one after another, each spending
     ``per_trial`` compute and ending with its full-validation value (None: pruned, no endpoint)."""
-    from bench.efficiency import curve
+    from bench.efficiency import ENDPOINT, curve
 
     events, t = [], 0.0
     for i, value in enumerate(finals):
@@ -62,21 +62,23 @@ def _study(seed: int, finals: list[float | None], per_trial: float = 4.0) -> dic
             t += 1.0
             row = {"trial_id": f"t{i}", "compute": c, "timestamp": t}
             if c == per_trial and value is not None:
-                row["final_val_knn_top1"] = value
+                row[ENDPOINT] = value
             events.append(row)
     points = curve(events, 0.0)
     return {"seed": seed, "points": points, "best": points[-1]["best"], "wall_s": t, "reports": len(events)}
 
 
 def test_efficiency_curve_counts_study_compute_and_full_validation_endpoints():
-    from bench.efficiency import best_within, compute_to_target, curve
+    from bench.efficiency import DEFAULT_STUDY, ENDPOINT, best_within, compute_to_target, curve
 
-    events = [{"trial_id": "a", "compute": 2, "val_knn_top1": 90.0, "timestamp": 1},  # a monitor value: not counted
+    assert ENDPOINT == "final_" + DEFAULT_STUDY["metric"]  # the full-validation value of the study's metric
+    monitor = DEFAULT_STUDY["metric"]
+    events = [{"trial_id": "a", "compute": 2, monitor: 90.0, "timestamp": 1},  # a monitor value: not counted
               {"trial_id": "b", "compute": 2, "timestamp": 2},
-              {"trial_id": "a", "compute": 4, "final_val_knn_top1": 70.0, "timestamp": 3},
+              {"trial_id": "a", "compute": 4, ENDPOINT: 70.0, "timestamp": 3},
               {"trial_id": "b", "compute": 2, "timestamp": 4},  # a restart repeating its report: no new compute
-              {"trial_id": "b", "compute": 4, "final_val_knn_top1": 75.0, "timestamp": 5},
-              {"trial_id": "c", "compute": 4, "final_val_knn_top1": 99.0, "diverged": True, "timestamp": 6}]
+              {"trial_id": "b", "compute": 4, ENDPOINT: 75.0, "timestamp": 5},
+              {"trial_id": "c", "compute": 4, ENDPOINT: 99.0, "diverged": True, "timestamp": 6}]
     points = curve(events, 0.0)
     assert [p["compute"] for p in points] == [2, 4, 6, 6, 8, 12]
     assert [p["best"] for p in points] == [None, None, 70.0, 70.0, 75.0, 75.0]
