@@ -94,7 +94,11 @@ def _describe_best(s: Study) -> str:
     best = s.best_trial()
     if best is None:
         return f"**{s.name}**: no completed trial yet, so no best configuration."
-    params = ", ".join(f"{p.name} = {fmt(best[p.column])}" for p in s.params) or "no searched parameters"
+    # a conditional parameter whose condition the best trial does not meet has no value: left out, named
+    applies = [p for p in s.params if pd.notna(best[p.column])]
+    params = ", ".join(f"{p.name} = {fmt(best[p.column])}" for p in applies) or "no searched parameters"
+    if len(applies) < len(s.params):
+        params += " (" + ", ".join(p.name for p in s.params if p not in applies) + ": not applicable)"
     base = s.baseline_value()
     vs = f" (baseline {fmt(base)}, {best[s.metric] - base:+.2f})" if math.isfinite(base) else ""
     text = f"**{s.name}**: best trial `{best['trial_id']}` (#{int(best['trial_number'])}): {s.metric} = " \

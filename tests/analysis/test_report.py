@@ -197,3 +197,16 @@ def test_bad_format(tmp_path, capsys):
     with pytest.raises(ReportError):
         build_report(study, formats=())
     assert not (study / "report").exists()
+
+
+def test_a_parameter_the_best_trial_does_not_use_is_named_not_applicable(tmp_path):
+    from analysis.load import load_study
+    from analysis.report import _describe_best
+
+    path = make_search_study(tmp_path)
+    trials = pd.read_csv(path / "trials.csv")
+    trials.loc[trials["trial_id"] == "planted_best", "param_dual_view_weight"] = float("nan")  # its `when` was false
+    trials.to_csv(path / "trials.csv", index=False)
+    text = _describe_best(load_study(path))
+    assert "best trial `planted_best`" in text and "temperature = 0.1" in text
+    assert "dual_view_weight =" not in text and text.endswith("(dual_view_weight: not applicable).")
