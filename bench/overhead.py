@@ -92,8 +92,9 @@ def accounting(events: list[dict], inside: float, slots_s: float | None) -> dict
 
 def run_default_search(folder: Path, quick: bool, overrides: dict[str, Any] | None = None,
                        sample_memory: bool = False, extra: list[str] | None = None) -> dict[str, Any]:
-    """Run the efficiency benchmark's first TPE + ASHA study (full mode: the default study's search, seed 0) in
-    ``folder``, with training-config ``overrides`` on top and ``extra`` study/run.py options; return
+    """Run the efficiency benchmark's first TPE + ASHA study (full mode: the default study's search, seed 0, with
+    the default's own ``final_eval``, which the efficiency benchmark turns on for its endpoint) in ``folder``, with
+    training-config ``overrides`` on top and ``extra`` study/run.py options; return
     :func:`bench.common.run_study`'s record."""
     from bench import efficiency
     from bench.common import run_study, write_space
