@@ -7,8 +7,9 @@ untrained (random convolutions are strong features of small centred images). For
 seeds the default study's search, seed 0, does not train with) the base of ``configs/hardneg.yaml`` (15,000 images,
 a 16-channel ConvNet) is scored by ``Engine.monitor`` (weighted kNN and ridge probe, 5k-image bank, 2k validation
 images) before training and after training MoCo v2 (the study's baseline point) for the search's compute budget,
-with ``moco.engine.Engine`` directly on the CPU (no Ray). Raw pixels are scored once by the same monitor (centred).
-Per row: the mean over seeds with a 95 % t-interval.
+with ``moco.engine.Engine`` directly on the CPU (no Ray). Raw pixels (centred) are scored by the same monitor: each
+seed draws its own bank and validation images, so raw pixels score differently per seed and every difference is
+paired by seed. Per row: the mean over seeds with a 95 % t-interval.
 
 Quick mode: one seed, compute 2 on 4,096 images (a smoke test of the path, not a quality figure).
 """
@@ -23,17 +24,18 @@ import torch
 
 from bench.common import Context, loadavg
 from bench.page import Goal, num
+from moco.vocabulary import MONITOR_METRICS, RAW_PREFIX, VAL_KNN, VAL_PROBE, raw_name
 
 SPACE = "hardneg"
 GRIDS = (1, 2)
 SEEDS = (1, 2, 3)
-METRICS = ("val_knn_top1", "val_probe_top1")
+METRICS = MONITOR_METRICS
 TITLE = "12. What the default study's metric measures: raw pixels, untrained and trained encoders"
 
 
 def _monitor(engine) -> dict[str, float]:
     out = engine.monitor()
-    return {k: v for k, v in out.items() if k in METRICS or k.removeprefix("raw_") in METRICS}
+    return {k: out[k] for k in (*METRICS, *map(raw_name, METRICS)) if k in out}
 
 
 def score(cfg, log=print) -> dict[str, Any]:
@@ -50,7 +52,7 @@ def score(cfg, log=print) -> dict[str, Any]:
         log(f"[encoder] pool_grid {cfg.pool_grid} seed {cfg.seed}: epoch {row['epoch']} loss {row['loss']:.4f} "
             f"({time.perf_counter() - start:.0f} s, load {loadavg()})")
     return {"untrained": {k: v for k, v in untrained.items() if k in METRICS},
-            "raw": {k.removeprefix("raw_"): v for k, v in untrained.items() if k.startswith("raw_")},
+            "raw": {k.removeprefix(RAW_PREFIX): v for k, v in untrained.items() if k.startswith(RAW_PREFIX)},
             "trained": _monitor(engine), "train_s": time.perf_counter() - start}
 
 
@@ -109,9 +111,9 @@ def render(r: dict, figs: Path) -> list[str]:
            f"validation images) of the encoder before training and after training MoCo v2 for compute {r['compute']}"
            + (" (quick mode: a smoke test, not the search's budget)" if r.get("quick") else " (the search's budget)")
            + "; raw pixels centred on the bank's mean. Mean over seeds [95 % t-interval].", "",
-           "| features | monitor kNN (`val_knn_top1`) | monitor ridge probe (`val_probe_top1`) |", "|---|---|---|"]
+           f"| features | monitor kNN (`{VAL_KNN}`) | monitor ridge probe (`{VAL_PROBE}`) |", "|---|---|---|"]
     for name, stats in summary(r).items():
-        out.append(f"| {name} | {cell(stats['val_knn_top1'])} | {cell(stats['val_probe_top1'])} |")
+        out.append(f"| {name} | {cell(stats[VAL_KNN])} | {cell(stats[VAL_PROBE])} |")
     out.append("")
     return out
 
@@ -120,7 +122,7 @@ def goals(r: dict) -> list[Goal]:
     s, grid = summary(r), max(GRIDS)
     out = []
     for other, words in (("raw", "raw pixels"), ("untrained", "its untrained encoder")):
-        diff = s[f"trained minus {other}, pool_grid {grid} (paired by seed)"]["val_probe_top1"]
+        diff = s[f"trained minus {other}, pool_grid {grid} (paired by seed)"][VAL_PROBE]
         out.append((f"the default study's trained baseline beats {words} on the study's metric (monitor ridge probe, "
                     f"pool_grid {grid}, paired difference, 95 % CI above 0)",
                     f"{num(diff[0])} [{num(diff[1])}, {num(diff[2])}] points",
