@@ -3,6 +3,10 @@
 Every benchmark result carries the machine, the versions, the git commit, the exact command, the date, the mode
 (quick or full) and the load average before and after it ran (the machine is shared, so absolute timings drift;
 figures are ratios of measurements taken side by side in the same run wherever possible).
+
+Results are kept per CPU: ``<name>.json`` is the latest run, and a run on another CPU first moves the file it
+replaces to ``<name>@<cpu tag>.json`` (:func:`keep_other_cpu`; the tag names the model and its bf16 flags), so
+figures that depend on the CPU (bf16, AMX) are never lost to a run elsewhere.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -161,11 +166,43 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def saved_result(results_dir: Path | None, name: str, quick: bool | None = None) -> dict[str, Any] | None:
+def cpu_tag(m: dict[str, Any]) -> str:
+    """A file-name tag for a machine record's CPU: its model and bf16 flags, e.g. ``amd-epyc+avx512_bf16``."""
+    model = re.sub(r"\((r|tm)\)|\bprocessor\b|\bcpu\b", " ", str(m.get("cpu") or "unknown cpu").lower())
+    return "-".join(re.findall(r"[a-z0-9]+", model)) + "".join(f"+{f}" for f in sorted(m.get("cpu_bf16_flags") or []))
+
+
+def keep_other_cpu(path: Path, log: Callable[[str], None] = print) -> Path | None:
+    """Before a benchmark writes ``path``: if the result there was measured on another CPU than this machine's, move
+    it to ``<stem>@<its cpu tag>.json`` (replacing an older result of that CPU) and return the new path."""
+    path = Path(path)
+    doc = read_json(path)
+    old = doc.get("machine") if isinstance(doc, dict) else None
+    if not isinstance(old, dict) or "cpu" not in old or cpu_tag(old) == cpu_tag(machine()):
+        return None
+    target = path.with_name(f"{path.stem}@{cpu_tag(old)}{path.suffix}")
+    os.replace(path, target)
+    log(f"[bench] {path.name} was measured on {old['cpu']}: kept as {target.name}")
+    return target
+
+
+def other_cpu_files(results_dir: Path, name: str) -> list[Path]:
+    """The results of benchmark ``name`` kept from other CPUs (:func:`keep_other_cpu`), by name."""
+    return sorted(Path(results_dir).glob(f"{name}@*.json"))
+
+
+def same_cpu(doc: dict[str, Any]) -> bool:
+    """Whether a result file was measured on this machine's CPU model with the same bf16 flags."""
+    return isinstance(doc.get("machine"), dict) and cpu_tag(doc["machine"]) == cpu_tag(machine())
+
+
+def saved_result(results_dir: Path | None, name: str, quick: bool | None = None,
+                 this_cpu: bool = False) -> dict[str, Any] | None:
     """Benchmark ``name``'s saved result (complete or partial) in ``results_dir/<name>.json``, with the file's mode as
-    ``quick`` and its ``date``; None if there is none, or (when ``quick`` is given) it ran in the other mode."""
+    ``quick`` and its ``date``; None if there is none, if (when ``quick`` is given) it ran in the other mode, or if
+    (``this_cpu``) it was measured on another CPU."""
     doc = read_json(Path(results_dir) / f"{name}.json") if results_dir is not None else None
-    if not doc or not isinstance(doc.get("result"), dict):
+    if not doc or not isinstance(doc.get("result"), dict) or (this_cpu and not same_cpu(doc)):
         return None
     saved_quick = doc.get("mode") == "quick"
     if quick is not None and saved_quick != quick:

@@ -25,13 +25,14 @@ from typing import Any, Callable
 
 import torch
 
-from bench.common import RESULTS_DIR, ROOT, Context, loadavg, malloc_note, run_record, write_json
+from bench.common import RESULTS_DIR, ROOT, Context, keep_other_cpu, loadavg, malloc_note, run_record, write_json
 from bench.page import Goal
 
 CONFIG = ROOT / "configs" / "fashion_mnist.yaml"
 PRECISIONS = ("fp32", "bf16")
 METRICS = ("test_knn", "linear_probe", "val_knn")
 TITLE = "9. bf16 vs fp32: quality parity (default config)"
+PLAIN_BN = "(bn_mode none)"  #: suffix of bench/step.py part 4's bare-step rows with plain BatchNorm
 
 
 def paired_summary(runs: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict[str, Any] = {"epochs": args.epochs}
     if args.train_subset:
         overrides["train_subset"] = args.train_subset
+    keep_other_cpu(args.output)
     doc = run_record("precision", False,
                      "python -m bench.precision " + " ".join(argv if argv is not None else sys.argv[1:]))
 
@@ -146,7 +148,14 @@ def render_step_part(p: dict[str, Any]) -> list[str]:
            f"bare step {bare['bf16']['speedup_over_fp32']:.2f}x as fast as fp32; channels-last on top of bf16 "
            f"{cl_gain:.2f}x{' (no gain)' if cl_gain <= 1.02 else ''}, and channels-last alone "
            f"{bare['channels_last']['speedup_over_fp32']:.2f}x. moco/precision.py turns channels-last on for CPUs with "
-           "AMX only (where the issue's Xeon measurement found it worth 1.4x in fp32 and 1.7x under bf16).")
+           "AMX only (the issue reported it worth 1.4x in fp32 and 1.7x under bf16 on a Xeon with AMX).")
+    plain = {name.removesuffix(" " + PLAIN_BN): t for name, t in bare.items() if name.endswith(PLAIN_BN)}
+    if plain:
+        why += (" With plain BatchNorm (`bn_mode: none`) in place of the default split BatchNorm, channels-last + bf16 "
+                f"is {plain['channels_last+bf16']['speedup_over_fp32']:.2f}x the default fp32 step and bf16 alone "
+                f"{plain['bf16']['speedup_over_fp32']:.2f}x: split BatchNorm reshapes [B, C, H, W] to "
+                "[B/s, C s, H, W], which channels-last memory cannot view, so under channels-last each of its layers "
+                "copies its input and its output.")
     out += ["", f"Whole epochs through `moco.engine.Engine` ({e['steps_per_epoch']} steps, augmentation included; "
             f"{e['repeats']} epochs each after a warm-up epoch, alternating): "
             f"fp32 {_num(e['fp32']['images_per_s'], 0)} "
@@ -177,7 +186,8 @@ def _pair_ratios(e: dict[str, Any]) -> str:
 def step_goal(p: dict[str, Any]) -> tuple[str, str, bool | str]:
     """The issue's speed goal: on a bf16-capable CPU the default config's epoch in auto >= 2x fp32."""
     e, flags = p["epoch"], p.get("machine", {}).get("cpu_bf16_flags") or []
-    measured = f"{e['speedup_auto_over_fp32']:.2f}x ({', '.join(flags) or 'no bf16 flags'})"
+    cpu = p.get("machine", {}).get("cpu")
+    measured = f"{e['speedup_auto_over_fp32']:.2f}x ({cpu}: {', '.join(flags) or 'no bf16 flags'})"
     if not flags:
         return ("auto = fp32 on a CPU without bf16 (nothing changes)", measured,
                 e["auto_resolved"]["precision"] == "fp32")

@@ -26,7 +26,8 @@ Every benchmark is a module with the same interface: ``TITLE`` (its section titl
 
 ``--quick`` scales everything down to finish in about ten minutes on a 2-core CPU; the full run takes hours. The
 page is rebuilt from every result file present, and every table says which mode and command produced it, so
-``--only`` refreshes some results and keeps the others. The efficiency benchmark (nine default-size studies, about
+``--only`` refreshes some results and keeps the others; a result measured on another CPU is kept beside the new one
+as ``<name>@<cpu>.json`` and shown after it. The efficiency benchmark (nine default-size studies, about
 3.5 h here) saves its result after every study; ``--resume`` continues an interrupted run from that file, keeping its
 finished studies when the code they ran is unchanged and committed.
 """
@@ -47,7 +48,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import page  # noqa: E402
-from bench.common import DOCS, RESULTS_DIR, Context, git, loadavg, read_json, run_record, write_json  # noqa: E402
+from bench.common import (DOCS, RESULTS_DIR, Context, git, keep_other_cpu, loadavg, read_json,  # noqa: E402
+                          run_record, write_json)  # noqa: E402
 
 #: name -> the module that implements the benchmark interface, in page order (modules import lazily: torch, Ray).
 REGISTRY = {"step": "bench.step_page", "augment": "bench.augment", "efficiency": "bench.efficiency",
@@ -103,6 +105,7 @@ def run_benchmark(name: str, args: argparse.Namespace, command: str, workdir: Pa
                   results: dict[str, Any]) -> bool:
     """Run one benchmark and write its result file; False if it failed."""
     path = args.results_dir / f"{name}.json"
+    keep_other_cpu(path)
     doc = run_record(name, args.quick, command)
     previous = previous_partial(name, read_json(path), doc["mode"]) if args.resume else None
     if name in RESUMABLE:

@@ -15,7 +15,8 @@
 3. The dual-view loss's added cost per view: a step with lambda = 0.5 vs lambda = 1 (B = 64).
 4. Precision and memory format (:func:`bench_precision`): the bare MoCo step of the default config (ConvNet width 32,
    B = 256, 28x28; query forward and backward, key forward, SGD, momentum update; random inputs) in fp32,
-   channels-last, bf16 autocast and both, alternating; then whole training epochs of the default config through
+   channels-last, bf16 autocast and both, each also with ``bn_mode: none`` (plain BatchNorm instead of the default
+   split BatchNorm), alternating; then whole training epochs of the default config through
    ``moco.engine.Engine`` (augmentation included) in ``precision: fp32`` and in ``auto``, alternating. Ratios are of
    medians taken side by side. The CPU model and its bf16 flags are in every result file (``machine``).
 
@@ -31,7 +32,8 @@
 
 ``python -m bench.step [--quick] [--parts NAMES]`` prints the results and writes ``bench/results/step.json``;
 ``--parts precision`` (or ``negatives``, ``lightly``, ``allocator``) runs that part only and replaces just that part
-of an existing result file. Every process of this benchmark keeps freed memory as the Engine does (part 7 excepted).
+of an existing result file (a precision part from another CPU is kept, under ``precision_other_cpus``). Every
+process of this benchmark keeps freed memory as the Engine does (part 7 excepted).
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from bench.common import CpuShare, machine
+from bench.common import CpuShare, cpu_tag, machine
+from bench.precision import PLAIN_BN
 from moco.backbones import build_backbone
 from moco.config import TrainConfig
 from moco.losses import contrastive_loss
@@ -236,8 +239,13 @@ def bench_precision(repeats: int, epoch_steps: int, epoch_repeats: int) -> dict:
     from moco.engine import Engine
 
     cfg = TrainConfig.from_yaml(DEFAULT_CONFIG)
+    variants = {name: _default_step_fn(cfg, p, f) for name, p, f in LAYOUTS}
+    # the same four with plain BatchNorm: the default split BatchNorm reshapes [B, C, H, W] to [B / s, C s, H, W],
+    # which channels-last memory cannot view, so these rows show what that copy costs each layout
+    plain_bn = cfg.replace(bn_mode="none")
+    variants.update({f"{name} {PLAIN_BN}": _default_step_fn(plain_bn, p, f) for name, p, f in LAYOUTS})
     with CpuShare(torch.get_num_threads()) as used:  # the share of the CPU these measurements got
-        times = _alternating({name: _default_step_fn(cfg, p, f) for name, p, f in LAYOUTS}, repeats, warmup=2)
+        times = _alternating(variants, repeats, warmup=2)
         fp32 = statistics.median(times["fp32"])
         steps = {name: {**_summary(ts), "images_per_s": cfg.batch_size / statistics.median(ts),
                         "speedup_over_fp32": fp32 / statistics.median(ts)} for name, ts in times.items()}
@@ -376,6 +384,19 @@ def run(quick: bool = False, command: str = "python -m bench.step", parts: tuple
     return out
 
 
+def merge_parts(previous: dict, new: dict, parts: tuple[str, ...]) -> dict:
+    """``previous`` with ``new``'s ``parts`` replacing its own. A replaced precision part measured on another CPU
+    moves to ``precision_other_cpus`` (CPU tag -> part; bench.common.cpu_tag), so each CPU keeps its latest figures."""
+    out = {**previous, **{p: new[p] for p in parts if p in new}}
+    old, fresh = previous.get("precision"), new.get("precision")
+    if "precision" in parts and old and fresh:
+        others = dict(previous.get("precision_other_cpus") or {})
+        others[cpu_tag(old.get("machine") or {})] = old
+        others.pop(cpu_tag(fresh.get("machine") or {}), None)
+        out["precision_other_cpus"] = others
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and queue sizes (~1-2 minutes)")
@@ -388,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     result = run(args.quick, command="python -m bench.step " + " ".join(argv if argv is not None else sys.argv[1:]),
                  parts=parts)
     if "reference" not in parts and args.output.is_file():  # keep the other parts of the previous full run
-        result = {**json.loads(args.output.read_text()), **{p: result[p] for p in parts if p in result}}
+        result = merge_parts(json.loads(args.output.read_text()), result, parts)
     text = json.dumps(result, indent=2)
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)

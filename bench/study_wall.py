@@ -1,11 +1,11 @@
 """Benchmark: the default study's search in fp32 and in ``precision: auto``, on the same machine (issue #22).
 
 The ``auto`` side is the overhead benchmark's study (this invocation's, else the one named in
-``bench/results/overhead.json`` while its files are on disk, else one run here); the fp32 side is the same study
-(:func:`bench.overhead.run_default_search`: the default study's search, Optuna TPE + ASHA, seed 0) with
-``precision: fp32``, run right after it. The two searches see different metric values, so TPE and ASHA can choose
-other trials and stop them at other rungs: beside each search's wall time and time inside epochs the page gives the
-median epoch of each kind (one-way, dual-view), which compares like with like.
+``bench/results/overhead.json`` while its files are on disk and it ran on this CPU, else one run here); the fp32
+side is the same study (:func:`bench.overhead.run_default_search`: the default study's search, Optuna TPE + ASHA,
+seed 0) with ``precision: fp32``, run right after it. The two searches see different metric values, so TPE and ASHA
+can choose other trials and stop them at other rungs: beside each search's wall time and time inside epochs the page
+gives the median epoch of each kind (one-way, dual-view), which compares like with like.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def summarise(run_dir: Path, wall_s: float, command: str) -> dict[str, Any]:
 def _auto_side(ctx: Context) -> dict[str, Any]:
     from bench.overhead import run_default_search
 
-    overhead = ctx.results.get("overhead") or saved_result(ctx.results_dir, "overhead", ctx.quick)
+    overhead = ctx.results.get("overhead") or saved_result(ctx.results_dir, "overhead", ctx.quick, this_cpu=True)
     if overhead and Path(overhead.get("run_dir", "")).is_dir() and overhead.get("study_wall_s"):
         return summarise(Path(overhead["run_dir"]), overhead["study_wall_s"], overhead.get("study_command", ""))
     record = run_default_search(Path(ctx.workdir) / "study_wall" / "auto", ctx.quick, {"precision": "auto"})

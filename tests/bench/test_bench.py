@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -354,3 +355,56 @@ def test_encoder_summarises_over_seeds_and_judges_the_grid_against_raw_and_untra
     text = "\n".join(encoder.render(result, tmp_path))
     assert "| raw pixels (centred) | 77.00 [77.00, 77.00] | 81.30 [81.30, 81.30] |" in text
     assert "(the search's budget)" in text
+
+
+def test_a_result_from_another_cpu_is_kept_beside_the_new_one_and_shown_after_it(monkeypatch, tmp_path):
+    from bench import common, page, study_wall
+
+    here = {"cpu": "Intel(R) Xeon(R) Processor", "cpu_bf16_flags": ["amx_bf16", "avx512_bf16"]}
+    elsewhere = {"cpu": "AMD EPYC", "cpu_bf16_flags": ["avx512_bf16"]}
+    monkeypatch.setattr(common, "machine", lambda: here)
+    assert common.cpu_tag(here) == "intel-xeon+amx_bf16+avx512_bf16"
+    assert common.cpu_tag(elsewhere) == "amd-epyc+avx512_bf16" != common.cpu_tag({**elsewhere, "cpu_bf16_flags": []})
+
+    path = tmp_path / "study_wall.json"
+    assert common.keep_other_cpu(path) is None  # nothing there yet
+    common.write_json(path, {"machine": here, "result": {"x": 1}})
+    assert common.keep_other_cpu(path) is None and path.is_file()  # same CPU: the new run replaces it
+    common.write_json(path, {"machine": elsewhere, "mode": "full", "command": "old", "result": {"x": 2}})
+    assert common.saved_result(tmp_path, "study_wall")["x"] == 2
+    assert common.saved_result(tmp_path, "study_wall", this_cpu=True) is None  # not reused across CPUs
+    kept = common.keep_other_cpu(path)
+    assert kept == tmp_path / "study_wall@amd-epyc+avx512_bf16.json" and not path.exists()
+    assert common.read_json(kept)["result"] == {"x": 2}
+    assert common.other_cpu_files(tmp_path, "study_wall") == [kept]
+
+    sides = {"auto": {"precision": ["bf16"], "wall_s": 100.0, "inside_epochs_s": 80.0, "trials": 1, "trial_epochs": 2,
+                      "epoch_s": {"one-way": common.stats([4.0]), "dual-view": common.stats([])}, "command": "a"}}
+    sides["fp32"] = {**sides["auto"], "precision": ["fp32"], "wall_s": 150.0, "command": "f"}
+    result = {**sides, "fp32_over_auto": {"wall": 1.5, "inside_epochs": 1.0, "epoch_one-way": 1.0,
+                                          "epoch_dual-view": None}}
+    common.write_json(path, {"machine": here, "mode": "full", "command": "new", "result": result})
+    common.write_json(kept, {"machine": elsewhere, "mode": "full", "command": "old", "result": {**result,
+                             "fp32_over_auto": {**result["fp32_over_auto"], "wall": 1.04}}})
+    text = page.write_page(tmp_path, tmp_path / "page.md", {"study_wall": study_wall}).read_text()
+    assert "1.50x" in text and "1.04x" in text and text.index("1.50x") < text.index("1.04x")
+    assert "### The same benchmark on another CPU: AMD EPYC, bf16 flags: avx512_bf16" in text
+    fake = SimpleNamespace(TITLE="T", render=lambda r, figs: [f"x is {r['x']}", ""],
+                           goals=lambda r: [("x small", str(r["x"]), r["x"] < 2)])
+    common.write_json(path, {"machine": here, "mode": "full", "command": "new", "result": {"x": 1}})
+    common.write_json(kept, {"machine": elsewhere, "mode": "full", "command": "old", "result": {"x": 2}})
+    text = page.write_page(tmp_path, tmp_path / "page.md", {"study_wall": fake}).read_text()
+    assert "| T | full | x small | 1 | met |" in text and "| T | full (AMD EPYC) | x small | 2 | **missed** |" in text
+    assert text.index("x is 1") < text.index("x is 2")
+
+
+def test_a_precision_part_from_another_cpu_is_kept_when_the_step_benchmark_reruns_it():
+    from bench.step import merge_parts
+
+    amd = {"machine": {"cpu": "AMD EPYC", "cpu_bf16_flags": ["avx512_bf16"]}, "v": 1}
+    xeon = {"machine": {"cpu": "Intel(R) Xeon(R) Processor", "cpu_bf16_flags": ["amx_bf16"]}, "v": 2}
+    merged = merge_parts({"reference": "r", "precision": amd}, {"precision": xeon, "negatives": "n"}, ("precision",))
+    assert merged["precision"] == xeon and merged["reference"] == "r" and "negatives" not in merged
+    assert merged["precision_other_cpus"] == {"amd-epyc+avx512_bf16": amd}
+    again = merge_parts(merged, {"precision": {**amd, "v": 3}}, ("precision",))  # back on the AMD: its old part goes
+    assert again["precision"]["v"] == 3 and list(again["precision_other_cpus"].values()) == [xeon]
