@@ -86,6 +86,8 @@ class ConvNet(nn.Module):
 
     def __init__(self, in_channels: int, width: int = 32, norm: str = "batch", pool_grid: int = 1):
         super().__init__()
+        if pool_grid < 1:
+            raise ValueError(f"pool_grid = {pool_grid!r} is not allowed: expected an integer >= 1")
         make_norm = norm_layer(norm)
         widths = (width, 2 * width, 4 * width)
         layers: list[nn.Module] = []
@@ -95,8 +97,6 @@ class ConvNet(nn.Module):
             if i < len(widths) - 1:
                 layers.append(MaxPool2())
             prev = w
-        if pool_grid < 1:
-            raise ValueError(f"pool_grid = {pool_grid!r} is not allowed: expected an integer >= 1")
         layers += [nn.AdaptiveAvgPool2d(pool_grid), nn.Flatten()]
         self.net = nn.Sequential(*layers)
         self.feature_dim = widths[-1] * pool_grid * pool_grid
