@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict[str, Any] = {"epochs": args.epochs}
     if args.train_subset:
         overrides["train_subset"] = args.train_subset
-    keep_other_cpu(args.output)
     doc = run_record("precision", False,
                      "python -m bench.precision " + " ".join(argv if argv is not None else sys.argv[1:]))
+    keep_other_cpu(args.output)
 
     def save(result: dict[str, Any]) -> None:
         write_json(args.output, {**doc, "load_after": loadavg(), "result": result})
