@@ -384,10 +384,12 @@ def run(quick: bool = False, command: str = "python -m bench.step", parts: tuple
     return out
 
 
-def merge_parts(previous: dict, new: dict, parts: tuple[str, ...]) -> dict:
-    """``previous`` with ``new``'s ``parts`` replacing its own. A replaced precision part measured on another CPU
-    moves to ``precision_other_cpus`` (CPU tag -> part; bench.common.cpu_tag), so each CPU keeps its latest figures."""
-    out = {**previous, **{p: new[p] for p in parts if p in new}}
+def merge_parts(previous: dict | None, new: dict, parts: tuple[str, ...]) -> dict:
+    """``previous`` with ``new``'s ``parts`` replacing its own (all of it after a full run, whose ``parts`` include
+    "reference"). A replaced precision part measured on another CPU moves to ``precision_other_cpus`` (CPU tag ->
+    part; bench.common.cpu_tag), so each CPU keeps its latest figures."""
+    previous = previous or {}
+    out = dict(new) if "reference" in parts else {**previous, **{p: new[p] for p in parts if p in new}}
     old, fresh = previous.get("precision"), new.get("precision")
     if "precision" in parts and old and fresh:
         others = dict(previous.get("precision_other_cpus") or {})
@@ -408,7 +410,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--parts {args.parts!r} is not allowed: expected a comma-separated subset of {', '.join(PARTS)}")
     result = run(args.quick, command="python -m bench.step " + " ".join(argv if argv is not None else sys.argv[1:]),
                  parts=parts)
-    if "reference" not in parts and args.output.is_file():  # keep the other parts of the previous full run
+    if args.output.is_file():  # keep the other parts of the previous run, and other CPUs' precision parts
         result = merge_parts(json.loads(args.output.read_text()), result, parts)
     text = json.dumps(result, indent=2)
     print(text)

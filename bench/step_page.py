@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.common import Context, malloc_note
+from bench.common import Context, malloc_note, read_json
 from bench.page import Goal, both, goal_sentence, num, pct
 
 TITLE = "1. Training step"
@@ -18,7 +18,10 @@ MAX_SELECTION_SHARE = 0.05  #: selection + filter, as a share of a ResNet-18 ste
 def run(ctx: Context) -> dict[str, Any]:
     from bench import step
 
-    return step.run(ctx.quick, command="python bench/run.py (bench.step.run)")
+    result = step.run(ctx.quick, command="python bench/run.py (bench.step.run)")
+    previous = read_json(Path(ctx.results_dir) / "step.json") if ctx.results_dir else None
+    previous = (previous.get("result") if "result" in previous else previous) if isinstance(previous, dict) else None
+    return step.merge_parts(previous, result, step.PARTS)  # keeps other CPUs' precision parts
 
 
 def worst_selection_share(r: dict) -> float:

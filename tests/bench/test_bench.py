@@ -408,3 +408,7 @@ def test_a_precision_part_from_another_cpu_is_kept_when_the_step_benchmark_rerun
     assert merged["precision_other_cpus"] == {"amd-epyc+avx512_bf16": amd}
     again = merge_parts(merged, {"precision": {**amd, "v": 3}}, ("precision",))  # back on the AMD: its old part goes
     assert again["precision"]["v"] == 3 and list(again["precision_other_cpus"].values()) == [xeon]
+    full = merge_parts(again, {"reference": "r2", "precision": xeon}, ("reference", "precision"))  # a full run
+    assert full["reference"] == "r2" and full["precision"] == xeon and "negatives" not in full
+    assert list(full["precision_other_cpus"]) == ["amd-epyc+avx512_bf16"]
+    assert merge_parts(None, {"precision": xeon}, ("precision",)) == {"precision": xeon}
