@@ -177,9 +177,9 @@ def keep_other_cpu(path: Path, log: Callable[[str], None] = print) -> Path | Non
     it to ``<stem>@<its cpu tag>.json`` (replacing an older result of that CPU) and return the new path."""
     path = Path(path)
     doc = read_json(path)
-    old = doc.get("machine") if isinstance(doc, dict) else None
-    if not isinstance(old, dict) or "cpu" not in old or cpu_tag(old) == cpu_tag(machine()):
+    if not isinstance(doc, dict) or "cpu" not in (doc.get("machine") or {}) or same_cpu(doc):
         return None
+    old = doc["machine"]
     target = path.with_name(f"{path.stem}@{cpu_tag(old)}{path.suffix}")
     os.replace(path, target)
     log(f"[bench] {path.name} was measured on {old['cpu']}: kept as {target.name}")

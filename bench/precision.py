@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 
 from bench.common import RESULTS_DIR, ROOT, Context, keep_other_cpu, loadavg, malloc_note, run_record, write_json
-from bench.page import Goal
+from bench.page import Goal, cpu_line
 
 CONFIG = ROOT / "configs" / "fashion_mnist.yaml"
 PRECISIONS = ("fp32", "bf16")
@@ -122,8 +122,7 @@ def _num(value: Any, digits: int = 2) -> str:
 
 
 def _flags(machine: dict[str, Any]) -> str:
-    return (f"{machine.get('cpu')}, bf16 flags: {', '.join(machine.get('cpu_bf16_flags') or []) or 'none'}"
-            + malloc_note(machine))
+    return cpu_line(machine) + malloc_note(machine)
 
 
 def render_step_part(p: dict[str, Any]) -> list[str]:

@@ -55,7 +55,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from bench.common import CpuShare, cpu_tag, machine
+from bench.common import CpuShare, machine
+from bench import step_page
 from bench.precision import PLAIN_BN
 from moco.backbones import build_backbone
 from moco.config import TrainConfig
@@ -384,21 +385,6 @@ def run(quick: bool = False, command: str = "python -m bench.step", parts: tuple
     return out
 
 
-def merge_parts(previous: dict | None, new: dict, parts: tuple[str, ...]) -> dict:
-    """``previous`` with ``new``'s ``parts`` replacing its own (all of it after a full run, whose ``parts`` include
-    "reference"). A replaced precision part measured on another CPU moves to ``precision_other_cpus`` (CPU tag ->
-    part; bench.common.cpu_tag), so each CPU keeps its latest figures."""
-    previous = previous or {}
-    out = dict(new) if "reference" in parts else {**previous, **{p: new[p] for p in parts if p in new}}
-    old, fresh = previous.get("precision"), new.get("precision")
-    if "precision" in parts and old and fresh:
-        others = dict(previous.get("precision_other_cpus") or {})
-        others[cpu_tag(old.get("machine") or {})] = old
-        others.pop(cpu_tag(fresh.get("machine") or {}), None)
-        out["precision_other_cpus"] = others
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and queue sizes (~1-2 minutes)")
@@ -411,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     result = run(args.quick, command="python -m bench.step " + " ".join(argv if argv is not None else sys.argv[1:]),
                  parts=parts)
     if args.output.is_file():  # keep the other parts of the previous run, and other CPUs' precision parts
-        result = merge_parts(json.loads(args.output.read_text()), result, parts)
+        result = step_page.merge_parts(json.loads(args.output.read_text()), result, parts)
     text = json.dumps(result, indent=2)
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)

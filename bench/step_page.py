@@ -1,5 +1,6 @@
 """The training-step benchmark (bench/step.py) behind the common benchmark interface: its title, its run from
-``bench/run.py``, its page section and its goals. bench/step.py measures; this module only calls and renders it.
+``bench/run.py``, its page section and its goals, and how a new result joins the saved one (:func:`merge_parts`).
+bench/step.py measures; this module calls it, keeps its results and renders them.
 """
 
 from __future__ import annotations
@@ -7,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.common import Context, malloc_note, read_json
-from bench.page import Goal, both, goal_sentence, num, pct
+from bench.common import Context, cpu_tag, malloc_note, read_json
+from bench.page import Goal, both, goal_sentence, num, pct, provenance
 
 TITLE = "1. Training step"
 MAX_RATIO = 1.0  #: our step over the reference step (ratio of minimums): at least as fast
@@ -20,8 +21,22 @@ def run(ctx: Context) -> dict[str, Any]:
 
     result = step.run(ctx.quick, command="python bench/run.py (bench.step.run)")
     previous = read_json(Path(ctx.results_dir) / "step.json") if ctx.results_dir else None
-    previous = (previous.get("result") if "result" in previous else previous) if isinstance(previous, dict) else None
-    return step.merge_parts(previous, result, step.PARTS)  # keeps other CPUs' precision parts
+    return merge_parts(provenance(previous)["result"] if previous else None, result, step.PARTS)
+
+
+def merge_parts(previous: dict | None, new: dict, parts: tuple[str, ...]) -> dict:
+    """``previous`` with ``new``'s ``parts`` replacing its own (all of it after a full run, whose ``parts`` include
+    "reference"). A replaced precision part measured on another CPU moves to ``precision_other_cpus`` (CPU tag ->
+    part; bench.common.cpu_tag), so each CPU keeps its latest figures."""
+    previous = previous or {}
+    out = dict(new) if "reference" in parts else {**previous, **{p: new[p] for p in parts if p in new}}
+    old, fresh = previous.get("precision"), new.get("precision")
+    if "precision" in parts and old and fresh:
+        others = dict(previous.get("precision_other_cpus") or {})
+        others[cpu_tag(old.get("machine") or {})] = old
+        others.pop(cpu_tag(fresh.get("machine") or {}), None)
+        out["precision_other_cpus"] = others
+    return out
 
 
 def worst_selection_share(r: dict) -> float:

@@ -399,7 +399,7 @@ def test_a_result_from_another_cpu_is_kept_beside_the_new_one_and_shown_after_it
 
 
 def test_a_precision_part_from_another_cpu_is_kept_when_the_step_benchmark_reruns_it():
-    from bench.step import merge_parts
+    from bench.step_page import merge_parts
 
     amd = {"machine": {"cpu": "AMD EPYC", "cpu_bf16_flags": ["avx512_bf16"]}, "v": 1}
     xeon = {"machine": {"cpu": "Intel(R) Xeon(R) Processor", "cpu_bf16_flags": ["amx_bf16"]}, "v": 2}
