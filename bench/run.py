@@ -27,8 +27,8 @@ Every benchmark is a module with the same interface: ``TITLE`` (its section titl
 ``--quick`` scales everything down to finish in about ten minutes on a 2-core CPU; the full run takes hours. The
 page is rebuilt from every result file present, and every table says which mode and command produced it, so
 ``--only`` refreshes some results and keeps the others; a result measured on another CPU is kept beside the new one
-as ``<name>@<cpu>.json`` and shown after it. The efficiency benchmark (nine default-size studies, about
-3.5 h here) saves its result after every study; ``--resume`` continues an interrupted run from that file, keeping its
+as ``<name>@<cpu>.json`` and shown after it. The efficiency benchmark (fifteen default-size studies, about
+6 h here) saves its result after every study; ``--resume`` continues an interrupted run from that file, keeping its
 finished studies when the code they ran is unchanged and committed.
 """
 

@@ -5,6 +5,10 @@ Ray Tune and Train write their files to the storage URI themselves. The study's 
 written to a local staging folder, ``runs/.remote/<name>`` under the working directory, and copied to
 ``<storage>/<name>/``
 after every update; ``--resume`` first copies them back, so a study can be resumed from another machine.
+
+A push never leaves a half-written file in the storage, whenever the study is killed: on a file system each file is
+written beside its place and renamed into it; object stores (S3, GCS) publish an object only once its upload is
+complete.
 """
 
 from __future__ import annotations
@@ -39,6 +43,15 @@ class Mirror:
                 with self.fs.open_input_stream(f"{self.remote}/{filename}") as src:
                     (self.local / filename).write_bytes(src.read())
 
+    def _write(self, filename: str, data: bytes) -> None:
+        target = f"{self.remote}/{filename}"
+        local = self.fs.type_name == "local"
+        part = f"{self.remote}/.{filename}.part" if local else target
+        with self.fs.open_output_stream(part) as dst:
+            dst.write(data)
+        if local:
+            self.fs.move(part, target)  # a rename: atomic
+
     def push(self, files: tuple[str, ...] = STUDY_FILES) -> None:
         """Copy the local study files (and the report, when there is one) to the remote folder."""
         import pyarrow.fs
@@ -47,8 +60,7 @@ class Mirror:
         for filename in files:
             path = self.local / filename
             if path.is_file():
-                with self.fs.open_output_stream(f"{self.remote}/{filename}") as dst:
-                    dst.write(path.read_bytes())
+                self._write(filename, path.read_bytes())
         if files == STUDY_FILES and (self.local / "report").is_dir():
             pyarrow.fs.copy_files(str(self.local / "report"), f"{self.remote}/report",
                                   destination_filesystem=self.fs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -32,7 +33,7 @@ from study.optuna_storage import check_url  # noqa: E402
 from study.plan import DRIVER_RESOURCE, PlanError  # noqa: E402
 from study.space import Space  # noqa: E402
 
-LIVE_FILES = ("trial_status.json", "results.jsonl", "optuna.db")  # mirrored at every trial start and epoch report
+LIVE_FILES = ("trial_status.json", "results.jsonl")  # mirrored at every trial start and epoch report
 
 
 def _tune_callback(run_dir: Path, space: Space, mirror=None):
@@ -42,7 +43,7 @@ def _tune_callback(run_dir: Path, space: Space, mirror=None):
     class StudyFiles(TrialFiles):
         """Also records every epoch report as it happens, and rewrites the result files every 30 s."""
 
-        live_files = LIVE_FILES  # the searcher has just created the trial in the Optuna database
+        live_files = LIVE_FILES  # (the searcher mirrors optuna.db itself, after each write: _optuna_after_write)
 
         def __init__(self):
             super().__init__(run_dir, lambda: _write(run_dir, space, mirror), mirror)
@@ -74,6 +75,16 @@ def _tune_callback(run_dir: Path, space: Space, mirror=None):
 
 class StorageError(RuntimeError):
     """The study's storage cannot be written (full, read-only, gone); results already written stay intact."""
+
+
+def _optuna_after_write(mirror, optuna_storage: str | None):
+    """What the searcher calls after each write to its database (study.search.use_storage): with remote storage and
+    the default SQLite file, copy ``optuna.db`` to the storage at once."""
+    if mirror is None or optuna_storage is not None:
+        return None
+    from study.optuna_storage import DEFAULT_FILE
+
+    return functools.partial(mirror.push, (DEFAULT_FILE,))
 
 
 def _write(run_dir: Path, space: Space, mirror=None) -> None:
@@ -164,12 +175,13 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
         name=run_dir.name, storage_path=storage, callbacks=callbacks, stop=breaker.stopper,
         failure_config=tune.FailureConfig(max_failures=1), verbose=tune_verbosity())
     experiment = f"{storage}/{run_dir.name}"
+    after_write = _optuna_after_write(mirror, args.optuna_storage)
     if args.resume and tune.Tuner.can_restore(experiment):
         if not space.variants:  # the searcher pickled by Tune is rebound to this run's storage (study/search.py)
             from study.optuna_storage import open_storage, resolve
             from study.search import use_storage
 
-            use_storage(run_dir.name, open_storage(resolve(args.optuna_storage, run_dir)))
+            use_storage(run_dir.name, open_storage(resolve(args.optuna_storage, run_dir)), after_write)
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
         local = getattr(tuner, "_local_tuner", None)
@@ -186,7 +198,8 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
             searcher = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=resources["max_concurrent"])
             param_space = {"seed": tune.choice(space.seeds), "variant": tune.choice(list(space.variants))}
         else:  # a search: the concurrency follows the cluster's nodes as they come and go (study/cluster.py)
-            searcher = follow_cluster(make_searcher(space, run_dir, args.optuna_storage), s, space.num_trials)
+            searcher = follow_cluster(make_searcher(space, run_dir, args.optuna_storage, after_write), s,
+                                      space.num_trials)
             param_space = {}
         tuner = tune.Tuner(
             trainable, param_space=param_space, run_config=run_config,

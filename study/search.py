@@ -46,12 +46,23 @@ def trial_outcome(result: dict[str, Any] | None, max_epochs: int, error: bool) -
 #: the storage pickled in Tune's ``tuner.pkl`` and ``searcher-state-*.pkl`` names the database as it was when the
 #: study last ran (for the default SQLite file, an absolute path into the old working directory or study folder).
 _CURRENT_STORAGE: dict[str, Any] = {}
+#: What a searcher of a study calls after each write to its Optuna database (:func:`use_storage`); never pickled.
+_AFTER_WRITE: dict[str, Callable[[], None]] = {}
 
 
-def use_storage(study_name: str, storage) -> None:
+def use_storage(study_name: str, storage, after_write: Callable[[], None] | None = None) -> None:
     """Make ``storage`` (an Optuna storage) the one a searcher of ``study_name`` uses, also after it is unpickled by
-    ``Tuner.restore``: call it before restoring."""
+    ``Tuner.restore``: call it before restoring.
+
+    ``after_write`` is called after every write the searcher makes to the database (a trial created, an epoch's
+    value reported, a trial finished), before the searcher returns to Tune. A staged ``optuna.db`` (remote storage,
+    study/mirror.py) is copied to the storage there, so the database in the storage is never older than the searcher
+    state Tune saves beside it: otherwise a study killed in between resumes trials its database does not hold."""
     _CURRENT_STORAGE[study_name] = storage
+    if after_write is None:
+        _AFTER_WRITE.pop(study_name, None)
+    else:
+        _AFTER_WRITE[study_name] = after_write
 
 
 class EpochAwareOptunaSearch(OptunaSearch):
@@ -63,6 +74,7 @@ class EpochAwareOptunaSearch(OptunaSearch):
         self._max_epochs = max_epochs
         self.outcomes: dict[str, str] = {}
         self._reported: dict[str, set[int]] = {}
+        self._orphans: list[int] = []  # see _attach
 
     def _setup_study(self, mode):
         super()._setup_study(mode)
@@ -74,10 +86,21 @@ class EpochAwareOptunaSearch(OptunaSearch):
             self._ot_study.set_metric_names([self._metric])
 
     def suggest(self, trial_id: str) -> dict | None:
-        params = super().suggest(trial_id)
+        if trial_id not in self._ot_trials and self._orphans:  # see _attach
+            import optuna
+
+            self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, self._orphans.pop(0))
+        params = super().suggest(trial_id)  # an adopted trial's parameters are its own: Optuna returns them again
         if trial_id in self._ot_trials:  # which Tune trial this Optuna trial is (results.jsonl, trials.csv)
             self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
+            self._written()
         return params
+
+    def _written(self) -> None:
+        """The database changed: run the study's ``after_write`` (:func:`use_storage`), if it has one."""
+        after_write = _AFTER_WRITE.get(self._study_name)
+        if after_write is not None:
+            after_write()
 
     # Tune pickles the searcher twice (tuner.pkl; searcher-state-*.pkl through save/restore). Optuna's storages
     # reconnect when unpickled (an RDBStorage at its pickled URL, creating tables), so the storage, the study and the
@@ -108,8 +131,13 @@ class EpochAwareOptunaSearch(OptunaSearch):
         self._attach()
 
     def _attach(self) -> None:
+        """Load the study from this run's storage and link the trials to it. An *orphan* is a RUNNING trial of the
+        database that the searcher does not know: it was created after Tune last saved the searcher's state, and then
+        the study was killed. The next trials Tune asks for get the orphans (same parameters), so none stays RUNNING
+        for ever, beside a new trial with the point it was meant to evaluate."""
         import optuna
 
+        self._orphans = []
         storage = _CURRENT_STORAGE.get(self._study_name)
         if storage is None:
             storage = pickle.loads(self._storage) if isinstance(self._storage, bytes) else self._storage
@@ -125,6 +153,11 @@ class EpochAwareOptunaSearch(OptunaSearch):
         self._ot_study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
         for ot_trial in self._ot_trials.values():  # same ids: the same database, wherever it is now
             ot_trial.study, ot_trial.storage = self._ot_study, self._ot_study._storage
+        known = {ot_trial._trial_id for ot_trial in self._ot_trials.values()}
+        running = self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        self._orphans = [t._trial_id for t in running if t._trial_id not in known]
+        if self._orphans:
+            logger.info("resuming %d Optuna trial(s) created just before the study stopped", len(self._orphans))
 
     def _epochs_of(self, trial_id: str) -> int:
         ot_trial = self._ot_trials[trial_id]
@@ -142,6 +175,8 @@ class EpochAwareOptunaSearch(OptunaSearch):
                 self._ot_trials[trial_id].report(float(result[self.metric]), epoch)
             except Exception as exc:  # noqa: BLE001 - e.g. the trial was told finished before a crash and resume
                 logger.warning("could not record epoch %s of trial %s in Optuna: %s", epoch, trial_id, exc)
+            else:
+                self._written()
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         import optuna
@@ -168,6 +203,8 @@ class EpochAwareOptunaSearch(OptunaSearch):
             self._ot_study.tell(ot_trial, value, state=state)
         except Exception as exc:  # noqa: BLE001 - e.g. a trial already told before a resume
             logger.warning("could not record trial %s in Optuna: %s", trial_id, exc)
+        else:
+            self._written()
         self._completed_trials.add(trial_id)
 
 
@@ -189,16 +226,17 @@ def make_sampler(space: Space):
     return optuna.samplers.TPESampler(seed=settings.seed, multivariate=True, constant_liar=True, **startup)
 
 
-def make_searcher(space: Space, run_dir: Path, optuna_storage: str | None = None):
+def make_searcher(space: Space, run_dir: Path, optuna_storage: str | None = None,
+                  after_write: Callable[[], None] | None = None):
     """The Tune searcher for a study; ``None`` for variant grids (Tune's grid over variants x seeds).
     ``optuna_storage``: a URL checked by :func:`study.optuna_storage.check_url` (default: ``optuna.db`` in
-    ``run_dir``)."""
+    ``run_dir``); ``after_write``: see :func:`use_storage`."""
     if space.variants:
         return None
     from study.optuna_storage import open_storage, resolve
 
     storage = open_storage(resolve(optuna_storage, run_dir))
-    use_storage(run_dir.name, storage)
+    use_storage(run_dir.name, storage, after_write)
     baseline = space.baseline_point()
     max_epochs = functools.partial(trial_epochs, space)  # picklable: Tune saves the searcher with the study
     return EpochAwareOptunaSearch(

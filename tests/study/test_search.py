@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import pickle
+
 import optuna
 import pytest
 
-from study.search import EpochAwareOptunaSearch, trial_outcome
+from study.search import EpochAwareOptunaSearch, trial_outcome, use_storage
+
+
+def _space(trial):
+    trial.suggest_float("temperature", 0.05, 0.5, log=True)
 
 
 def _searcher(tmp_path, max_epochs=4):
-    def space(trial):
-        trial.suggest_float("temperature", 0.05, 0.5, log=True)
-
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
-    return EpochAwareOptunaSearch(space=space, metric="val_knn_top1", mode="max", study_name="t", storage=storage,
+    return EpochAwareOptunaSearch(space=_space, metric="val_knn_top1", mode="max", study_name="t", storage=storage,
                                   max_epochs=max_epochs), storage
 
 
@@ -72,3 +75,50 @@ def test_the_result_asha_stopped_on_reaches_optuna(tmp_path):
     trial = optuna.load_study(study_name="t", storage=storage).trials[0]
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert trial.intermediate_values == {1: 71.0, 2: 65.4}
+
+
+def test_every_write_to_the_database_is_followed_by_after_write(tmp_path):
+    """With remote storage, after_write copies optuna.db to the storage. It runs after each of the searcher's writes,
+    before the searcher returns to Tune, so a searcher state Tune saves never names a trial the copy lacks."""
+    searcher, storage = _searcher(tmp_path)
+    seen = []
+
+    def after_write():  # what a copy made now would hold
+        seen.append([(t.state.name, dict(t.intermediate_values))
+                     for t in optuna.load_study(study_name="t", storage=storage).trials])
+
+    use_storage("t", storage, after_write)
+    try:
+        searcher.suggest("a")
+        assert seen == [[("RUNNING", {})]]  # the new trial is in the copy before Tune learns of it
+        searcher.on_trial_result("a", {"epoch": 1, "val_knn_top1": 71.0})
+        searcher.on_trial_complete("a", {"epoch": 2, "val_knn_top1": 72.0})
+        assert seen[1:] == [[("RUNNING", {1: 71.0})], [("RUNNING", {1: 71.0, 2: 72.0})],  # (ASHA's STOP epoch)
+                            [("PRUNED", {1: 71.0, 2: 72.0})]]
+        # Tune pickles the searcher: the hook (here a closure, which pickle refuses) is not part of its state, and a
+        # restored searcher calls the hook this run registered.
+        restored = pickle.loads(pickle.dumps(searcher))
+        count = len(seen)
+        restored.suggest("b")
+        assert len(seen) == count + 1 and [state for state, _ in seen[-1]] == ["PRUNED", "RUNNING"]
+    finally:
+        use_storage("t", storage)
+
+
+def test_a_resumed_searcher_adopts_the_trial_its_saved_state_missed(tmp_path):
+    """Killed after the searcher created a trial in the database but before Tune saved its state, a resumed study
+    holds an Optuna trial that Tune never ran. The restored searcher gives it to the next Tune trial (same
+    parameters) instead of leaving it RUNNING for ever beside a new one."""
+    searcher, storage = _searcher(tmp_path)
+    searcher.on_trial_complete("a", _run(searcher, "a", 4))
+    saved = pickle.dumps(searcher)  # the state Tune saved last
+    lost = searcher.suggest("b")  # created in the database, then the study was killed
+    use_storage("t", storage)
+    restored = pickle.loads(saved)
+    assert restored.suggest("c") == lost
+    restored.on_trial_complete("c", _run(restored, "c", 4, value=60.0))
+    restored.on_trial_complete("d", _run(restored, "d", 4))  # then new trials as usual
+    study = optuna.load_study(study_name="t", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert study.trials[1].params == lost and study.trials[1].value == pytest.approx(64.0)
+    assert study.trials[1].user_attrs["tune_trial_id"] == "c"
