@@ -43,8 +43,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import yaml
 
-from bench.common import ROOT, Context, run_study, stats, tune_events, write_space
-from bench.page import Goal, goal_sentence, spread
+from bench.common import ROOT, Context, machine, run_study, stats, tune_events, write_space
+from bench.page import Goal, cpu_line, goal_sentence, spread
 from moco.vocabulary import COMPUTE, FINAL_OF
 
 SEARCHERS = {  # name -> study-section overrides
@@ -249,7 +249,8 @@ def run(ctx: Context) -> dict[str, Any]:
                                sample_memory=(name == "tpe_asha" and rep == 0))
             events = tune_events(Path(record["run_dir"]))
             points = curve(events, record["started_unix"])
-            record.update(seed=rep, points=points, reports=len(events), best=points[-1]["best"] if points else None)
+            record.update(seed=rep, points=points, reports=len(events), best=points[-1]["best"] if points else None,
+                          cpu=cpu_line(machine()))  # a resumed run may span sessions on different machines
             studies[name].append(record)
             print(f"[efficiency] {name} seed {rep}: best {ENDPOINT} {record['best']}, "
                   f"compute {points[-1]['compute'] if points else 0:g}, {record['wall_s']:.0f} s", flush=True)
@@ -311,6 +312,19 @@ def _tpe_startup_trials(study_settings: dict[str, Any]) -> int:
     return int(inspect.signature(optuna.samplers.TPESampler).parameters["n_startup_trials"].default)
 
 
+def _cpus(r: dict[str, Any]) -> list[str]:
+    """A line naming the CPUs the studies ran on, when a resumed run spans more than one."""
+    by_cpu: dict[str, list[str]] = {}
+    for name, runs in r["studies"].items():
+        for run in runs:
+            by_cpu.setdefault(run.get("cpu") or "CPU not recorded", []).append(f"{name} seed {run.get('seed')}")
+    if len(by_cpu) < 2:
+        return []
+    return ["", "The run was resumed on other machines; its studies ran on " + "; ".join(
+        f"{cpu}: {', '.join(runs)}" for cpu, runs in by_cpu.items()) + ". Compute and endpoints do not depend on a "
+        "CPU's speed; wall times do."]
+
+
 def render(r: dict[str, Any], figs: Path) -> list[str]:
     """The page's section: setup, best endpoint within each budget, compute to target, the ratio and its goal."""
     if "budgets" not in r:  # a result of the earlier benchmark (trial-epochs of the per-epoch monitor)
@@ -321,7 +335,7 @@ def render(r: dict[str, Any], figs: Path) -> list[str]:
     out = [f"Space {s['space']}; overrides {s['overrides'] or 'none (the default study)'}; {s['num_samples']} trials "
            f"per study, {s['repetitions']} repetitions per searcher (searcher seeds 0..{s['repetitions'] - 1}; "
            f"training seed 0). Endpoint: {s['endpoint']}. Compute: {s['compute']}. Means over the repetitions with "
-           "bootstrap 95 % CIs.", "",
+           "bootstrap 95 % CIs.", *_cpus(r), "",
            "Best endpoint found within a compute budget (a fraction of random search's total, median over its "
            "studies; *undetermined* where some study had no completed trial yet):", "",
            "| searcher | " + " | ".join(f"{100 * b['fraction']:.0f} % ({b['compute']:g})" for b in r["budgets"])

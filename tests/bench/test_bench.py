@@ -134,6 +134,15 @@ def test_efficiency_summary_at_budgets_with_undetermined_ratio(tmp_path):
                                                           "result": partial})
     page = run.write_page(tmp_path / "results", tmp_path / "docs" / "benchmarks.md").read_text()
     assert "**Partial run: 2 of 15 studies finished**" in page and "not judged: partial run, 2 of 15" in page
+    assert "resumed on other machines" not in page  # studies of one CPU (or of records that predate the field)
+
+    tpe_xeon, rnd_epyc = {**tpe[0], "cpu": "Xeon, bf16 flags: amx_bf16"}, {**rnd[0], "cpu": "EPYC, bf16 flags: none"}
+    spanned = efficiency.summarize({"tpe_asha": [tpe_xeon], "random": [rnd_epyc], "grid": []}, quick=False)
+    write_json(tmp_path / "results" / "efficiency.json", {"mode": "full", "command": "c", "date": "d",
+                                                          "result": spanned})
+    page = run.write_page(tmp_path / "results", tmp_path / "docs" / "benchmarks.md").read_text()
+    assert ("its studies ran on Xeon, bf16 flags: amx_bf16: tpe_asha seed 0; EPYC, bf16 flags: none: random seed 0."
+            in page)
 
 
 def test_efficiency_resume_keeps_only_studies_of_the_same_setup(monkeypatch, tmp_path):
