@@ -106,8 +106,9 @@ def run_benchmark(name: str, args: argparse.Namespace, command: str, workdir: Pa
     """Run one benchmark and write its result file; False if it failed."""
     path = args.results_dir / f"{name}.json"
     doc = run_record(name, args.quick, command)  # the git state first: the move below is not a change to the code
-    keep_other_cpu(path)
     previous = previous_partial(name, read_json(path), doc["mode"]) if args.resume else None
+    if previous is None:  # an interrupted run is continued on whichever CPU (its parts record theirs)
+        keep_other_cpu(path)
     if name in RESUMABLE:
         doc["code_committed"] = code_committed(name)
     if previous is not None:

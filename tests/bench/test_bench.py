@@ -194,6 +194,27 @@ def test_bench_resume_refuses_changed_or_uncommitted_code(monkeypatch):
     assert resumed["studies_done"] == 1 and resumed["resumed_from"]["commit"] == head
 
 
+def test_an_interrupted_run_resumes_on_another_cpu(monkeypatch, tmp_path):
+    """--resume continues a partial result measured on another CPU (each of its parts records its own) instead of
+    keeping it aside as <name>@<cpu>.json and starting again; without --resume it is kept aside."""
+    from bench import common, run
+
+    monkeypatch.setattr(common, "machine", lambda: {"cpu": "Intel(R) Xeon(R) Processor", "cpu_bf16_flags": []})
+    monkeypatch.setattr(run, "previous_partial", lambda name, doc, mode: (
+        {**doc["result"], "resumed_from": {}} if doc and doc["result"].get("partial") else None))
+    seen = []
+    monkeypatch.setattr(run, "benchmark", lambda name: SimpleNamespace(run=lambda ctx: seen.append(ctx.previous) or {}))
+    partial = {"machine": {"cpu": "AMD EPYC", "cpu_bf16_flags": []}, "mode": "full", "result": {"partial": True}}
+    common.write_json(tmp_path / "efficiency.json", partial)
+    args = SimpleNamespace(results_dir=tmp_path, quick=False, resume=True)
+    assert run.run_benchmark("efficiency", args, "c", tmp_path / "work", {})
+    assert seen[-1]["partial"] and not list(tmp_path.glob("efficiency@*"))
+
+    common.write_json(tmp_path / "efficiency.json", partial)
+    assert run.run_benchmark("efficiency", SimpleNamespace(**{**vars(args), "resume": False}), "c", tmp_path, {})
+    assert seen[-1] is None and list(tmp_path.glob("efficiency@*")) == [tmp_path / "efficiency@amd-epyc.json"]
+
+
 def _tune_run(run_dir: Path, trials: dict[str, int], epoch_s: float = 10.0, startup_s: float = 5.0) -> Path:
     """A study directory as Tune writes it: one ``result.json`` line per epoch report of each trial."""
     for trial, epochs in trials.items():
