@@ -128,12 +128,12 @@ def test_efficiency_summary_at_budgets_with_undetermined_ratio(tmp_path):
     assert (tmp_path / "docs" / "figures" / "efficiency.png").is_file()
 
     partial = efficiency.summarize({"tpe_asha": tpe[:1], "random": rnd[:1], "grid": []}, quick=False)
-    assert partial["partial"] and partial["studies_done"] == 2 and partial["studies_planned"] == 15
+    assert partial["partial"] and partial["studies_done"] == 2 and partial["studies_planned"] == 10
     assert partial["goal_met"] is None
     write_json(tmp_path / "results" / "efficiency.json", {"mode": "full", "command": "c", "date": "d",
                                                           "result": partial})
     page = run.write_page(tmp_path / "results", tmp_path / "docs" / "benchmarks.md").read_text()
-    assert "**Partial run: 2 of 15 studies finished**" in page and "not judged: partial run, 2 of 15" in page
+    assert "**Partial run: 2 of 10 studies finished**" in page and "not judged: partial run, 2 of 10" in page
     assert "resumed on other machines" not in page  # studies of one CPU (or of records that predate the field)
 
     tpe_xeon, rnd_epyc = {**tpe[0], "cpu": "Xeon, bf16 flags: amx_bf16"}, {**rnd[0], "cpu": "EPYC, bf16 flags: none"}
@@ -210,6 +210,16 @@ def test_an_interrupted_run_resumes_on_another_cpu(monkeypatch, tmp_path):
     assert run.run_benchmark("efficiency", args, "c", tmp_path / "work", {})
     assert seen[-1]["partial"] and not list(tmp_path.glob("efficiency@*"))
 
+    def fails_after_a_part(ctx):  # a part finished and saved, then the benchmark failed
+        ctx.save({"partial": True, "studies_done": 1})
+        raise RuntimeError("a later study failed")
+
+    monkeypatch.setattr(run, "benchmark", lambda name: SimpleNamespace(run=fails_after_a_part))
+    assert not run.run_benchmark("efficiency", args, "c", tmp_path / "work", {})
+    failed = common.read_json(tmp_path / "efficiency.json")
+    assert failed["result"]["studies_done"] == 1 and "a later study failed" in failed["error"]  # the part is kept
+
+    monkeypatch.setattr(run, "benchmark", lambda name: SimpleNamespace(run=lambda ctx: seen.append(ctx.previous) or {}))
     common.write_json(tmp_path / "efficiency.json", partial)
     assert run.run_benchmark("efficiency", SimpleNamespace(**{**vars(args), "resume": False}), "c", tmp_path, {})
     assert seen[-1] is None and list(tmp_path.glob("efficiency@*")) == [tmp_path / "efficiency@amd-epyc.json"]
