@@ -7,7 +7,7 @@ Benchmarks (in this order; each writes ``<results-dir>/<name>.json``):
 
   step        training step vs the reference MoCo v2 step, dual-view cost, selection cost (bench/step.py)
   augment     batched augmentation vs a torchvision DataLoader (bench/augment.py)
-  efficiency  Optuna TPE + ASHA vs random vs grid search: compute to reach the best validation kNN - 0.5
+  efficiency  Optuna TPE + ASHA vs random search: best endpoint at fixed compute, and compute to the target
   overhead    Ray overhead: share of a study's time inside training epochs, start-up per trial
   scaling     1 vs 2 Ray Train workers, 1 vs 2 concurrent trials, as efficiency against linear
   quality     kNN / linear probe of the baseline and of the study's best vs raw pixels; training throughput
@@ -114,6 +114,7 @@ def run_benchmark(name: str, args: argparse.Namespace, command: str, workdir: Pa
         doc["code_committed"] = code_committed(name)
     if previous is not None:
         doc["resumed_from"] = previous["resumed_from"]
+
     def save(partial: dict[str, Any]) -> None:  # after each finished part; a later failure keeps it
         doc["result"] = partial
         write_json(path, doc)
