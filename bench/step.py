@@ -241,8 +241,7 @@ def bench_precision(repeats: int, epoch_steps: int, epoch_repeats: int) -> dict:
 
     cfg = TrainConfig.from_yaml(DEFAULT_CONFIG)
     variants = {name: _default_step_fn(cfg, p, f) for name, p, f in LAYOUTS}
-    # the same four with plain BatchNorm: the default split BatchNorm reshapes [B, C, H, W] to [B / s, C s, H, W],
-    # which channels-last memory cannot view, so these rows show what that copy costs each layout
+    # the same four with plain BatchNorm: what the default split BatchNorm (one call per sub-batch) costs each layout
     plain_bn = cfg.replace(bn_mode="none")
     variants.update({f"{name} {PLAIN_BN}": _default_step_fn(plain_bn, p, f) for name, p, f in LAYOUTS})
     with CpuShare(torch.get_num_threads()) as used:  # the share of the CPU these measurements got

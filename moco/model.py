@@ -15,8 +15,8 @@ own forward passes, as in official MoCo).
 BatchNorm handling (``bn_mode``), which stops the model from cheating through batch statistics shared by a query and
 its key:
 
-* ``split``: every BatchNorm2d becomes :class:`SplitBatchNorm` (statistics over ``bn_splits`` sub-batches, as in the
-  MoCo CIFAR demo), and the key encoder's input is randomly permuted (and its output un-permuted), so a query and its
+* ``split``: every BatchNorm2d becomes :class:`SplitBatchNorm` (statistics over ``bn_splits`` sub-batches, like the
+  MoCo CIFAR demo's), and the key encoder's input is randomly permuted (and its output un-permuted), so a query and its
   key see different sub-batches. Works on one device and per rank under DDP.
 * ``shuffle``: ShuffleBN across ranks (official MoCo ``_batch_shuffle_ddp``): the key inputs of all ranks are
   gathered, shuffled with one permutation broadcast from rank 0, encoded, gathered and un-shuffled. It needs an
@@ -65,10 +65,14 @@ def update_momentum(target: nn.Module, source: nn.Module, m: float) -> None:
 
 # --- BatchNorm -------------------------------------------------------------------------------------------------
 class SplitBatchNorm(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are computed over ``num_splits`` sub-batches (samples i, i+s, i+2s, ...).
+    """BatchNorm2d whose training statistics are computed over ``num_splits`` contiguous sub-batches.
 
-    Input [N, C, H, W] with N divisible by ``num_splits``. Running statistics are the mean over the splits; evaluation
-    is plain BatchNorm.
+    Input [N, C, H, W] with N divisible by s = ``num_splits``; sub-batch j is samples [j N/s, (j + 1) N/s), each
+    normalised with its own mean and variance over (N/s, H, W). Running statistics are the mean over the sub-batches;
+    evaluation is plain BatchNorm. Contiguous sub-batches are free slices of both contiguous and channels-last memory,
+    so every layout runs the fused BatchNorm kernel on views and pays one concatenation (the MoCo CIFAR demo's
+    interleaved split, a reshape to [N/s, C s, H, W], is a copy in and out under channels-last). Batches arrive in a
+    random order and the key encoder's input is permuted, so which samples share a sub-batch is random either way.
     """
 
     def __init__(self, num_features: int, num_splits: int, **kwargs):
@@ -78,21 +82,20 @@ class SplitBatchNorm(nn.BatchNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.num_splits == 1:
             return super().forward(x)
-        n, c, h, w = x.shape
         s = self.num_splits
-        if n % s:
-            raise ValueError(f"batch size = {n} is not allowed with bn_splits = {s}: expected a multiple of bn_splits")
-        mean = self.running_mean.repeat(s)
-        var = self.running_var.repeat(s)
-        weight = self.weight.repeat(s) if self.weight is not None else None
-        bias = self.bias.repeat(s) if self.bias is not None else None
+        if x.shape[0] % s:
+            raise ValueError(f"batch size = {x.shape[0]} is not allowed with bn_splits = {s}: expected a multiple of "
+                             "bn_splits")
+        means = self.running_mean.repeat(s, 1)  # [s, C]: each sub-batch updates its own row
+        variances = self.running_var.repeat(s, 1)
         momentum = 0.1 if self.momentum is None else self.momentum
-        out = F.batch_norm(x.reshape(n // s, c * s, h, w), mean, var, weight, bias, True, momentum, self.eps)
+        out = torch.cat([F.batch_norm(part, means[j], variances[j], self.weight, self.bias, True, momentum, self.eps)
+                         for j, part in enumerate(x.chunk(s))])
         with torch.no_grad():
-            self.running_mean.copy_(mean.view(s, c).mean(0))
-            self.running_var.copy_(var.view(s, c).mean(0))
+            self.running_mean.copy_(means.mean(0))
+            self.running_var.copy_(variances.mean(0))
             self.num_batches_tracked.add_(1)
-        return out.view(n, c, h, w)
+        return out
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", num_splits={self.num_splits}"

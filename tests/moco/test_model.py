@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from moco.backbones import build_backbone
 from moco.config import TrainConfig
@@ -138,17 +139,37 @@ def test_stats_names_and_false_negative_rate():
     assert abs(stats["filtered_frac"].item() - 2 / 32) < 1e-6
 
 
-def test_split_batchnorm_statistics_per_split():
-    bn = SplitBatchNorm(3, num_splits=2)
-    x = torch.randn(8, 3, 4, 4)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_split_batchnorm_statistics_per_split(layout):
+    bn = SplitBatchNorm(3, num_splits=2, momentum=0.5)
+    x = (torch.randn(8, 3, 4, 4) * 3 + 1).contiguous(memory_format=layout)
     out = bn(x)
+    assert out.is_contiguous(memory_format=layout)
+    means, variances = [], []
     for j in range(2):
-        part = x[j::2]
+        part = x[4 * j:4 * (j + 1)]
         var = part.var((0, 2, 3), unbiased=False, keepdim=True)
-        ref = (part - part.mean((0, 2, 3), keepdim=True)) / torch.sqrt(var + bn.eps).view(1, 3, 1, 1)
-        assert torch.allclose(out[j::2], ref, atol=1e-5)
+        ref = (part - part.mean((0, 2, 3), keepdim=True)) / torch.sqrt(var + bn.eps)
+        assert torch.allclose(out[4 * j:4 * (j + 1)], ref, atol=1e-5)
+        means.append(part.mean((0, 2, 3)))
+        variances.append(part.var((0, 2, 3), unbiased=True))
+    # running statistics: the momentum update of each split's, averaged over the splits
+    assert torch.allclose(bn.running_mean, 0.5 * torch.stack(means).mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, 0.5 + 0.5 * torch.stack(variances).mean(0), atol=1e-5)
     with pytest.raises(ValueError, match="bn_splits"):
         bn(torch.randn(5, 3, 4, 4))
+
+
+def test_split_batchnorm_gradients_match_per_split_batchnorm():
+    bn = SplitBatchNorm(3, num_splits=4)
+    ref = nn.BatchNorm2d(3)
+    ref.load_state_dict(bn.state_dict())
+    x = torch.randn(16, 3, 5, 5, requires_grad=True)
+    g = torch.randn(16, 3, 5, 5)
+    got = torch.autograd.grad(bn(x), (x, bn.weight, bn.bias), g)
+    want = torch.autograd.grad(torch.cat([ref(p) for p in x.chunk(4)]), (x, ref.weight, ref.bias), g)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_split_mode_converts_batchnorm_in_both_encoders():
