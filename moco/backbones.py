@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["BACKBONES", "NORMS", "build_backbone", "norm_layer", "ConvNet", "MaxPool2"]
+__all__ = ["BACKBONES", "NORMS", "build_backbone", "norm_layer", "ConvNet", "GridAvgPool", "MaxPool2"]
 
 BACKBONES = ("convnet", "resnet18", "resnet50")
 NORMS = ("batch", "group", "none")
@@ -75,6 +75,28 @@ class MaxPool2(nn.Module):
                              torch.maximum(z[:, :, 1::2, 0::2], z[:, :, 1::2, 1::2]))
 
 
+class GridAvgPool(nn.Module):
+    """Average-pool [B, C, H, W] to a g x g grid and flatten: [B, C g^2], channel-major (``nn.AdaptiveAvgPool2d(g)``
+    then ``nn.Flatten()``, the same values).
+
+    For g = 1 on a channels-last input the mean runs over the [B, HW, C] view of its memory, so that the gradient
+    goes back to the layer before in channels-last layout too. ``AdaptiveAvgPool2d``'s gradient comes back
+    contiguous (NCHW), and the ReLU backward before it then mixes the two layouts: on the default ConvNet in bf16
+    that costs about a tenth of a training step on CPU (tests/moco/test_backbones.py checks values, gradients and
+    layout; the timing is in docs/benchmarks.md).
+    """
+
+    def __init__(self, grid: int = 1):
+        super().__init__()
+        self.grid = grid
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.grid == 1 and x.dim() == 4 and not x.is_contiguous() \
+                and x.is_contiguous(memory_format=torch.channels_last):
+            return x.permute(0, 2, 3, 1).flatten(1, 2).mean(1)
+        return F.adaptive_avg_pool2d(x, self.grid).flatten(1)
+
+
 class ConvNet(nn.Module):
     """Three conv blocks (width w, 2w, 4w; 3x3 conv, norm, ReLU; 2x2 max-pool after the first two), then average
     pooling of the last feature map to a g x g grid (``pool_grid`` g; g = 1 is global average pooling).
@@ -97,7 +119,7 @@ class ConvNet(nn.Module):
             if i < len(widths) - 1:
                 layers.append(MaxPool2())
             prev = w
-        layers += [nn.AdaptiveAvgPool2d(pool_grid), nn.Flatten()]
+        layers.append(GridAvgPool(pool_grid))
         self.net = nn.Sequential(*layers)
         self.feature_dim = widths[-1] * pool_grid * pool_grid
 
@@ -115,7 +137,7 @@ def _resnet(name: str, in_channels: int, cifar_stem: bool, norm: str) -> tuple[n
     elif in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     feature_dim = net.fc.in_features
-    net.fc = nn.Identity()
+    net.avgpool, net.fc = GridAvgPool(1), nn.Identity()  # [B, C]: torchvision's flatten after it changes nothing
     return net, feature_dim
 
 

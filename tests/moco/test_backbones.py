@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moco.backbones import MaxPool2, build_backbone
+from moco.backbones import GridAvgPool, MaxPool2, build_backbone
 
 
 @pytest.mark.parametrize("norm", ["batch", "group", "none"])
@@ -22,12 +22,42 @@ def test_convnet_pool_grid_keeps_a_grid_of_the_last_map(grid):
     x = torch.randn(3, 1, 28, 28)
     feats = net(x)
     assert dim == 32 * grid * grid and feats.shape == (3, dim)
-    last = net.net[:-2](x)  # [3, 32, 7, 7], before pooling
+    last = net.net[:-1](x)  # [3, 32, 7, 7], before pooling
     assert last.shape == (3, 32, 7, 7)
     # flattened channel-major: feature (c, i, j) is the mean of the last map's (i, j) window of channel c
     assert torch.allclose(feats.view(3, 32, grid, grid), F.adaptive_avg_pool2d(last, grid), atol=1e-6)
     if grid == 2:  # on a 7x7 map the windows are rows/columns 0-3 and 3-6
         assert torch.allclose(feats.view(3, 32, 2, 2)[..., 1, 0], last[:, :, 3:, :4].mean((2, 3)), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("grid", [1, 2])
+def test_grid_avg_pool_equals_adaptive_pooling_and_keeps_the_gradient_channels_last(grid, dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 16, 7, 7, generator=g).to(dtype)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    for layout in (torch.contiguous_format, torch.channels_last):
+        a = x.contiguous(memory_format=layout).clone().requires_grad_()
+        b = a.detach().clone().requires_grad_()
+        b_out = b * 1  # not a leaf: its gradient keeps the layout the pooling's backward gives it
+        arriving = []
+        b_out.register_hook(arriving.append)
+        want, got = nn.Flatten()(nn.AdaptiveAvgPool2d(grid)(a)), GridAvgPool(grid)(b_out)
+        assert got.shape == (6, 16 * grid * grid) and torch.allclose(want.float(), got.float(), atol=tol)
+        grad = torch.randn(want.shape, generator=g).to(dtype)
+        want.backward(grad)
+        got.backward(grad)
+        assert torch.allclose(a.grad.float(), b.grad.float(), atol=tol)
+        if grid == 1:  # the layer before gets its gradient in its own layout
+            assert arriving[0].is_contiguous(memory_format=layout)
+
+
+def test_resnet_pools_with_grid_avg_pool():
+    net, _ = build_backbone("resnet18", 3)
+    assert isinstance(net.avgpool, GridAvgPool)
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    net = net.to(memory_format=torch.channels_last).eval()
+    assert torch.allclose(net(x), net(x.contiguous()), atol=1e-5)
 
 
 def test_group_norm_is_independent_of_batch_split():
