@@ -81,9 +81,7 @@ class GridAvgPool(nn.Module):
 
     For g = 1 on a channels-last input the mean runs over the [B, HW, C] view of its memory, so that the gradient
     goes back to the layer before in channels-last layout too. ``AdaptiveAvgPool2d``'s gradient comes back
-    contiguous (NCHW), and the ReLU backward before it then mixes the two layouts: on the default ConvNet in bf16
-    that costs about a tenth of a training step on CPU (tests/moco/test_backbones.py checks values, gradients and
-    layout; the timing is in docs/benchmarks.md).
+    contiguous (NCHW), and the CPU's ReLU backward before it is then slow on the two mixed layouts.
     """
 
     def __init__(self, grid: int = 1):
