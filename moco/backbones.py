@@ -77,7 +77,7 @@ class MaxPool2(nn.Module):
 
 class GridAvgPool(nn.Module):
     """Average-pool [B, C, H, W] to a g x g grid and flatten: [B, C g^2], channel-major (``nn.AdaptiveAvgPool2d(g)``
-    then ``nn.Flatten()``, the same values).
+    then ``nn.Flatten()``, the same values up to the summation order's rounding).
 
     For g = 1 on a channels-last input the mean runs over the [B, HW, C] view of its memory, so that the gradient
     goes back to the layer before in channels-last layout too. ``AdaptiveAvgPool2d``'s gradient comes back
