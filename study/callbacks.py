@@ -58,7 +58,8 @@ def trial_number(trial, grid: bool = False) -> int:
 
 class TrialFiles(Callback):
     """Records each trial's status in ``record_dir`` as it starts and ends, and calls ``write`` (which rewrites the
-    result files and pushes them to the mirror) when one ends; ``live_files`` reach the mirror as a trial starts."""
+    result files and pushes them to the mirror) when one ends; ``live_files`` reach the mirror as a trial starts and,
+    before that rewrite, as it ends."""
 
     noun = "trial"  #: how the fallback error message names a trial
     live_files: tuple[str, ...] = ()
@@ -92,6 +93,10 @@ class TrialFiles(Callback):
         record_trial(self.record_dir, trial.trial_id, params=dict(trial.config), **self.start_fields(trial),
                      status=RUNNING)
         self.announce(trial, RUNNING)
+        self._push_live()
+
+    def _push_live(self) -> None:
+        """Copy ``live_files`` to the mirror now: a trial's status reaches the storage before anything slower runs."""
         if self.mirror is not None and self.live_files:
             self.mirror.push(self.live_files)
 
@@ -100,11 +105,13 @@ class TrialFiles(Callback):
         outcome = trial_outcome(last, self.max_epochs(trial), error=False)
         record_trial(self.record_dir, trial.trial_id, status=outcome, error=last.get("error"),
                      **self.end_fields(last))
+        self._push_live()
         self.announce(trial, outcome)
         self.write()
 
     def on_trial_error(self, iteration, trials, trial, **info):
         error = trial_error(trial) or f"see the {self.noun}'s error.txt"
         record_trial(self.record_dir, trial.trial_id, status=ERRORED, error=error)
+        self._push_live()
         self.announce(trial, ERRORED, error)
         self.write()

@@ -61,13 +61,14 @@ def stale_ray_tmp():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def kill_study_after_first_trial(cmd: list[str], cwd: Path, name: str, timeout: float) -> None:
+def kill_study_after_first_trial(cmd: list[str], cwd: Path, stored: Path, timeout: float) -> None:
     """Run the study ``cmd`` (file:// storage) in ``cwd`` and SIGKILL its driver, then its whole process group (the
-    Ray processes it started: a lost machine), once its staging copy records a finished trial."""
+    Ray processes it started: a lost machine), once the storage's copy ``stored`` records a finished trial (the local
+    staging copy records it first, a moment before the mirror pushes it: a kill in between loses it, as it should)."""
     from study.results import finished_trials
 
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    status = Path(cwd) / "runs" / ".remote" / name / "trial_status.json"
+    status = Path(stored) / "trial_status.json"
     deadline = time.time() + timeout
     try:
         while time.time() < deadline and proc.poll() is None:

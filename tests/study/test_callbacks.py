@@ -52,6 +52,23 @@ def test_trials_are_recorded_as_they_start_complete_and_error(tmp_path):
     assert records["c"]["error"] == "ValueError: bad batch" and len(writes) == 3
 
 
+def test_a_trials_outcome_reaches_the_mirror_before_the_result_files_are_rewritten(tmp_path):
+    """A driver killed while the result files are rewritten has already stored the outcome (the status file first)."""
+    events = []
+    mirror = Mirror()
+    mirror.push = lambda files=None: events.append(("push", files, _status(tmp_path)))
+    files = Files(tmp_path, lambda: events.append(("write",)), mirror)
+    done, failed = _trial("a", "1_lr=0.1", {"epoch": 3}), _trial("b", "2_lr=0.1", error_file=str(tmp_path / "x"))
+    files.on_trial_complete(0, [], done)
+    files.on_trial_error(0, [], failed)
+    assert events == [("push", ("trial_status.json",), {"a": "completed"}), ("write",),
+                      ("push", ("trial_status.json",), {"a": "completed", "b": "errored"}), ("write",)]
+
+
+def _status(record_dir):
+    return {k: r["status"] for k, r in json.loads((record_dir / STATUS_FILE).read_text()).items()}
+
+
 def test_an_error_without_its_file_is_recorded_with_where_to_look(tmp_path):
     files = Files(tmp_path, lambda: None)
     files.noun = "run"

@@ -185,7 +185,7 @@ def test_resume_from_another_working_directory(tmp_path):
     storage, first, second = tmp_path / "studies", tmp_path / "a", tmp_path / "b"
     first.mkdir(), second.mkdir()
     cmd = study_command("--space", str(MINI_SPACE), "--storage", storage.as_uri(), "--name", "moved", *TINY)
-    kill_study_after_first_trial(cmd, first, "moved", timeout=500)
+    kill_study_after_first_trial(cmd, first, storage / "moved", timeout=500)
     shutil.rmtree(first)  # the old working directory is gone (a new node, a new checkout)
 
     resumed = subprocess.run(cmd + ["--resume"], cwd=second, capture_output=True, text=True, timeout=800)

@@ -106,7 +106,7 @@ def test_resume_after_sigkill_keeps_finished_trials(tmp_path):
     workdir.mkdir()
     cmd = study_command("--space", str(MINI_SPACE), "--storage", storage.as_uri(), "--name", "crash",
                         "--max-concurrent", "1", "--no-report")
-    kill_study_after_first_trial(cmd, workdir, "crash", timeout=400)
+    kill_study_after_first_trial(cmd, workdir, storage / "crash", timeout=400)
     # What had reached the storage at the crash (the staging copy is discarded: --resume rebuilds it).
     before, _ = collect(storage / "crash", load_space(str(MINI_SPACE)))
     finished_before = finished_trials(storage / "crash")
