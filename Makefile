@@ -1,7 +1,7 @@
 # Three commands do everything on a fresh machine:
 #   make study   set up, then run the default study and its confirmation (Fashion-MNIST, CPU, about 30 minutes)
 #   make test    set up, then ruff and every test that does not start Ray (the quick loop, a few minutes)
-#   make test-all  set up, then ruff and the whole suite, Ray tests included (what CI runs: .ci/run; about 30 min)
+#   make test-all  set up, then ruff and the whole suite, Ray tests included (what CI runs: .ci/run; about 50 min)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
