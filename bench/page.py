@@ -7,6 +7,8 @@ A benchmark module renders its own section (``render(result, figs)``) and its ro
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +112,9 @@ def status_cell(met: bool | str | None) -> str:
 def write_page(results_dir: Path, docs: Path, registry: dict[str, Any]) -> Path:
     """Render every benchmark of ``registry`` (name -> module) from ``results_dir/<name>.json`` into ``docs``, each
     followed by its results kept from other CPUs (``<name>@<cpu>.json``)."""
-    figs = Path(docs).parent / "figures"
     docs = Path(docs)
+    figs = docs.parent / "figures"
+    figs.mkdir(parents=True, exist_ok=True)
     lines = ["# Benchmarks", "", INTRO, ""]
     env_doc = None
     sections = []
@@ -128,7 +131,7 @@ def write_page(results_dir: Path, docs: Path, registry: dict[str, Any]) -> Path:
         for path in other_cpu_files(results_dir, name):
             other = read_json(path)
             sections += [f"### The same benchmark on another CPU: {cpu_line(other.get('machine') or {})} "
-                         f"(`{path.name}`)", ""] + _render_doc(bench, other, figs, summary, other_cpu=True)
+                         f"(`{path.name}`)", ""] + _render_doc(bench, other, figs, summary, other_cpu=path.stem)
     if env_doc:
         lines += machine_section(env_doc)
     lines += summary + ["", QUICK_NOTE, ""] + sections
@@ -137,13 +140,27 @@ def write_page(results_dir: Path, docs: Path, registry: dict[str, Any]) -> Path:
     return docs
 
 
+def _render_apart(bench: Any, result: dict, figs: Path, tag: str) -> list[str]:
+    """``bench.render`` into a scratch folder, whose figures then move to ``figs`` as ``<stem>@<tag><suffix>``, the
+    section's links renamed with them."""
+    with tempfile.TemporaryDirectory(dir=figs) as tmp:
+        lines = bench.render(result, Path(tmp))
+        for made in sorted(Path(tmp).iterdir()):
+            kept = f"{made.stem}@{tag}{made.suffix}"
+            shutil.move(made, figs / kept)
+            lines = [line.replace(f"figures/{made.name})", f"figures/{kept})") for line in lines]
+    return lines
+
+
 def cpu_line(m: dict[str, Any]) -> str:
     """A machine record's CPU and its bf16 flags, as words."""
     return f"{m.get('cpu', 'unknown CPU')}, bf16 flags: {', '.join(m.get('cpu_bf16_flags') or []) or 'none'}"
 
 
-def _render_doc(bench: Any, doc: dict, figs: Path, summary: list[str], other_cpu: bool = False) -> list[str]:
-    """One result file's provenance line and section lines; its goal rows go to ``summary``."""
+def _render_doc(bench: Any, doc: dict, figs: Path, summary: list[str], other_cpu: str | None = None) -> list[str]:
+    """One result file's provenance line and section lines; its goal rows go to ``summary``. A result kept from
+    another CPU (``other_cpu``: its file's stem, ``<name>@<cpu>``) has its figures renamed to ``<figure>@<cpu>``, so
+    that they do not replace this CPU's."""
     run = provenance(doc)
     out = [meta_line(run), ""]
     if doc.get("error"):
@@ -154,7 +171,8 @@ def _render_doc(bench: Any, doc: dict, figs: Path, summary: list[str], other_cpu
             mode += f" ({(doc.get('machine') or {}).get('cpu', 'another CPU')})"
         for goal, measured, met in bench.goals(run["result"]):
             summary.append(f"| {bench.TITLE} | {mode} | {goal} | {measured} | {status_cell(met)} |")
-        out += bench.render(run["result"], figs)
+        out += bench.render(run["result"], figs) if not other_cpu else _render_apart(bench, run["result"], figs,
+                                                                                        other_cpu.partition("@")[2])
     except Exception as err:  # noqa: BLE001 - a malformed result must not lose the rest of the page
         out += [f"**Could not render this result:** `{type(err).__name__}: {err}`", ""]
     return out

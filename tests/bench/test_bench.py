@@ -438,6 +438,26 @@ def test_a_result_from_another_cpu_is_kept_beside_the_new_one_and_shown_after_it
     assert text.index("x is 1") < text.index("x is 2")
 
 
+def test_a_result_from_another_cpu_draws_its_figures_beside_this_cpus(tmp_path):
+    """A kept result's figures get the CPU in their names: the other CPU's section, rendered after, once overwrote
+    this CPU's ``figures/efficiency.png``, and both sections showed the other CPU's figure."""
+    from bench import common, page
+
+    def render(r, figs):
+        (figs / "t.png").write_text(str(r["x"]))
+        return [f"x is {r['x']}", "![t](figures/t.png)", ""]
+
+    fake = SimpleNamespace(TITLE="T", render=render, goals=lambda r: [])
+    common.write_json(tmp_path / "t.json", {"machine": {"cpu": "Intel(R) Xeon(R) Processor"}, "result": {"x": 1}})
+    common.write_json(tmp_path / "t@amd-epyc.json", {"machine": {"cpu": "AMD EPYC"}, "result": {"x": 2}})
+    text = page.write_page(tmp_path, tmp_path / "docs" / "page.md", {"t": fake}).read_text()
+    figs = tmp_path / "docs" / "figures"
+    assert sorted(f.name for f in figs.iterdir()) == ["t.png", "t@amd-epyc.png"]
+    assert (figs / "t.png").read_text() == "1" and (figs / "t@amd-epyc.png").read_text() == "2"
+    mine, other = text.split("### The same benchmark on another CPU")
+    assert "![t](figures/t.png)" in mine and "![t](figures/t@amd-epyc.png)" in other
+
+
 def test_a_precision_part_from_another_cpu_is_kept_when_the_step_benchmark_reruns_it():
     from bench.step_page import merge_parts
 
