@@ -282,7 +282,8 @@ def figure(result: dict[str, Any], path: Path) -> Path:
     for b in result.get("budgets", []):
         ax.axvline(b["compute"], color="black", lw=0.6, alpha=0.4)
     ax.set_xlabel("study compute (one-way epochs; dual-view epochs count 2; vertical lines: budgets)")
-    ax.set_ylabel("best full-validation kNN top-1 so far (%)")
+    endpoint = str(result.get("setup", {}).get("endpoint", "endpoint")).split(" (")[0]
+    ax.set_ylabel(f"best {endpoint} so far (%)")
     ax.set_title("Study efficiency" + (" (quick mode)" if result.get("quick") else ""))
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
@@ -353,7 +354,9 @@ def render(r: dict[str, Any], figs: Path) -> list[str]:
             f"trials per study, {guided} are chosen by TPE's model. Where none are, the two rows differ only by what "
             "ASHA saved."]
     target = r.get("target")
-    out += ["", f"Target: the best endpoint of any study, {r['best_endpoint_any']}, minus {s['tolerance_points']} "
+    best = r["best_endpoint_any"]
+    out += ["", f"Target: the best endpoint of any study, {best if best is None else round(best, 2)}, minus "
+            f"{s['tolerance_points']} "
             f"= {target if target is None else round(target, 2)}.", "",
             "| searcher | studies reaching the target | compute to target, per study | median |", "|---|---|---|---|"]
     for name, sm in r["summary"].items():

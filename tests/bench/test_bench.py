@@ -145,6 +145,21 @@ def test_efficiency_summary_at_budgets_with_undetermined_ratio(tmp_path):
             in page)
 
 
+def test_efficiency_figure_names_the_runs_endpoint(monkeypatch, tmp_path):
+    """The y axis says which endpoint was searched (it once said kNN on a run ranked by the probe)."""
+    import matplotlib.axes
+
+    from bench import efficiency
+
+    labels, set_ylabel = [], matplotlib.axes.Axes.set_ylabel
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_ylabel",
+                        lambda ax, text, *a, **k: (labels.append(text), set_ylabel(ax, text, *a, **k))[1])
+    result = {"studies": {"random": [_study(0, [60, 70])]},
+              "setup": {"endpoint": "final_val_probe_top1 (full validation split, at the end of each completed trial)"}}
+    assert efficiency.figure(result, tmp_path / "f.png").is_file()
+    assert labels == ["best final_val_probe_top1 so far (%)"]
+
+
 def test_efficiency_resume_keeps_only_studies_of_the_same_setup(monkeypatch, tmp_path):
     from bench import efficiency
 
