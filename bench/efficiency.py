@@ -45,7 +45,7 @@ import numpy as np
 import yaml
 
 from bench.common import ROOT, Context, machine, run_study, stats, tune_events, write_space
-from bench.page import Goal, cpu_line, goal_sentence, spread
+from bench.page import Goal, cpu_line, goal_sentence, num, spread
 from moco.vocabulary import COMPUTE, FINAL_OF
 
 SEARCHERS = {  # name -> study-section overrides
@@ -353,11 +353,8 @@ def render(r: dict[str, Any], figs: Path) -> list[str]:
             f"start-up, `n_startup_trials`) are the very configurations random search draws: of the {s['num_samples']} "
             f"trials per study, {guided} are chosen by TPE's model. Where none are, the two rows differ only by what "
             "ASHA saved."]
-    target = r.get("target")
-    best = r["best_endpoint_any"]
-    out += ["", f"Target: the best endpoint of any study, {best if best is None else round(best, 2)}, minus "
-            f"{s['tolerance_points']} "
-            f"= {target if target is None else round(target, 2)}.", "",
+    out += ["", f"Target: the best endpoint of any study, {num(r['best_endpoint_any'])}, minus "
+            f"{s['tolerance_points']} = {num(r.get('target'))}.", "",
             "| searcher | studies reaching the target | compute to target, per study | median |", "|---|---|---|---|"]
     for name, sm in r["summary"].items():
         ct = sm["compute_to_target"]

@@ -131,7 +131,8 @@ def write_page(results_dir: Path, docs: Path, registry: dict[str, Any]) -> Path:
         for path in other_cpu_files(results_dir, name):
             other = read_json(path)
             sections += [f"### The same benchmark on another CPU: {cpu_line(other.get('machine') or {})} "
-                         f"(`{path.name}`)", ""] + _render_doc(bench, other, figs, summary, other_cpu=path.stem)
+                         f"(`{path.name}`)", ""] + _render_doc(bench, other, figs, summary,
+                                                      other_cpu=path.stem.partition("@")[2])
     if env_doc:
         lines += machine_section(env_doc)
     lines += summary + ["", QUICK_NOTE, ""] + sections
@@ -159,8 +160,8 @@ def cpu_line(m: dict[str, Any]) -> str:
 
 def _render_doc(bench: Any, doc: dict, figs: Path, summary: list[str], other_cpu: str | None = None) -> list[str]:
     """One result file's provenance line and section lines; its goal rows go to ``summary``. A result kept from
-    another CPU (``other_cpu``: its file's stem, ``<name>@<cpu>``) has its figures renamed to ``<figure>@<cpu>``, so
-    that they do not replace this CPU's."""
+    another CPU (``other_cpu``: the ``<cpu>`` of its file ``<name>@<cpu>.json``) has its figures renamed to
+    ``<figure>@<cpu>``, so that they do not replace this CPU's."""
     run = provenance(doc)
     out = [meta_line(run), ""]
     if doc.get("error"):
@@ -171,8 +172,7 @@ def _render_doc(bench: Any, doc: dict, figs: Path, summary: list[str], other_cpu
             mode += f" ({(doc.get('machine') or {}).get('cpu', 'another CPU')})"
         for goal, measured, met in bench.goals(run["result"]):
             summary.append(f"| {bench.TITLE} | {mode} | {goal} | {measured} | {status_cell(met)} |")
-        out += bench.render(run["result"], figs) if not other_cpu else _render_apart(bench, run["result"], figs,
-                                                                                        other_cpu.partition("@")[2])
+        out += _render_apart(bench, run["result"], figs, other_cpu) if other_cpu else bench.render(run["result"], figs)
     except Exception as err:  # noqa: BLE001 - a malformed result must not lose the rest of the page
         out += [f"**Could not render this result:** `{type(err).__name__}: {err}`", ""]
     return out
