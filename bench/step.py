@@ -29,11 +29,13 @@
    bf16, alternating.
 7. Freed memory kept or not (``bench/allocator_step.py``): default-config epochs with moco/allocator.py's malloc
    setting and with glibc's defaults, in the main thread and in a worker thread, fp32 and bf16, a process each.
+8. Where an epoch's time goes (``bench/epoch_phases.py``): the phases of default-config Engine epochs (augmentation,
+   encoders, loss, backward, optimizer, ...) in fp32 and in auto, alternating.
 
 ``python -m bench.step [--quick] [--parts NAMES]`` prints the results and writes ``bench/results/step.json``;
-``--parts precision`` (or ``negatives``, ``lightly``, ``allocator``) runs that part only and replaces just that part
-of an existing result file (a precision part from another CPU is kept, under ``precision_other_cpus``). Every
-process of this benchmark keeps freed memory as the Engine does (part 7 excepted).
+``--parts precision`` (or ``negatives``, ``lightly``, ``allocator``, ``phases``) runs that part only and replaces
+just that part of an existing result file (a precision part from another CPU is kept, under
+``precision_other_cpus``). Every process of this benchmark keeps freed memory as the Engine does (part 7 excepted).
 """
 
 from __future__ import annotations
@@ -68,8 +70,8 @@ IMAGE = 32
 DIM, HIDDEN = 128, 512
 RESULTS = Path(__file__).parent / "results" / "step.json"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist.yaml"
-#: "reference" is parts 1-3 (ResNet-18 step, selection, dual view); the others are parts 4-7
-PARTS = ("reference", "precision", "negatives", "lightly", "allocator")
+#: "reference" is parts 1-3 (ResNet-18 step, selection, dual view); the others are parts 4-8
+PARTS = ("reference", "precision", "negatives", "lightly", "allocator", "phases")
 #: (name, precision, memory format) of the bare-step variants of part 4
 LAYOUTS = (("fp32", "fp32", "contiguous"), ("channels_last", "fp32", "channels_last"),
            ("bf16", "bf16", "contiguous"), ("channels_last+bf16", "bf16", "channels_last"))
@@ -368,6 +370,11 @@ def run(quick: bool = False, command: str = "python -m bench.step", parts: tuple
         out["allocator"] = {**bench_allocator(steps=10 if quick else 30, epochs=2 if quick else 3,
                                               rounds=1 if quick else 2), "command": command, "date": out["date"],
                             "machine": out["machine"]}
+    if "phases" in parts:  # part 8: bench/epoch_phases.py
+        from bench.epoch_phases import bench_phases
+
+        out["phases"] = {**bench_phases(steps=10 if quick else 30, epochs=2 if quick else 7), "quick": quick,
+                         "command": command, "date": out["date"], "machine": out["machine"]}
     if "reference" not in parts:
         return out
     # the headline ratio: two near-identical steps, so it needs more repeats than the rest to rise above noise

@@ -129,6 +129,10 @@ def render(r: dict, figs: Path) -> list[str]:
         from bench.allocator_step import render as render_allocator
 
         out += render_allocator(r["allocator"])
+    if r.get("phases"):
+        from bench.epoch_phases import render as render_phases
+
+        out += render_phases(r["phases"])
     return out
 
 
