@@ -1,17 +1,18 @@
 """Benchmark: does bf16 cost quality? The default config trained in fp32 and in bf16, paired by seed.
 
-For each seed, two runs of ``configs/fashion_mnist.yaml`` that differ only in ``precision`` (fp32, then bf16;
-``memory_format: contiguous`` in both), trained with ``moco.engine.Engine`` on the CPU without Ray
-(``bench.longrun.train_run``: no per-epoch monitor; after training, full-set weighted kNN on validation and test
-with all 55k labeled training images as the bank, and a linear probe on the same frozen fp32 features). The result
-file is rewritten after every run, so an interrupted benchmark keeps its finished pairs.
+For each seed, two runs of ``configs/fashion_mnist.yaml`` that differ only in ``precision`` (fp32, then bf16; the
+same ``memory_format`` in both: contiguous by default, ``--memory-format auto`` for what ``auto`` picks), trained
+with ``moco.engine.Engine`` on the CPU without Ray (``bench.longrun.train_run``: no per-epoch monitor; after
+training, full-set weighted kNN on validation and test with all 55k labeled training images as the bank, and a
+linear probe on the same frozen fp32 features). The result file is rewritten after every run, so an interrupted
+benchmark keeps its finished pairs.
 
 Reported per metric (test kNN, linear probe, validation kNN): the per-seed values, the paired difference
 d_s = bf16_s - fp32_s with its mean and 95 % t interval, and the seeds' spread (the fp32 runs' range and standard
 deviation). bf16 "costs accuracy beyond the seeds' spread" when the interval of the mean difference lies wholly
 below zero *and* the mean difference exceeds the fp32 seeds' standard deviation in size.
 
-``python -m bench.precision [--seeds 1,2,3] [--epochs 10] [--train-subset N] [--output FILE]``
+``python -m bench.precision [--seeds 1,2,3] [--epochs 10] [--train-subset N] [--memory-format M] [--output FILE]``
 """
 
 from __future__ import annotations
@@ -62,19 +63,22 @@ def run(ctx: Context) -> dict[str, Any]:
 
 
 def train_pairs(seeds: list[int], overrides: dict[str, Any], save: Callable[[dict[str, Any]], None] | None = None,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train every (seed, precision) pair in turn; ``save(partial_result)`` after each finished run."""
+                log: Callable[[str], None] = print, memory_format: str = "contiguous") -> dict[str, Any]:
+    """Train every (seed, precision) pair in turn, both in ``memory_format``; ``save(partial_result)`` after each
+    finished run."""
     from bench.longrun import train_run
     from moco.allocator import retain_freed_memory
     from moco.config import TrainConfig
+    from moco.precision import resolve_memory_format
 
     out: dict[str, Any] = {"config": str(CONFIG.relative_to(ROOT)), "overrides": overrides, "seeds": seeds,
                            "torch_threads": torch.get_num_threads(),
+                           "memory_format": resolve_memory_format(memory_format, torch.device("cpu")),
                            "malloc_retains_freed_memory": retain_freed_memory(), "runs": {}}
     for seed in seeds:
         for precision in PRECISIONS:
             cfg = TrainConfig.from_yaml(CONFIG, {**overrides, "seed": seed, "precision": precision,
-                                                 "memory_format": "contiguous", "linear_probe": True})
+                                                 "memory_format": memory_format, "linear_probe": True})
             log(f"[precision] seed {seed} {precision}: {cfg.epochs} epochs (load {loadavg()})")
             row = train_run(cfg, log=log)
             out["runs"].setdefault(str(seed), {})[precision] = row
@@ -91,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs (default 10, the config's)")
     parser.add_argument("--train-subset", type=int, default=None, help="train on this many images (default all)")
+    parser.add_argument("--memory-format", default="contiguous", choices=("contiguous", "channels_last", "auto"),
+                        help="memory format of both runs of a pair (default contiguous; auto: what auto picks here)")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "precision.json")
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {"epochs": args.epochs}
@@ -103,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     def save(result: dict[str, Any]) -> None:
         write_json(args.output, {**doc, "load_after": loadavg(), "result": result})
 
-    save(train_pairs([int(s) for s in args.seeds.split(",")], overrides, save))
+    save(train_pairs([int(s) for s in args.seeds.split(",")], overrides, save, memory_format=args.memory_format))
     return 0
 
 
@@ -209,8 +215,9 @@ def render_parity(r: dict[str, Any]) -> list[str]:
     o = r.get("overrides", {})
     out = [f"`{r['config']}` with {', '.join(f'{k} = {v}' for k, v in o.items())}, seeds "
            f"{', '.join(map(str, r['seeds']))}; each seed trained in fp32 and in bf16 (autocast on the encoders; loss, "
-           "queue, momentum update and evaluation in fp32), memory format contiguous; full-set kNN (55k bank) and a "
-           f"linear probe on frozen features. Paired seeds finished: {len(seeds)} of {len(r['seeds'])}"
+           f"queue, momentum update and evaluation in fp32), memory format {r.get('memory_format', 'contiguous')} in "
+           "both; full-set kNN (55k bank) and a linear probe on frozen features. Paired seeds finished: "
+           f"{len(seeds)} of {len(r['seeds'])}"
            + (" (**partial run**)" if r.get("partial") else "") + "."
            + (f" **Reduced protocol**: {o.get('epochs', 10)} epochs on {o.get('train_subset') or 55000:,} images "
               "instead of the default config's 10 epochs on all 55k (the full protocol is `python -m bench.precision`)."

@@ -57,3 +57,22 @@ def test_the_2x_goal_needs_the_pairs_interval_above_2_to_be_met_outright():
     assert noisy[2] == "on medians only" and "pairs' 95 % CI from" in noisy[1]
     assert step_goal(_step([100, 100, 100], [180, 181, 179]))[2] is False
     assert step_goal(_step([100, 100], [100, 100], flags=()))[2] is True  # no bf16: auto stays fp32
+
+
+def test_both_runs_of_a_pair_train_in_the_memory_format_asked_for_and_the_page_says_which(monkeypatch):
+    import bench.longrun
+    from bench.precision import train_pairs
+
+    trained = []
+
+    def fake_run(cfg, log=print):
+        trained.append((cfg.seed, cfg.precision, cfg.memory_format))
+        return {"test_knn": 80.0, "linear_probe": 85.0, "val_knn": 80.0, "train_s": 1.0}
+
+    monkeypatch.setattr(bench.longrun, "train_run", fake_run)
+    result = train_pairs([1, 2], {"epochs": 1}, log=lambda _: None, memory_format="channels_last")
+    assert trained == [(1, "fp32", "channels_last"), (1, "bf16", "channels_last"),
+                       (2, "fp32", "channels_last"), (2, "bf16", "channels_last")]
+    assert "memory format channels_last in both" in "\n".join(render_parity(result))
+    older = {k: v for k, v in result.items() if k != "memory_format"}  # results before the option: contiguous
+    assert "memory format contiguous in both" in "\n".join(render_parity(older))
