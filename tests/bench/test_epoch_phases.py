@@ -80,3 +80,4 @@ def test_the_page_shows_each_phase_and_says_what_two_times_would_need():
     assert "| **step** | 380.0 | 230.0 | 1.65x | 100 % |" in page
     assert "at most 4.75x as fast as fp32" in page and "needs the encoders 2.73x as fast" in page
     assert "had 98 % of its threads' CPU time" in page and "K = 4096, dual-view)" in page
+    assert "(quick mode)" not in page and "(quick mode)" in "\n".join(render({**part, "quick": True}))
