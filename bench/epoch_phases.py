@@ -81,10 +81,11 @@ def phase_clock(engine: Any) -> Iterator[_PhaseClock]:
     clock = _PhaseClock()
     model, optimizer = engine.model, engine.optimizer
     clip = torch.nn.utils.clip_grad_norm_
+    timed_clip = clock.timed("optimizer", clip)
 
     def clip_timed(*args: Any, **kwargs: Any) -> Any:
         clock.backward_ends()
-        return clock.timed("optimizer", clip)(*args, **kwargs)
+        return timed_clip(*args, **kwargs)
 
     instance = {(engine, "augment"): clock.timed("augment", engine.augment),
                 (model, "_query"): clock.timed("query encoder", model._query, after=clock.query_out),
@@ -123,27 +124,36 @@ def timed_epoch(engine: Any) -> dict[str, Any]:
             "phases_s": {phase: s / steps for phase, s in clock.seconds.items()}}
 
 
-def bench_phases(steps: int = 30, epochs: int = 5, config_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Alternating fp32 / auto epochs of ``steps`` steps of the default config (after a warm-up epoch each); the
-    medians of each phase's seconds per step, each phase's fp32 / auto ratio, the ceiling and what 2x needs."""
-    from bench.common import CpuShare
+def warm_engines(steps: int) -> dict[str, Any]:
+    """The default config's ``Engine`` on ``steps`` batches in fp32 (contiguous) and in auto, each after one warm-up
+    epoch (which also fills the queue); the pair that parts 4 and 8 alternate."""
     from bench.step import DEFAULT_CONFIG
     from moco.config import TrainConfig
     from moco.data import load_dataset
     from moco.engine import Engine
 
     cfg = TrainConfig.from_yaml(DEFAULT_CONFIG)
-    cfg = cfg.replace(train_subset=steps * cfg.batch_size, **(config_overrides or {}))
+    cfg = cfg.replace(train_subset=steps * cfg.batch_size)
     data, cpu = load_dataset(cfg), torch.device("cpu")
     engines = {"fp32": Engine(cfg.replace(precision="fp32", memory_format="contiguous"), data, cpu),
                "auto": Engine(cfg.replace(precision="auto", memory_format="auto"), data, cpu)}
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in engines}
+    for engine in engines.values():
+        engine.train_epoch()
+    return engines
+
+
+def bench_phases(steps: int = 30, epochs: int = 5) -> dict[str, Any]:
+    """Alternating fp32 / auto epochs of ``steps`` steps of the default config (after a warm-up epoch each); the
+    medians of each phase's seconds per step, each phase's fp32 / auto ratio, the ceiling and what 2x needs."""
+    from bench.common import CpuShare
+
     with CpuShare(torch.get_num_threads()) as used:
-        for engine in engines.values():  # warm-up epoch (also fills the queue)
-            engine.train_epoch()
+        engines = warm_engines(steps)
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in engines}
         for _ in range(epochs):
             for name, engine in engines.items():
                 runs[name].append(timed_epoch(engine))
+    cfg = engines["fp32"].cfg
     out: dict[str, Any] = {"steps_per_epoch": steps, "epochs": epochs, "batch": cfg.batch_size,
                            "queue_size": cfg.queue_size, "views": cfg.views, "cpu_share": used.share,
                            "resolved": {name: {"precision": e.precision, "memory_format": e.memory_format}

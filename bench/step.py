@@ -238,8 +238,7 @@ def _default_step_fn(cfg: TrainConfig, precision: str, memory_format: str) -> Ca
 def bench_precision(repeats: int, epoch_steps: int, epoch_repeats: int) -> dict:
     """Part 4: bare steps in the four LAYOUTS, then ``epoch_repeats`` epochs of ``epoch_steps`` steps of the default
     config's Engine in fp32 and in auto (alternating); images per second, medians and ratios to fp32."""
-    from moco.data import load_dataset
-    from moco.engine import Engine
+    from bench.epoch_phases import warm_engines
 
     cfg = TrainConfig.from_yaml(DEFAULT_CONFIG)
     variants = {name: _default_step_fn(cfg, p, f) for name, p, f in LAYOUTS}
@@ -251,19 +250,13 @@ def bench_precision(repeats: int, epoch_steps: int, epoch_repeats: int) -> dict:
         fp32 = statistics.median(times["fp32"])
         steps = {name: {**_summary(ts), "images_per_s": cfg.batch_size / statistics.median(ts),
                         "speedup_over_fp32": fp32 / statistics.median(ts)} for name, ts in times.items()}
-        cpu = torch.device("cpu")
-        small = cfg.replace(train_subset=epoch_steps * cfg.batch_size)
-        data = load_dataset(small)
-        engines = {name: Engine(small.replace(precision=name, memory_format=name if name == "auto" else "contiguous"),
-                                data, cpu) for name in ("fp32", "auto")}
+        engines = warm_engines(epoch_steps)
         rates: dict[str, list[float]] = {name: [] for name in engines}
-        for name, engine in engines.items():  # warm-up epoch (also fills the queue)
-            engine.train_epoch()
         for _ in range(epoch_repeats):
             for name, engine in engines.items():
                 rates[name].append(engine.train_epoch()["images_per_s"])
     epochs = {name: {"images_per_s": statistics.median(r), "all": r} for name, r in rates.items()}
-    auto = engines["auto"]
+    auto, cpu = engines["auto"], torch.device("cpu")
     return {"config": str(DEFAULT_CONFIG.name), "batch": cfg.batch_size, "cpu_bf16_flags": cpu_bf16_flags(),
             "cpu_share": used.share,
             "auto_resolves_to": {"precision": resolve_precision("auto", cpu),
