@@ -107,11 +107,17 @@ def machine() -> dict[str, Any]:
     import torch
 
     cpu = platform.processor() or platform.machine()
+    ids: dict[str, str] = {}  # family / model / stepping: the model name alone ("AMD EPYC") hides the generation
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name":
+                cpu = value.strip()
+            elif key in ("cpu family", "model", "stepping"):
+                ids.setdefault(key, value.strip())
+            elif not key and ids:
+                break  # the first processor's block is enough
     except OSError:
         pass
     flags: list[str] = []
@@ -121,7 +127,9 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     mem = round(psutil.virtual_memory().total / 2**30, 1)
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_bf16_flags": flags, "cores": os.cpu_count(),
+    return {"platform": platform.platform(), "cpu": cpu,
+            "cpu_id": "/".join(ids.get(k, "?") for k in ("cpu family", "model", "stepping")),
+            "cpu_bf16_flags": flags, "cores": os.cpu_count(),
             "memory_gib": mem,
             "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
 

@@ -412,6 +412,19 @@ def test_encoder_summarises_over_seeds_and_judges_the_grid_against_raw_and_untra
     assert "(the search's budget)" in text
 
 
+def test_the_machine_record_names_the_cpu_generation_beside_its_model_name():
+    import pathlib
+    import re
+
+    from bench import common
+
+    m = common.machine()
+    if pathlib.Path("/proc/cpuinfo").is_file() and "cpu family" in pathlib.Path("/proc/cpuinfo").read_text():
+        assert re.fullmatch(r"\d+/\d+/\d+", m["cpu_id"]), m["cpu_id"]  # e.g. AMD EPYC Zen 4: 25/17/1
+    else:
+        assert m["cpu_id"] == "?/?/?"
+
+
 def test_a_result_from_another_cpu_is_kept_beside_the_new_one_and_shown_after_it(monkeypatch, tmp_path):
     from bench import common, page, study_wall
 

@@ -41,10 +41,12 @@ def test_auto_is_fp32_and_contiguous_without_native_bf16(monkeypatch):
     assert engine.train_epoch()["precision"] == "fp32"
 
 
-def test_auto_is_bf16_with_native_bf16_and_channels_last_only_with_amx(monkeypatch):
+def test_auto_is_bf16_and_channels_last_with_native_bf16(monkeypatch):
     _force_cpu_flags(monkeypatch, True, False)  # e.g. AMD Zen 4: AVX512-BF16, no AMX
     assert resolve_precision("auto", CPU) == "bf16"
-    assert resolve_memory_format("auto", CPU) == "contiguous"
+    assert resolve_memory_format("auto", CPU) == "channels_last"
+    _force_cpu_flags(monkeypatch, False, True)  # AMX tiles alone
+    assert (resolve_precision("auto", CPU), resolve_memory_format("auto", CPU)) == ("bf16", "channels_last")
     _force_cpu_flags(monkeypatch, True, True)  # e.g. Xeon Sapphire Rapids
     assert resolve_precision("auto", CPU) == "bf16"
     assert resolve_memory_format("auto", CPU) == "channels_last"
