@@ -152,8 +152,10 @@ def render_step_part(p: dict[str, Any]) -> list[str]:
     why = (f"Why `auto` is {auto.get('precision')} and {auto.get('memory_format')} on the {m.get('cpu')}: bf16 "
            f"autocast made the bare step {bare['bf16']['speedup_over_fp32']:.2f}x as fast as fp32; channels-last on "
            f"top of bf16 {cl_gain:.2f}x{' (no gain)' if cl_gain <= 1.02 else ''}, and channels-last alone "
-           f"{bare['channels_last']['speedup_over_fp32']:.2f}x. moco/precision.py turns channels-last on for CPUs with "
-           "AMX only (the issue reported it worth 1.4x in fp32 and 1.7x under bf16 on a Xeon with AMX).")
+           f"{bare['channels_last']['speedup_over_fp32']:.2f}x. moco/precision.py turns channels-last on for every CPU "
+           "with native bf16 (AVX512-BF16 or AMX-BF16; until 2026-12-03 for AMX only), where it was measured faster "
+           "on a Xeon with AMX and on an AMD EPYC Zen 4; a result measured before that date may show `auto` "
+           "contiguous on a CPU without AMX.")
     plain = {name.removesuffix(" " + PLAIN_BN): t for name, t in bare.items() if name.endswith(PLAIN_BN)}
     if plain:
         why += (" With plain BatchNorm (`bn_mode: none`) in place of the default split BatchNorm, channels-last + bf16 "

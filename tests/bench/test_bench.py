@@ -464,6 +464,11 @@ def test_a_result_from_another_cpu_is_kept_beside_the_new_one_and_shown_after_it
     text = page.write_page(tmp_path, tmp_path / "page.md", {"study_wall": fake}).read_text()
     assert "| T | full | x small | 1 | met |" in text and "| T | full (AMD EPYC) | x small | 2 | **missed** |" in text
     assert text.index("x is 1") < text.index("x is 2")
+    # a file of this CPU's tag kept from earlier (another setting's run) is not called another CPU
+    common.write_json(path, {"machine": elsewhere, "mode": "full", "command": "newer", "result": {"x": 3}})
+    text = page.write_page(tmp_path, tmp_path / "page.md", {"study_wall": fake}).read_text()
+    assert "### The same benchmark on the same CPU model, an earlier run: AMD EPYC" in text
+    assert "another CPU" not in text
 
 
 def test_a_result_from_another_cpu_draws_its_figures_beside_this_cpus(tmp_path):
