@@ -329,9 +329,10 @@ def _environment(command: str) -> dict:
     """The run's command, date, machine and versions; sets malloc as moco.engine.Engine does (moco/allocator.py)."""
     from moco.allocator import retain_freed_memory
 
+    here = machine()
     return {"command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                        "cpu": machine()["cpu"], "cpu_bf16_flags": machine()["cpu_bf16_flags"],
+                        **{key: here[key] for key in ("cpu", "cpu_id", "cpu_bf16_flags")},
                         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                         "malloc_retains_freed_memory": retain_freed_memory(),
                         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},

@@ -423,6 +423,9 @@ def test_the_machine_record_names_the_cpu_generation_beside_its_model_name():
         assert re.fullmatch(r"\d+/\d+/\d+", m["cpu_id"]), m["cpu_id"]  # e.g. AMD EPYC Zen 4: 25/17/1
     else:
         assert m["cpu_id"] == "?/?/?"
+    from bench.step import _environment  # the step benchmark writes its own machine record
+
+    assert _environment("x")["machine"]["cpu_id"] == m["cpu_id"]
 
 
 def test_a_result_from_another_cpu_is_kept_beside_the_new_one_and_shown_after_it(monkeypatch, tmp_path):
