@@ -17,7 +17,7 @@ Why these ``auto`` rules (measured; see docs/benchmarks.md, "precision and memor
   reads with cpuinfo (``torch.cpu._is_avx512_bf16_supported``, ``torch.cpu._is_amx_tile_supported``) are.
 * channels-last speeds the ConvNet step up on both kinds of bf16 CPU measured, in fp32 and in bf16: a Xeon with
   AMX-BF16, and an AMD EPYC (Zen 4) with AVX512-BF16 and no AMX, where it made the default config's bare step 1.39x
-  as fast in fp32 and 1.28x as fast on top of bf16. (An earlier AMD measurement found it slower; that was before
+  as fast in fp32 and 1.23x as fast on top of bf16. (An earlier AMD measurement found it slower; that was before
   :class:`moco.model.SplitBatchNorm` stopped copying channels-last maps.) CPUs without native bf16 were not measured,
   so they keep contiguous.
 
