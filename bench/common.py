@@ -106,26 +106,23 @@ def git_commit() -> dict[str, Any]:
 def machine() -> dict[str, Any]:
     import torch
 
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
     cpu = platform.processor() or platform.machine()
     ids: dict[str, str] = {}  # family / model / stepping: the model name alone ("AMD EPYC") hides the generation
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name":
-                cpu = value.strip()
-            elif key in ("cpu family", "model", "stepping"):
-                ids.setdefault(key, value.strip())
-            elif not key and ids:
-                break  # the first processor's block is enough
-    except OSError:
-        pass
-    flags: list[str] = []
-    try:  # the CPU's native bf16 features (what moco/precision.py decides "auto" from)
-        words = set(Path("/proc/cpuinfo").read_text().split())
-        flags = [flag for flag in ("amx_bf16", "avx512_bf16") if flag in words]
-    except OSError:
-        pass
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name":
+            cpu = value.strip()
+        elif key in ("cpu family", "model", "stepping"):
+            ids.setdefault(key, value.strip())
+        elif not key and ids:
+            break  # the first processor's block is enough
+    words = set(cpuinfo.split())  # the CPU's native bf16 features (what moco/precision.py decides "auto" from)
+    flags = [flag for flag in ("amx_bf16", "avx512_bf16") if flag in words]
     mem = round(psutil.virtual_memory().total / 2**30, 1)
     return {"platform": platform.platform(), "cpu": cpu,
             "cpu_id": "/".join(ids.get(k, "?") for k in ("cpu family", "model", "stepping")),
