@@ -99,6 +99,11 @@ class ConvNet(nn.Module):
     """Three conv blocks (width w, 2w, 4w; 3x3 conv, norm, ReLU; 2x2 max-pool after the first two), then average
     pooling of the last feature map to a g x g grid (``pool_grid`` g; g = 1 is global average pooling).
 
+    The first two blocks pool before their ReLU: max(relu(a), relu(b)) = relu(max(a, b)) since ReLU is monotone,
+    and the gradient reaches the same element (the window's first maximum; zero where the maximum is <= 0), so the
+    block computes conv, norm, ReLU, pool bit for bit while its ReLU and ReLU backward touch a quarter of the map.
+    Parameter names are unchanged (ReLU and pool hold none).
+
     Input [B, C, H, W] (designed for 28x28 grayscale; any size >= 4 works) -> features [B, 4w g^2]. With g > 1 the
     features keep where in the image each pattern was (on 28x28 inputs the last map is 7x7, and g = 2 averages four
     overlapping 4x4 windows of it), which kNN and linear probes of small centred images such as Fashion-MNIST use.
@@ -113,9 +118,10 @@ class ConvNet(nn.Module):
         layers: list[nn.Module] = []
         prev = in_channels
         for i, w in enumerate(widths):
-            layers += [nn.Conv2d(prev, w, 3, padding=1, bias=norm == "none"), make_norm(w), nn.ReLU(inplace=True)]
-            if i < len(widths) - 1:
+            layers += [nn.Conv2d(prev, w, 3, padding=1, bias=norm == "none"), make_norm(w)]
+            if i < len(widths) - 1:  # pool before the ReLU: the same values and gradients (class docstring)
                 layers.append(MaxPool2())
+            layers.append(nn.ReLU(inplace=True))
             prev = w
         layers.append(GridAvgPool(pool_grid))
         self.net = nn.Sequential(*layers)

@@ -112,3 +112,37 @@ def test_maxpool2_equals_torchs_values_and_gradients_bit_for_bit(shape, dtype):
     with torch.no_grad():  # the path without indices
         got = MaxPool2()(x)
         assert torch.equal(got, F.max_pool2d(x, 2)) and got.is_contiguous()
+
+
+def _relu_before_pool(net: nn.Sequential) -> nn.Sequential:
+    """The same layers (shared modules) in the textbook order conv, norm, ReLU, pool."""
+    layers = list(net)
+    for i in range(len(layers) - 1):
+        if isinstance(layers[i], MaxPool2) and isinstance(layers[i + 1], nn.ReLU):
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    return nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_convnet_pools_before_relu_with_the_textbook_orders_values_and_gradients(dtype, layout):
+    torch.manual_seed(0)
+    model, _ = build_backbone("convnet", 1, width=8)
+    net = model.net
+    kinds = [type(m).__name__ for m in net]
+    assert kinds[:8] == ["Conv2d", "BatchNorm2d", "MaxPool2", "ReLU"] * 2  # ReLU on the pooled quarter of the map
+    model = model.to(memory_format=layout)
+    textbook = _relu_before_pool(net)
+    x = torch.randn(16, 1, 28, 28).contiguous(memory_format=layout)
+    x = torch.where(x.abs() < 0.3, torch.zeros_like(x), x)  # zero inputs: windows whose maximum is 0 after a ReLU
+    outs, grads = [], []
+    for module in (net, textbook):
+        inp = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = module(inp)
+        out.float().pow(2).sum().backward()
+        outs.append(out.detach())
+        grads.append([inp.grad] + [p.grad.clone() for p in module.parameters()])
+        module.zero_grad(set_to_none=True)
+    assert torch.equal(*outs)
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
