@@ -201,6 +201,9 @@ def _run_study(space: Space, args: argparse.Namespace, run_dir: Path, storage: s
             searcher = follow_cluster(make_searcher(space, run_dir, args.optuna_storage, after_write), s,
                                       space.num_trials)
             param_space = {}
+        # reuse_actors stays off: a pruned trial's Train run keeps the trainable's thread busy, so Tune's reset of a
+        # reused actor fails ("Trainable runner reuse requires reset_config() ...") and the next trial errors (tried
+        # with Ray 2.60 on the default study, 2026-12-04)
         tuner = tune.Tuner(
             trainable, param_space=param_space, run_config=run_config,
             tune_config=tune.TuneConfig(
