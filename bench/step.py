@@ -34,8 +34,9 @@
 
 ``python -m bench.step [--quick] [--parts NAMES]`` prints the results and writes ``bench/results/step.json``;
 ``--parts precision`` (or ``negatives``, ``lightly``, ``allocator``, ``phases``) runs that part only and replaces
-just that part of an existing result file (a precision part from another CPU is kept, under
-``precision_other_cpus``). Every process of this benchmark keeps freed memory as the Engine does (part 7 excepted).
+just that part of an existing result file (a precision or phases part from another CPU is kept, under
+``precision_other_cpus`` or ``phases_other_cpus``). Every process of this benchmark keeps freed memory as the Engine
+does (part 7 excepted).
 """
 
 from __future__ import annotations

@@ -24,18 +24,22 @@ def run(ctx: Context) -> dict[str, Any]:
     return merge_parts(provenance(previous)["result"] if previous else None, result, step.PARTS)
 
 
+PER_CPU_PARTS = ("precision", "phases")  #: parts whose figures depend on the CPU: each CPU keeps its latest run
+
+
 def merge_parts(previous: dict | None, new: dict, parts: tuple[str, ...]) -> dict:
     """``previous`` with ``new``'s ``parts`` replacing its own (all of it after a full run, whose ``parts`` include
-    "reference"). A replaced precision part measured on another CPU moves to ``precision_other_cpus`` (CPU tag ->
-    part; bench.common.cpu_tag), so each CPU keeps its latest figures."""
+    "reference"). A replaced part of :data:`PER_CPU_PARTS` measured on another CPU moves to ``<part>_other_cpus``
+    (CPU tag -> part; bench.common.cpu_tag), so each CPU keeps its latest figures."""
     previous = previous or {}
     out = dict(new) if "reference" in parts else {**previous, **{p: new[p] for p in parts if p in new}}
-    old, fresh = previous.get("precision"), new.get("precision")
-    if "precision" in parts and old and fresh:
-        others = dict(previous.get("precision_other_cpus") or {})
-        others[cpu_tag(old.get("machine") or {})] = old
-        others.pop(cpu_tag(fresh.get("machine") or {}), None)
-        out["precision_other_cpus"] = others
+    for part in PER_CPU_PARTS:
+        old, fresh = previous.get(part), new.get(part)
+        if part in parts and old and fresh:
+            others = dict(previous.get(f"{part}_other_cpus") or {})
+            others[cpu_tag(old.get("machine") or {})] = old
+            others.pop(cpu_tag(fresh.get("machine") or {}), None)
+            out[f"{part}_other_cpus"] = others
     return out
 
 
@@ -133,6 +137,8 @@ def render(r: dict, figs: Path) -> list[str]:
         from bench.epoch_phases import render as render_phases
 
         out += render_phases(r["phases"])
+        for part in (r.get("phases_other_cpus") or {}).values():
+            out += render_phases(part)
     return out
 
 
