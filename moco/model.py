@@ -71,8 +71,11 @@ class SplitBatchNorm(nn.BatchNorm2d):
     normalised with its own mean and variance over (N/s, H, W). Running statistics are the mean over the sub-batches;
     evaluation is plain BatchNorm. Contiguous sub-batches are free slices of both contiguous and channels-last memory,
     so every layout runs the fused BatchNorm kernel on views and pays one concatenation (the MoCo CIFAR demo's
-    interleaved split, a reshape to [N/s, C s, H, W], is a copy in and out under channels-last). Batches arrive in a
-    random order and the key encoder's input is permuted, so which samples share a sub-batch is random either way.
+    interleaved split, a reshape to [N/s, C s, H, W], is a copy in and out under channels-last). Without gradient
+    on a CPU (the key encoder) each sub-batch is written straight into the output instead, the same values bit for
+    bit (on 2 cores, the default config's key encoder forward is about 5 % faster in fp32 and in bf16 +
+    channels-last). Batches arrive in a random order and the key encoder's input is permuted, so which samples share
+    a sub-batch is random either way.
     """
 
     def __init__(self, num_features: int, num_splits: int, **kwargs):
@@ -89,8 +92,17 @@ class SplitBatchNorm(nn.BatchNorm2d):
         means = self.running_mean.repeat(s, 1)  # [s, C]: each sub-batch updates its own row
         variances = self.running_var.repeat(s, 1)
         momentum = 0.1 if self.momentum is None else self.momentum
-        out = torch.cat([F.batch_norm(part, means[j], variances[j], self.weight, self.bias, True, momentum, self.eps)
-                         for j, part in enumerate(x.chunk(s))])
+        needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                     for t in (x, self.weight, self.bias))
+        if needs_grad or x.device.type != "cpu":
+            out = torch.cat([F.batch_norm(part, means[j], variances[j], self.weight, self.bias, True, momentum,
+                                          self.eps) for j, part in enumerate(x.chunk(s))])
+        else:  # no gradient on a CPU (the key encoder): the same kernel writes each sub-batch into one output
+            out, saved = torch.empty_like(x), means.new_empty((2, s, x.shape[1]))  # saved: unused means, 1/stds
+            for j, (part, part_out) in enumerate(zip(x.chunk(s), out.chunk(s))):
+                torch.ops.aten.native_batch_norm.out(part, self.weight, self.bias, means[j], variances[j], True,
+                                                     momentum, self.eps, out=part_out, save_mean=saved[0, j],
+                                                     save_invstd=saved[1, j])
         with torch.no_grad():
             self.running_mean.copy_(means.mean(0))
             self.running_var.copy_(variances.mean(0))

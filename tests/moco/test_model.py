@@ -172,6 +172,32 @@ def test_split_batchnorm_gradients_match_per_split_batchnorm():
         assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_split_batchnorm_without_gradient_gives_the_same_bits_as_with_it(layout, dtype):
+    torch.manual_seed(0)
+    with_grad, without = SplitBatchNorm(6, num_splits=4, momentum=0.3), SplitBatchNorm(6, num_splits=4, momentum=0.3)
+    with torch.no_grad():
+        with_grad.weight.uniform_(0.5, 1.5)
+        with_grad.bias.uniform_(-1, 1)
+    without.load_state_dict(with_grad.state_dict())
+    without.requires_grad_(False)  # like the key encoder
+    x = (torch.randn(16, 6, 5, 5) * 2 + 3).to(dtype).contiguous(memory_format=layout)
+    for _ in range(2):  # the second call starts from the updated running statistics
+        want = with_grad(x)  # the gradient path: a kernel call per sub-batch, then a concatenation
+        with torch.no_grad():
+            got = without(x)
+        assert want.requires_grad and not got.requires_grad
+        assert got.dtype == dtype and got.is_contiguous(memory_format=layout)
+        assert torch.equal(got, want)
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            assert torch.equal(getattr(without, name), getattr(with_grad, name)), name
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a bf16 input with fp32 weights
+        want = with_grad(x.bfloat16())
+        with torch.no_grad():
+            assert torch.equal(without(x.bfloat16()), want)
+
+
 def test_split_mode_converts_batchnorm_in_both_encoders():
     model = _model(bn_mode="split", norm="batch", bn_splits=4)
     n_q = sum(isinstance(m, SplitBatchNorm) for m in model.encoder_q.modules())
