@@ -43,6 +43,11 @@ def merge_parts(previous: dict | None, new: dict, parts: tuple[str, ...]) -> dic
     return out
 
 
+def per_cpu(r: dict, part: str) -> list[dict]:
+    """``r``'s ``part`` (this CPU's latest run), then the same part kept from other CPUs by :func:`merge_parts`."""
+    return [p for p in (r.get(part), *(r.get(f"{part}_other_cpus") or {}).values()) if p]
+
+
 def worst_selection_share(r: dict) -> float:
     """The largest added cost of selection + filter measured, as a share of a ResNet-18 step."""
     return max([row.get(k, {}).get("added_share_of_resnet18_step", 0) for row in r.get("selection_cost", [])
@@ -120,8 +125,7 @@ def render(r: dict, figs: Path) -> list[str]:
     if r.get("precision"):
         from bench.precision import render_step_part
 
-        out += render_step_part(r["precision"])
-        for part in (r.get("precision_other_cpus") or {}).values():  # the same part, kept from other CPUs
+        for part in per_cpu(r, "precision"):
             out += render_step_part(part)
     if r.get("negatives"):
         out += _negatives(r["negatives"], (r.get("resnet18_step_b256") or {}).get("seconds"))
@@ -136,8 +140,7 @@ def render(r: dict, figs: Path) -> list[str]:
     if r.get("phases"):
         from bench.epoch_phases import render as render_phases
 
-        out += render_phases(r["phases"])
-        for part in (r.get("phases_other_cpus") or {}).values():
+        for part in per_cpu(r, "phases"):
             out += render_phases(part)
     return out
 
@@ -152,4 +155,4 @@ def goals(r: dict) -> list[Goal]:
              "(medians)", both(v["ratio_of_minimums"] <= MAX_RATIO, v["ratio_ours_over_reference"] <= MAX_RATIO)),
             (f"selection + filter <= {pct(MAX_SELECTION_SHARE, 0)} of a ResNet-18 step (K up to 65536)",
              f"worst {pct(worst, 2)}", worst <= MAX_SELECTION_SHARE)] + (
-        [step_goal(p) for p in [r.get("precision"), *(r.get("precision_other_cpus") or {}).values()] if p])
+        [step_goal(p) for p in per_cpu(r, "precision")])
